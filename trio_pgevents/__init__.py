@@ -1,0 +1,38 @@
+"""trio_pgevents: PostgreSQL changes as a Trio-native async stream of events.
+
+::
+
+    async with open_event_stream(engine, ["orders"]) as events:
+        async for event in events:
+            ...
+
+Every public name is importable from here; the modules are private.
+"""
+
+from ._connection import KeepaliveSettings as KeepaliveSettings
+from ._decode import decode_trigger_payload as decode_trigger_payload
+from ._embedded import EmbeddedPostgres as EmbeddedPostgres
+from ._errors import ConfigurationError as ConfigurationError
+from ._errors import ConnectError as ConnectError
+from ._errors import ConnectionLostError as ConnectionLostError
+from ._errors import InstallError as InstallError
+from ._errors import InsufficientPrivilegeError as InsufficientPrivilegeError
+from ._errors import InvalidChannelError as InvalidChannelError
+from ._errors import ReplicationError as ReplicationError
+from ._errors import StreamClosedError as StreamClosedError
+from ._errors import StreamGapError as StreamGapError
+from ._errors import StreamOverflowError as StreamOverflowError
+from ._errors import TrioPgEventsError as TrioPgEventsError
+from ._events import Event as Event
+from ._events import Notification as Notification
+from ._events import Overflow as Overflow
+from ._events import RowChange as RowChange
+from ._events import SchemaChange as SchemaChange
+from ._events import StreamGap as StreamGap
+from ._stream import EventStream as EventStream
+from ._stream import SourceStatistics as SourceStatistics
+from ._stream import StreamStatistics as StreamStatistics
+from ._stream import connect_event_stream as connect_event_stream
+from ._stream import open_event_stream as open_event_stream
+
+__version__ = "0.1.0"

@@ -1,0 +1,142 @@
+"""The bounded, batch-oriented queue between listener tasks and the consumer.
+
+Listeners put one *batch* (a list of events) per ``poll()``; the consumer takes
+whole batches, so the per-event cost of crossing tasks is a list index. This is
+a small purpose-built queue rather than a ``trio`` memory channel because the
+bound is counted in *events* (not batches) and the ``drop-oldest`` policy must
+reach into what is already queued; memory channels allow neither.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Literal
+
+import trio
+
+from ._errors import StreamClosedError, StreamOverflowError
+from ._events import Event, Overflow, StreamGap
+
+__all__ = ["EventBuffer", "OverflowPolicy"]
+
+OverflowPolicy = Literal["backpressure", "drop-oldest", "raise"]
+_CONTROL_TYPES = (StreamGap, Overflow)
+
+
+class EventBuffer:
+    """Batches of events waiting for the consumer, bounded in events."""
+
+    def __init__(self, max_size: int, overflow: OverflowPolicy, source: str = "") -> None:
+        self.max_size = max_size
+        self.overflow = overflow
+        self._source = source
+        self._batches: deque[list[Event]] = deque()
+        self._count = 0
+        self._readers = trio.lowlevel.ParkingLot()
+        self._writers = trio.lowlevel.ParkingLot()
+        self._closed = False
+        self._dropped_pending = 0
+        #: Events and batches accepted since the stream opened (statistics).
+        self.events_in = 0
+        self.batches_in = 0
+        #: Events discarded by the drop-oldest policy since the stream opened.
+        self.dropped_total = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    async def put(self, batch: list[Event]) -> None:
+        """Queue a batch, applying the overflow policy when full."""
+        if self._count + len(batch) > self.max_size:
+            if self.overflow == "backpressure":
+                # Stop reading the socket; the server queues for us.
+                while self._count >= self.max_size and not self._closed:
+                    await self._writers.park()
+            elif self.overflow == "raise":
+                raise StreamOverflowError(
+                    f"consumer fell behind: {self._count} events buffered, "
+                    f"{len(batch)} more arrived (max_buffer_size={self.max_size})"
+                )
+        if self._closed:
+            return
+        self._batches.append(batch)
+        self._count += len(batch)
+        self.events_in += len(batch)
+        self.batches_in += 1
+        if self.overflow == "drop-oldest" and self._count > self.max_size:
+            self._drop_oldest(self._count - self.max_size)
+        self._readers.unpark()
+
+    def put_control(self, event: Event) -> None:
+        """Queue a control event (gap, overflow); never dropped, never blocks."""
+        if self._closed:
+            return
+        self._batches.append([event])
+        self._count += 1
+        self._readers.unpark()
+
+    def _drop_oldest(self, excess: int) -> None:
+        kept: list[Event] = []
+        dropped = 0
+        while excess > 0 and self._batches:
+            head = self._batches[0]
+            if len(head) <= excess:
+                self._batches.popleft()
+                part = head
+            else:
+                self._batches[0] = head[excess:]
+                part = head[:excess]
+            excess -= len(part)
+            self._count -= len(part)
+            for event in part:
+                if isinstance(event, _CONTROL_TYPES):
+                    kept.append(event)  # control events (gap, overflow) survive
+                else:
+                    dropped += 1
+        if kept:
+            self._batches.appendleft(kept)
+            self._count += len(kept)
+        self._dropped_pending += dropped
+        self.dropped_total += dropped
+
+    def _take(self) -> list[Event]:
+        if self._dropped_pending:
+            dropped, self._dropped_pending = self._dropped_pending, 0
+            return [Overflow(self._source, dropped)]
+        batch = self._batches.popleft()
+        self._count -= len(batch)
+        if self._count < self.max_size:
+            self._writers.unpark_all()
+        return batch
+
+    async def get(self) -> list[Event]:
+        """Wait for and return the oldest batch; raises StreamClosedError at the end."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._batches and not self._dropped_pending:
+            if self._closed:
+                raise StreamClosedError("the event stream is closed")
+            await self._readers.park()
+        batch = self._take()
+        # Yield once per batch so listeners get to run (cancellation was
+        # already checked above: a taken batch is never lost to it).
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return batch
+
+    def get_nowait(self) -> list[Event]:
+        """Return the oldest batch, or raise ``trio.WouldBlock``."""
+        if not self._batches and not self._dropped_pending:
+            if self._closed:
+                raise StreamClosedError("the event stream is closed")
+            raise trio.WouldBlock
+        return self._take()
+
+    def close(self) -> None:
+        """End the stream: readers drain what is queued, then get StreamClosedError."""
+        self._closed = True
+        self._readers.unpark_all()
+        self._writers.unpark_all()

@@ -1,0 +1,246 @@
+"""Getting a listening connection from a SQLAlchemy engine, and giving it back.
+
+Everything here that talks to the server is synchronous and is run in a worker
+thread by the callers (``trio.to_thread``), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg2
+import psycopg2.extensions
+import sqlalchemy
+from psycopg2 import sql
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
+
+from ._errors import ConfigurationError, InvalidChannelError
+
+__all__ = [
+    "as_engine",
+    "describe_source",
+    "validate_channel",
+    "listen_sql",
+    "unlisten_sql",
+    "Abandonable",
+    "checkout",
+    "release",
+    "set_keepalive",
+    "shutdown_socket",
+]
+
+#: Postgres truncates identifiers to NAMEDATALEN-1 bytes.
+MAX_IDENTIFIER_BYTES = 63
+
+
+def as_engine(engine_or_url: Engine | str) -> Engine:
+    """Accept an Engine, or a URL/DSN string (then a NullPool engine is made)."""
+    if isinstance(engine_or_url, Engine):
+        engine = engine_or_url
+    elif isinstance(engine_or_url, str):
+        url_text = engine_or_url
+        if "://" not in url_text:
+            raise ConfigurationError(
+                f"database URL {_hide(url_text)!r} is not a URL like postgresql://user@host/db"
+            )
+        try:
+            url = sqlalchemy.make_url(url_text)
+        except sqlalchemy.exc.ArgumentError as exc:
+            raise ConfigurationError(f"database URL {_hide(url_text)!r} cannot be parsed") from exc
+        if url.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
+            url = url.set(drivername="postgresql+psycopg2")
+        engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    else:
+        raise ConfigurationError(
+            f"engine must be a SQLAlchemy Engine or a URL string, not {type(engine_or_url).__name__}"
+        )
+    if engine.dialect.driver != "psycopg2":
+        raise ConfigurationError(
+            f"engine {describe_source(engine)!r} uses driver {engine.dialect.driver!r}; "
+            "trio_pgevents needs postgresql+psycopg2"
+        )
+    return engine
+
+
+def _hide(url_text: str) -> str:
+    try:
+        return sqlalchemy.make_url(url_text).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparsable URL>"
+
+
+def describe_source(engine: Engine) -> str:
+    """The engine's URL with the password hidden: what ``Event.source`` says."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def validate_channel(channel: object) -> str:
+    """Return ``channel`` if Postgres accepts it as a channel name unchanged."""
+    if not isinstance(channel, str):
+        raise InvalidChannelError(f"channel name must be a str, not {type(channel).__name__}: {channel!r}")
+    if not channel:
+        raise InvalidChannelError("channel name must not be empty")
+    if "\x00" in channel:
+        raise InvalidChannelError(f"channel name {channel!r} contains a NUL character")
+    size = len(channel.encode("utf-8"))
+    if size > MAX_IDENTIFIER_BYTES:
+        raise InvalidChannelError(
+            f"channel name {channel[:20]!r}... is {size} bytes; Postgres truncates names "
+            f"longer than {MAX_IDENTIFIER_BYTES} bytes (LISTEN would silently listen elsewhere)"
+        )
+    return channel
+
+
+def listen_sql(channels: Iterable[str]) -> sql.Composed:
+    """``LISTEN "a"; LISTEN "b"`` with every name quoted as an identifier."""
+    return sql.SQL("; ").join(sql.SQL("LISTEN {}").format(sql.Identifier(ch)) for ch in channels)
+
+
+def unlisten_sql(channels: Iterable[str]) -> sql.Composed:
+    """``UNLISTEN "a"; ...`` with every name quoted as an identifier."""
+    return sql.SQL("; ").join(sql.SQL("UNLISTEN {}").format(sql.Identifier(ch)) for ch in channels)
+
+
+def execute(dbapi_conn: Any, statement: sql.Composable | str) -> None:
+    """Run one statement (no result wanted) on a psycopg2 connection."""
+    with dbapi_conn.cursor() as cursor:
+        cursor.execute(statement)
+
+
+class Abandonable:
+    """Hands a connection made in a worker thread back to Trio, or closes it.
+
+    If the waiting Trio task is cancelled (``abandon_on_cancel=True``), the
+    thread may still finish connecting later; whoever comes second — the
+    thread or the canceller — closes the connection, so none is leaked.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._result: Any = None
+
+    def deliver(self, connection: Any) -> Any:
+        """Called by the thread with its new connection."""
+        with self._lock:
+            if not self._abandoned:
+                self._result = connection
+                return connection
+        release(connection, broken=True)
+        return None
+
+    def abandon(self) -> None:
+        """Called by the cancelled task: close anything already delivered."""
+        with self._lock:
+            self._abandoned = True
+            leaked, self._result = self._result, None
+        if leaked is not None:
+            release(leaked, broken=True)
+
+
+def checkout(engine: Engine, channels: Iterable[str], keepalive: KeepaliveSettings | None) -> Any:
+    """Take a raw connection from ``engine``, make it autocommit, LISTEN.
+
+    Returns SQLAlchemy's pool proxy (``.dbapi_connection`` is the psycopg2
+    connection). On failure the connection is invalidated and the error raised.
+    """
+    proxy = engine.raw_connection()
+    try:
+        dbapi_conn = proxy.dbapi_connection
+        if not isinstance(dbapi_conn, psycopg2.extensions.connection):
+            raise ConfigurationError("engine did not give a psycopg2 connection")
+        dbapi_conn.autocommit = True
+        if keepalive is not None:
+            set_keepalive(dbapi_conn.fileno(), keepalive)
+        names = list(channels)
+        if names:
+            execute(dbapi_conn, listen_sql(names))
+    except BaseException:
+        proxy.invalidate()
+        raise
+    return proxy
+
+
+def release(proxy: Any, *, broken: bool) -> None:
+    """Give a listening connection back: UNLISTEN, restore autocommit, return.
+
+    A broken (or possibly broken) connection is invalidated instead, so
+    SQLAlchemy's pool discards it rather than handing it to someone else.
+    """
+    if proxy is None:
+        return
+    if not broken:
+        try:
+            dbapi_conn = proxy.dbapi_connection
+            execute(dbapi_conn, "UNLISTEN *")
+            dbapi_conn.notifies.clear()
+            dbapi_conn.autocommit = False
+            proxy.close()
+            return
+        except Exception:
+            pass
+    with contextlib.suppress(Exception):
+        proxy.invalidate()
+
+
+class KeepaliveSettings:
+    """TCP keepalive and user-timeout settings applied to a listening socket."""
+
+    def __init__(self, idle: float = 10.0, interval: float = 5.0, count: int = 3) -> None:
+        self.idle = idle
+        self.interval = interval
+        self.count = count
+
+    @property
+    def user_timeout_ms(self) -> int:
+        """Unacknowledged data is given up on after the keepalive window."""
+        return int((self.idle + self.interval * self.count) * 1000)
+
+
+def _dup_socket(fd: int) -> socket.socket | None:
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+    return sock
+
+
+def set_keepalive(fd: int, settings: KeepaliveSettings) -> None:
+    """Turn on TCP keepalives (no-op on Unix-domain sockets)."""
+    sock = _dup_socket(fd)
+    if sock is None:
+        return
+    try:
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", max(1, int(settings.idle))),
+            ("TCP_KEEPINTVL", max(1, int(settings.interval))),
+            ("TCP_KEEPCNT", settings.count),
+            ("TCP_USER_TIMEOUT", settings.user_timeout_ms),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    finally:
+        sock.close()
+
+
+def shutdown_socket(fd: int) -> None:
+    """Shut a connection's socket down so any blocked read in a thread returns."""
+    sock = _dup_socket(fd)
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()

@@ -1,0 +1,314 @@
+"""Typed, immutable event objects.
+
+Events are built on the hot path (one per notification), so they are tuple
+subclasses created with ``tuple.__new__``: measured in ``benchmarks/`` that is
+the cheapest immutable object Python offers (a frozen dataclass costs ~4x
+more). Fields are read through ``operator.itemgetter`` properties.
+
+Layout of every event tuple: ``(channel, payload, pid, source, *extra)``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from functools import cached_property
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "Event",
+    "Notification",
+    "Overflow",
+    "RowChange",
+    "SchemaChange",
+    "StreamGap",
+]
+
+_new = tuple.__new__
+
+
+class Event(tuple[Any, ...]):
+    """Base class of everything a stream delivers.
+
+    Events are immutable. ``source`` names the database the event came from,
+    as a SQLAlchemy URL with the password hidden.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        @property
+        def channel(self) -> str:
+            """The NOTIFY channel the event arrived on."""
+
+        @property
+        def payload(self) -> str:
+            """The NOTIFY payload, exactly as sent (text, at most ~8000 bytes)."""
+
+        @property
+        def pid(self) -> int:
+            """Process id of the server backend that sent the notification."""
+
+        @property
+        def source(self) -> str:
+            """Which database the event came from (URL, password hidden)."""
+
+    else:
+        channel = property(itemgetter(0), doc="The NOTIFY channel the event arrived on.")
+        payload = property(itemgetter(1), doc="The NOTIFY payload, exactly as sent.")
+        pid = property(itemgetter(2), doc="Backend process id of the sender.")
+        source = property(itemgetter(3), doc="Which database (URL, password hidden).")
+
+    def __new__(cls, channel: str, payload: str, pid: int, source: str) -> Event:
+        return _new(cls, (channel, payload, pid, source))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(channel={self[0]!r}, payload={self[1]!r}, "
+            f"pid={self[2]!r}, source={self[3]!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *self))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), tuple(self)))
+
+
+def _rebuild(cls: type[Event], items: tuple[Any, ...]) -> Event:
+    return _new(cls, items)
+
+
+class Notification(Event):
+    """A plain NOTIFY on a channel that carries no trio_pgevents format."""
+
+    __slots__ = ()
+
+
+class _DecodedEvent(Event):
+    """An event whose payload is JSON, decoded lazily on first field access.
+
+    Subclasses deliberately have a ``__dict__`` (no ``__slots__``) so the parsed
+    payload can be cached; attribute assignment is still refused.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    @cached_property
+    def data(self) -> dict[str, Any]:
+        """The decoded JSON payload (every key, including ones not typed here)."""
+        decoded = json.loads(self[1])
+        return decoded if isinstance(decoded, dict) else {"value": decoded}
+
+    @classmethod
+    def from_data(cls, channel: str, data: dict[str, Any], pid: int, source: str) -> Any:
+        """Build an event from already-decoded data (payload is serialised lazily)."""
+        event = _new(cls, (channel, None, pid, source))
+        event.__dict__["data"] = data
+        return event
+
+    if TYPE_CHECKING:
+
+        @property
+        def payload(self) -> str: ...
+
+    else:
+
+        @property
+        def payload(self) -> str:
+            """The payload text (re-serialised JSON for events built from data)."""
+            text = self[1]
+            if text is None:
+                text = self.__dict__.get("_payload")
+                if text is None:
+                    text = json.dumps(self.data, separators=(",", ":"), default=str)
+                    self.__dict__["_payload"] = text
+            return text  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(channel={self[0]!r}, data={self.data!r}, source={self[3]!r})"
+
+
+class RowChange(_DecodedEvent):
+    """A row-level data change, from a trigger (or from logical replication).
+
+    The fields are pg_events' payload keys. ``old_data`` is ``None`` for
+    INSERT, ``new_data`` is ``None`` for DELETE; both are ``None`` for TRUNCATE.
+    """
+
+    @property
+    def table_schema(self) -> str:
+        """Schema of the changed table."""
+        return str(self.data.get("table_schema", ""))
+
+    @property
+    def table_name(self) -> str:
+        """Name of the changed table."""
+        return str(self.data.get("table_name", ""))
+
+    @property
+    def method(self) -> str:
+        """``INSERT``, ``UPDATE``, ``DELETE`` or ``TRUNCATE``."""
+        return str(self.data.get("method", ""))
+
+    @property
+    def old_data(self) -> dict[str, Any] | None:
+        """The row before the change (UPDATE, DELETE), or ``None``."""
+        return self.data.get("old_data")
+
+    @property
+    def new_data(self) -> dict[str, Any] | None:
+        """The row after the change (INSERT, UPDATE), or ``None``."""
+        return self.data.get("new_data")
+
+    @property
+    def session_user(self) -> str | None:
+        """The session user that made the change."""
+        return self.data.get("session_user")
+
+    @property
+    def query(self) -> str | None:
+        """The top-level statement text (may be cut, or left out by option)."""
+        return self.data.get("query")
+
+    @property
+    def truncated(self) -> bool:
+        """True when the row data was reduced to fit the NOTIFY size limit."""
+        return bool(self.data.get("truncated", False))
+
+    @property
+    def id(self) -> int | None:
+        """Durable mode: the event's id in the outbox table."""
+        return self.data.get("id")
+
+    @property
+    def txid(self) -> int | None:
+        """Durable and CDC modes: the id of the transaction that made the change."""
+        return self.data.get("txid")
+
+    @property
+    def lsn(self) -> str | None:
+        """CDC mode: the WAL position of the change's commit (``X/Y`` text)."""
+        return self.data.get("lsn")
+
+
+class SchemaChange(_DecodedEvent):
+    """A DDL event trigger's event, with pg_events' keys.
+
+    Read any key through :attr:`data`; the common ones are typed here.
+    """
+
+    @property
+    def command_tag(self) -> str:
+        """E.g. ``CREATE TABLE``, ``ALTER TABLE``, ``DROP TABLE``."""
+        return str(self.data.get("command_tag", ""))
+
+    @property
+    def object_type(self) -> str:
+        """E.g. ``table``, ``index``, ``function``."""
+        return str(self.data.get("object_type", ""))
+
+    @property
+    def object_identity(self) -> str:
+        """Schema-qualified, quoted identity of the object."""
+        return str(self.data.get("object_identity", ""))
+
+    @property
+    def schema_name(self) -> str | None:
+        """Schema of the object, when it has one."""
+        return self.data.get("schema_name")
+
+    @property
+    def object_name(self) -> str | None:
+        """Name of the object (``sql_drop`` events), when known."""
+        return self.data.get("object_name")
+
+
+class StreamGap(Event):
+    """Control event: the connection to ``source`` was lost and is back.
+
+    Notifications sent while disconnected may have been missed (a durable
+    stream sets ``replayed`` because it re-read them). Its ``channel`` and
+    ``payload`` are empty strings and ``pid`` is 0.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        @property
+        def disconnected_at(self) -> datetime:
+            """When the connection was found dead (UTC)."""
+
+        @property
+        def reconnected_at(self) -> datetime:
+            """When listening resumed (UTC)."""
+
+        @property
+        def reason(self) -> str:
+            """Why the connection was considered lost."""
+
+        @property
+        def replayed(self) -> bool:
+            """True if missed events were re-read (durable mode): nothing lost."""
+
+    else:
+        disconnected_at = property(itemgetter(4), doc="When the connection was found dead.")
+        reconnected_at = property(itemgetter(5), doc="When listening resumed.")
+        reason = property(itemgetter(6), doc="Why the connection was considered lost.")
+        replayed = property(itemgetter(7), doc="True if missed events were re-read.")
+
+    def __new__(
+        cls,
+        source: str,
+        disconnected_at: datetime,
+        reconnected_at: datetime,
+        reason: str,
+        replayed: bool = False,
+    ) -> StreamGap:
+        return _new(cls, ("", "", 0, source, disconnected_at, reconnected_at, reason, replayed))
+
+    @property
+    def duration(self) -> float:
+        """Seconds between losing and regaining the connection."""
+        return (self.reconnected_at - self.disconnected_at).total_seconds()
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamGap(source={self[3]!r}, disconnected_at={self[4].isoformat()}, "
+            f"reconnected_at={self[5].isoformat()}, reason={self[6]!r}, replayed={self[7]!r})"
+        )
+
+
+class Overflow(Event):
+    """Control event: ``dropped`` events were discarded (``overflow="drop-oldest"``).
+
+    It is delivered in place of the discarded events, i.e. before the oldest
+    event that was kept. ``channel``/``payload`` are empty, ``pid`` is 0.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        @property
+        def dropped(self) -> int:
+            """How many events were discarded."""
+
+    else:
+        dropped = property(itemgetter(4), doc="How many events were discarded.")
+
+    def __new__(cls, source: str, dropped: int) -> Overflow:
+        return _new(cls, ("", "", 0, source, dropped))
+
+    def __repr__(self) -> str:
+        return f"Overflow(dropped={self[4]!r}, source={self[3]!r})"

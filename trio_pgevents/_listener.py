@@ -1,0 +1,307 @@
+"""One listening connection: the task that reads it, and its reconnect loop.
+
+The hot loop is ``wait_readable(fd)`` -> ``conn.poll()`` -> swap out
+``conn.notifies`` -> one list comprehension -> one buffer put. Everything
+else (connect, LISTEN, the liveness probe) runs in worker threads while the
+loop is held off by ``_exclusive()``, so the event loop never blocks on I/O.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2
+import sqlalchemy.exc
+import trio
+from psycopg2 import sql
+from sqlalchemy.engine import Engine
+
+from . import _connection as conn_mod
+from ._buffer import EventBuffer
+from ._decode import Decoder
+from ._errors import (
+    ConnectError,
+    ConnectionLostError,
+    StreamGapError,
+    TrioPgEventsError,
+)
+from ._events import Event, Notification, StreamGap
+from ._options import StreamOptions
+
+__all__ = ["Listener"]
+
+logger = logging.getLogger("trio_pgevents")
+
+_new = tuple.__new__
+_DB_ERRORS = (psycopg2.Error, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.InterfaceError, OSError)
+
+
+class _Lost(Exception):
+    """Internal: the connection is gone (reason in args[0])."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Listener:
+    """Reads one engine's connection into the shared buffer, reconnecting on loss."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        channels: Collection[str],
+        buffer: EventBuffer,
+        options: StreamOptions,
+        decoders_for: Callable[[], Mapping[str, Decoder] | None],
+    ) -> None:
+        self.engine = engine
+        self.source = conn_mod.describe_source(engine)
+        self._channels = channels  # the stream's live set, shared by all listeners
+        self._buffer = buffer
+        self._options = options
+        self._decoders_for = decoders_for
+        self._proxy: Any = None
+        self._command_lock = trio.Lock()
+        self._command_running = False
+        self._command_done = trio.Event()
+        self._next_probe = 0.0
+        self.finished = trio.Event()
+        # Health, for statistics().
+        self.connected = False
+        self.reconnects = 0
+        self.last_event_at: float | None = None
+        self.last_gap: StreamGap | None = None
+        self.queue_usage: float | None = None
+        self.backend_pid: int | None = None
+
+    # ---- lifecycle -------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Connect, LISTEN, report started, then pump until cancelled."""
+        try:
+            try:
+                await self._connect()
+            except _DB_ERRORS as exc:
+                raise ConnectError(f"could not connect and LISTEN on {self.source}: {exc}".strip()) from exc
+            task_status.started()
+            while True:
+                try:
+                    await self._pump()
+                except _Lost as lost:
+                    await self._recover(str(lost.args[0]), lost.__cause__)
+        finally:
+            await self._close_connection(broken=False)
+            self.finished.set()
+
+    async def _recover(self, reason: str, cause: BaseException | None) -> None:
+        disconnected_at = _utcnow()
+        self.connected = False
+        logger.warning("lost connection to %s: %s", self.source, reason)
+        await self._close_connection(broken=True)
+        if not self._options.reconnect:
+            raise ConnectionLostError(f"lost connection to {self.source}: {reason}") from cause
+        await self._reconnect(reason)
+        gap = StreamGap(self.source, disconnected_at, _utcnow(), reason)
+        self.last_gap = gap
+        self.reconnects += 1
+        logger.warning("reconnected to %s after %.3fs", self.source, gap.duration)
+        if self._options.on_gap == "raise":
+            raise StreamGapError(
+                f"connection to {self.source} was lost for {gap.duration:.3f}s; "
+                "notifications may have been missed",
+                gap,
+            )
+        self._buffer.put_control(gap)
+
+    async def _reconnect(self, reason: str) -> None:
+        options = self._options
+        delay = options.backoff_initial
+        attempts = 0
+        deadline = (
+            math_inf if options.reconnect_timeout is None else trio.current_time() + options.reconnect_timeout
+        )
+        while True:
+            attempts += 1
+            try:
+                await self._connect()
+                return
+            except _DB_ERRORS as exc:
+                out_of_attempts = (
+                    options.max_reconnect_attempts is not None and attempts >= options.max_reconnect_attempts
+                )
+                if out_of_attempts or trio.current_time() >= deadline:
+                    raise ConnectionLostError(
+                        f"lost connection to {self.source} ({reason}) and could not reconnect "
+                        f"after {attempts} attempt(s): {exc}".strip()
+                    ) from exc
+                logger.info("reconnect to %s failed (attempt %d): %s", self.source, attempts, exc)
+            # Jittered exponential backoff: spread a herd of listeners out.
+            await trio.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, deadline - trio.current_time())))
+            delay = min(delay * 2, options.backoff_max)
+
+    async def _connect(self) -> None:
+        channels = list(self._channels)
+        keepalive = self._options.keepalive
+        handoff = conn_mod.Abandonable()
+
+        def work() -> Any:
+            return handoff.deliver(conn_mod.checkout(self.engine, channels, keepalive))
+
+        try:
+            proxy = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except trio.Cancelled:
+            handoff.abandon()
+            raise
+        self._proxy = proxy
+        self.backend_pid = proxy.dbapi_connection.get_backend_pid()
+        self.connected = True
+        self._next_probe = trio.current_time() + self._options.probe_interval
+        # LISTEN/UNLISTEN calls made while we were connecting.
+        current = list(self._channels)
+        added = [ch for ch in current if ch not in channels]
+        removed = [ch for ch in channels if ch not in current]
+        if added:
+            await self._run_command(conn_mod.listen_sql(added))
+        if removed:
+            await self._run_command(conn_mod.unlisten_sql(removed))
+
+    async def _close_connection(self, *, broken: bool) -> None:
+        proxy, self._proxy = self._proxy, None
+        self.connected = False
+        if proxy is None:
+            return
+        with trio.CancelScope(shield=True):
+            # Already closed connections have no fileno: nothing to notify.
+            with contextlib.suppress(ValueError, psycopg2.Error, OSError):
+                trio.lowlevel.notify_closing(proxy.dbapi_connection.fileno())
+            with trio.move_on_after(self._options.close_timeout):
+                await trio.to_thread.run_sync(
+                    lambda: conn_mod.release(proxy, broken=broken), abandon_on_cancel=True
+                )
+
+    # ---- the hot loop ------------------------------------------------------
+
+    async def _pump(self) -> None:
+        proxy = self._proxy
+        conn = proxy.dbapi_connection
+        fd = conn.fileno()
+        wait_readable = trio.lowlevel.wait_readable
+        while True:
+            if trio.current_time() >= self._next_probe:
+                await self._probe(conn, fd)
+            with trio.move_on_at(self._next_probe):
+                await wait_readable(fd)
+            while self._command_running:
+                await self._command_done.wait()
+            try:
+                conn.poll()
+            except psycopg2.Error as exc:
+                raise _Lost(str(exc).strip() or type(exc).__name__) from exc
+            if conn.notifies:
+                await self._drain(conn)
+            elif conn.closed:
+                raise _Lost("connection closed")
+
+    async def _drain(self, conn: Any) -> None:
+        notifies = conn.notifies
+        conn.notifies = []
+        source = self.source
+        decoders = self._decoders_for()
+        if decoders is None:
+            batch: list[Event] = [_new(Notification, (n.channel, n.payload, n.pid, source)) for n in notifies]
+        else:
+            get = decoders.get
+            batch = []
+            append = batch.append
+            for n in notifies:
+                channel = n.channel
+                decoder = get(channel)
+                if decoder is None:
+                    append(_new(Notification, (channel, n.payload, n.pid, source)))
+                else:
+                    append(decoder(channel, n.payload, n.pid, source))
+        self.last_event_at = time.time()
+        await self._buffer.put(batch)
+
+    # ---- commands on the listening connection -----------------------------
+
+    @asynccontextmanager
+    async def _exclusive(self) -> AsyncIterator[None]:
+        async with self._command_lock:
+            self._command_done = trio.Event()
+            self._command_running = True
+            try:
+                yield
+            finally:
+                self._command_running = False
+                self._command_done.set()
+
+    async def _run_command(self, statement: sql.Composable | str) -> None:
+        proxy = self._proxy
+        if proxy is None:
+            return  # reconnecting: the new connection LISTENs to the current set
+        conn = proxy.dbapi_connection
+        async with self._exclusive():
+            try:
+                await trio.to_thread.run_sync(conn_mod.execute, conn, statement)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                # The connection died: the pump finds out and reconnects with
+                # the current channel set, so nothing is lost by ignoring it.
+                return
+            except psycopg2.Error as exc:
+                raise TrioPgEventsError(f"{statement!r} failed on {self.source}: {exc}") from exc
+            if conn.notifies:
+                await self._drain(conn)
+
+    async def listen(self, channels: list[str]) -> None:
+        """LISTEN on more channels (the shared set is already updated)."""
+        await self._run_command(conn_mod.listen_sql(channels))
+
+    async def unlisten(self, channels: list[str]) -> None:
+        """UNLISTEN channels (the shared set is already updated)."""
+        await self._run_command(conn_mod.unlisten_sql(channels))
+
+    async def _probe(self, conn: Any, fd: int) -> None:
+        """Ask the server something cheap: proves the link is alive, reads queue usage."""
+        timeout = self._options.probe_timeout
+        async with self._exclusive():
+            with trio.move_on_after(timeout) as scope:
+                usage = await trio.to_thread.run_sync(_probe_sync, conn, abandon_on_cancel=True)
+            if scope.cancelled_caught:
+                # Half-open connection: unblock the abandoned thread's read.
+                conn_mod.shutdown_socket(fd)
+                raise _Lost(f"liveness probe got no answer within {timeout}s")
+            if isinstance(usage, BaseException):
+                raise _Lost(f"liveness probe failed: {usage}".strip()) from usage
+            self.queue_usage = usage
+            if usage >= self._options.queue_usage_warning:
+                logger.warning(
+                    "notification queue of %s is %.0f%% full: a listener is not reading; "
+                    "when it is full every NOTIFYing transaction fails",
+                    self.source,
+                    usage * 100,
+                )
+            if conn.notifies:
+                await self._drain(conn)
+        self._next_probe = trio.current_time() + self._options.probe_interval
+
+
+math_inf = float("inf")
+
+
+def _probe_sync(conn: Any) -> float | BaseException:
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute("SELECT pg_notification_queue_usage()")
+            row = cursor.fetchone()
+        return float(row[0])
+    except psycopg2.Error as exc:
+        return exc

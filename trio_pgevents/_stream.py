@@ -1,0 +1,377 @@
+"""The event stream: what ``open_event_stream`` gives the consumer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from sqlalchemy.engine import Engine
+
+from ._buffer import EventBuffer, OverflowPolicy
+from ._connection import KeepaliveSettings, as_engine, validate_channel
+from ._consumer import BufferedStream
+from ._decode import Decoder
+from ._errors import ConfigurationError
+from ._events import StreamGap
+from ._listener import Listener
+from ._options import GapPolicy, StreamOptions
+
+__all__ = [
+    "EventStream",
+    "SourceStatistics",
+    "StreamStatistics",
+    "connect_event_stream",
+    "open_event_stream",
+]
+
+EngineArg = Engine | str
+
+
+@dataclass(frozen=True)
+class SourceStatistics:
+    """Health of one source (one engine's listening connection)."""
+
+    #: The database, password hidden.
+    source: str
+    #: True while the connection is up and listening.
+    connected: bool
+    #: How many times the connection was lost and restored.
+    reconnects: int
+    #: Wall-clock time (``time.time()``) the last batch arrived, or None.
+    last_event_at: float | None
+    #: The most recent gap, or None.
+    last_gap: StreamGap | None
+    #: ``pg_notification_queue_usage()`` at the last probe (0..1), or None.
+    queue_usage: float | None
+    #: Backend process id of the listening connection, when connected.
+    backend_pid: int | None
+
+
+@dataclass(frozen=True)
+class StreamStatistics:
+    """A snapshot of a stream's counters (``stream.statistics()``)."""
+
+    #: Events accepted into the buffer since the stream opened.
+    events_received: int
+    #: Batches (one per ``poll()`` with notifications) since the stream opened.
+    batches_received: int
+    #: Events waiting in the buffer now.
+    buffered: int
+    #: The buffer's bound, in events.
+    max_buffer_size: int
+    #: Events discarded by ``overflow="drop-oldest"`` so far.
+    dropped: int
+    #: Channels listened to now.
+    channels: frozenset[str]
+    #: One entry per source (engine).
+    sources: tuple[SourceStatistics, ...]
+
+    @property
+    def connected(self) -> bool:
+        """True when every source is connected."""
+        return all(s.connected for s in self.sources)
+
+    @property
+    def reconnects(self) -> int:
+        """Reconnects over all sources."""
+        return sum(s.reconnects for s in self.sources)
+
+
+class EventStream(BufferedStream):
+    """An async stream of events from one or more databases.
+
+    Iterate with ``async for event in stream``; or ``await stream.receive()``,
+    ``stream.receive_nowait()``, or ``async for batch in stream.batches()`` for
+    the fastest path. Events from one connection arrive in the order the
+    server sent them. Control events (:class:`StreamGap`,
+    :class:`Overflow`) arrive in order among them.
+
+    Made by :func:`open_event_stream` or :func:`connect_event_stream`.
+    """
+
+    def __init__(
+        self,
+        engines: Sequence[Engine],
+        channels: Iterable[str],
+        options: StreamOptions,
+    ) -> None:
+        self._options = options
+        self._channels: dict[str, None] = dict.fromkeys(channels)  # ordered set
+        super().__init__(EventBuffer(options.max_buffer_size, options.overflow))
+        self._decoders: Mapping[str, Decoder] | None = None
+        self._update_decoders()
+        self._listeners = [
+            Listener(engine, self._channels.keys(), self._buffer, options, self._current_decoders)
+            for engine in engines
+        ]
+        self._scopes: list[trio.CancelScope] = []
+        self._closed = False
+
+    # ---- lifecycle ----------------------------------------------------------
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        for listener in self._listeners:
+            scope = trio.CancelScope()
+            self._scopes.append(scope)
+            await nursery.start(self._run_listener, listener, scope)
+
+    @staticmethod
+    async def _run_listener(
+        listener: Listener, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        with scope:
+            await listener.run(task_status=task_status)
+
+    async def aclose(self) -> None:
+        """Stop listening, give the connections back, end iteration.
+
+        Idempotent. Bounded in time even when cancelled: cleanup is shielded and
+        limited by ``close_timeout`` per connection.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._buffer.close()
+        for scope in self._scopes:
+            scope.cancel()
+        with trio.CancelScope(shield=True):
+            for listener in self._listeners:
+                if self._scopes:
+                    with trio.move_on_after(self._options.close_timeout + 1):
+                        await listener.finished.wait()
+
+    # ---- channels ------------------------------------------------------------------
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels listened to now."""
+        return frozenset(self._channels)
+
+    async def listen(self, *channels: str) -> None:
+        """LISTEN on more channels; events on them arrive once this returns."""
+        new = [ch for ch in dict.fromkeys(validate_channel(c) for c in channels) if ch not in self._channels]
+        if not new:
+            await trio.lowlevel.checkpoint()
+            return
+        self._channels.update(dict.fromkeys(new))
+        self._update_decoders()
+        for listener in self._listeners:
+            await listener.listen(new)
+
+    async def unlisten(self, *channels: str) -> None:
+        """Stop listening on channels (events already buffered are still delivered)."""
+        gone = [ch for ch in dict.fromkeys(validate_channel(c) for c in channels) if ch in self._channels]
+        if not gone:
+            await trio.lowlevel.checkpoint()
+            return
+        for ch in gone:
+            del self._channels[ch]
+        self._update_decoders()
+        for listener in self._listeners:
+            await listener.unlisten(gone)
+
+    def _update_decoders(self) -> None:
+        active = {ch: d for ch, d in self._options.decoders.items() if ch in self._channels}
+        self._decoders = active or None
+
+    def _current_decoders(self) -> Mapping[str, Decoder] | None:
+        return self._decoders
+
+    # ---- introspection -------------------------------------------------------------
+
+    def statistics(self) -> StreamStatistics:
+        """Counters and health of the stream (cheap; no I/O)."""
+        buffer = self._buffer
+        return StreamStatistics(
+            events_received=buffer.events_in,
+            batches_received=buffer.batches_in,
+            buffered=len(buffer) + len(self._batch) - self._pos,
+            max_buffer_size=buffer.max_size,
+            dropped=buffer.dropped_total,
+            channels=self.channels,
+            sources=tuple(
+                SourceStatistics(
+                    source=ls.source,
+                    connected=ls.connected,
+                    reconnects=ls.reconnects,
+                    last_event_at=ls.last_event_at,
+                    last_gap=ls.last_gap,
+                    queue_usage=ls.queue_usage,
+                    backend_pid=ls.backend_pid if ls.connected else None,
+                )
+                for ls in self._listeners
+            ),
+        )
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The databases this stream listens to (passwords hidden)."""
+        return tuple(ls.source for ls in self._listeners)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<EventStream {state} channels={sorted(self._channels)!r} sources={list(self.sources)!r}>"
+
+
+def _engines(engine: EngineArg | Sequence[EngineArg]) -> list[Engine]:
+    if isinstance(engine, (Engine, str)):
+        return [as_engine(engine)]
+    if isinstance(engine, Sequence) and engine:
+        return [as_engine(e) for e in engine]
+    raise ConfigurationError(
+        f"engine must be an Engine, a URL, or a non-empty sequence of them, not {engine!r}"
+    )
+
+
+def _channel_list(channels: Iterable[str] | str) -> list[str]:
+    if isinstance(channels, str):
+        raise ConfigurationError(f"channels must be a list of names, not the string {channels!r}")
+    return list(dict.fromkeys(validate_channel(ch) for ch in channels))
+
+
+def _make_stream(
+    engine: EngineArg | Sequence[EngineArg], channels: Iterable[str], options: Any
+) -> EventStream:
+    try:
+        opts = StreamOptions(**options)
+    except TypeError as exc:
+        raise ConfigurationError(f"unknown option: {exc}") from exc
+    return EventStream(_engines(engine), _channel_list(channels), opts)
+
+
+async def _start(stream: EventStream, nursery: trio.Nursery) -> None:
+    try:
+        await stream._start(nursery)
+    except BaseException:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+        raise
+
+
+async def connect_event_stream(
+    nursery: trio.Nursery,
+    engine: EngineArg | Sequence[EngineArg],
+    channels: Iterable[str],
+    **options: Any,
+) -> EventStream:
+    """Open a stream whose listener tasks run in ``nursery`` (the lower tier).
+
+    Returns once every connection LISTENs. The caller must ``await
+    stream.aclose()`` (or cancel the nursery) when done. Arguments are as for
+    :func:`open_event_stream`. Errors of the listener tasks (e.g.
+    :class:`ConnectionLostError`) propagate through ``nursery``.
+    """
+    stream = _make_stream(engine, channels, options)
+    await _start(stream, nursery)
+    return stream
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+@asynccontextmanager
+async def open_event_stream(
+    engine: EngineArg | Sequence[EngineArg],
+    channels: Iterable[str],
+    *,
+    max_buffer_size: int = 16384,
+    overflow: OverflowPolicy = "backpressure",
+    on_gap: GapPolicy = "event",
+    reconnect: bool = True,
+    backoff_initial: float = 0.05,
+    backoff_max: float = 1.0,
+    max_reconnect_attempts: int | None = None,
+    reconnect_timeout: float | None = None,
+    probe_interval: float = 10.0,
+    probe_timeout: float = 5.0,
+    queue_usage_warning: float = 0.5,
+    keepalive: KeepaliveSettings | None = None,
+    close_timeout: float = 1.0,
+    decoders: Mapping[str, Decoder] | None = None,
+) -> AsyncIterator[EventStream]:
+    """Listen to ``channels`` and yield an :class:`EventStream`.
+
+    ``async with open_event_stream(engine, ["orders"]) as events:`` — the
+    LISTEN has completed when the body starts, so a NOTIFY sent from then on
+    is delivered. On exit the listener tasks are cancelled, every channel is
+    UNLISTENed and the connections go back to the engine's pool. A single
+    error (from the body or a listener) comes out as itself, not wrapped in
+    an exception group.
+
+    Args:
+        engine: a SQLAlchemy ``Engine`` using psycopg2 (or a ``postgresql://``
+            URL), or a sequence of them: one listening connection each, merged
+            into one stream (order is kept per connection).
+        channels: channel names; any name Postgres accepts (quoted for you).
+        max_buffer_size: how many events may wait for the consumer.
+        overflow: what happens when the buffer is full. ``"backpressure"``
+            (default): stop reading the socket; the server queues (watch
+            ``queue_usage``). ``"drop-oldest"``: discard the oldest events and
+            deliver an :class:`Overflow` event with the exact count.
+            ``"raise"``: fail the stream with :class:`StreamOverflowError`.
+        on_gap: after a reconnect, deliver a :class:`StreamGap` (``"event"``) or
+            raise :class:`StreamGapError` (``"raise"``).
+        reconnect: reconnect after a lost connection (default) or raise
+            :class:`ConnectionLostError`.
+        backoff_initial: first delay between reconnect attempts, seconds.
+        backoff_max: largest delay between attempts (jittered), seconds.
+        max_reconnect_attempts: give up after this many attempts (None: never).
+        reconnect_timeout: give up after this long disconnected (None: never).
+        probe_interval: run a liveness probe (and read
+            ``pg_notification_queue_usage()``) this often, seconds.
+        probe_timeout: a probe with no answer in this time means the
+            connection is dead (half-open), seconds.
+        queue_usage_warning: log a warning when the server's notification
+            queue is fuller than this fraction.
+        keepalive: TCP keepalive settings for the socket (default: on,
+            10s idle, 5s interval, 3 probes).
+        close_timeout: bound on returning a connection when closing, seconds.
+        decoders: channel -> decoder for typed events; default decodes the
+            installer's ``"pgevents"`` channel into RowChange/SchemaChange.
+    """
+    options: dict[str, Any] = {
+        "max_buffer_size": max_buffer_size,
+        "overflow": overflow,
+        "on_gap": on_gap,
+        "reconnect": reconnect,
+        "backoff_initial": backoff_initial,
+        "backoff_max": backoff_max,
+        "max_reconnect_attempts": max_reconnect_attempts,
+        "reconnect_timeout": reconnect_timeout,
+        "probe_interval": probe_interval,
+        "probe_timeout": probe_timeout,
+        "queue_usage_warning": queue_usage_warning,
+        "close_timeout": close_timeout,
+    }
+    if keepalive is not None:
+        options["keepalive"] = keepalive
+    if decoders is not None:
+        options["decoders"] = decoders
+    stream = _make_stream(engine, channels, options)  # bad arguments fail here, unwrapped
+    try:
+        async with trio.open_nursery() as nursery:
+            await _start(stream, nursery)
+            try:
+                yield stream
+            finally:
+                await stream.aclose()
+    except BaseExceptionGroup as group:
+        sole = _sole_exception(group)
+        if sole is None:
+            raise
+        raise sole from sole.__cause__
