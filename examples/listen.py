@@ -34,10 +34,10 @@ async def listen(url: str, dsn: str | None, count: int) -> None:
         if dsn is not None:
             nursery.start_soon(send_some, dsn, count)
         else:
-            print("listening on channel 'demo'; try: NOTIFY demo, 'hi'")
+            print("listening on channel 'demo'; try: NOTIFY demo, 'hi'", flush=True)
         received = 0
         async for event in events:
-            print(f"{event.channel}: {event.payload}  (backend pid {event.pid})")
+            print(f"{event.channel}: {event.payload}  (backend pid {event.pid})", flush=True)
             received += 1
             if dsn is not None and received == count:
                 break
@@ -45,7 +45,11 @@ async def listen(url: str, dsn: str | None, count: int) -> None:
 
 def main() -> None:
     if len(sys.argv) > 1:
-        trio.run(listen, sys.argv[1], None, 0)
+        try:
+            trio.run(listen, sys.argv[1], None, 0)
+        except KeyboardInterrupt:
+            # The stream has already closed: UNLISTENed, connection returned.
+            print("interrupted; connection closed")
         return
     with EmbeddedPostgres() as server:
         trio.run(listen, server.url, server.dsn, 5)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy
 import trio
 
 from trio_pgevents import EventStream
@@ -44,3 +46,34 @@ def test_listen_example_runs_against_embedded_server() -> None:
     assert [line.split("  ")[0] for line in result.stdout.splitlines()] == [
         f"demo: hello #{n}" for n in range(1, 6)
     ]
+
+
+async def test_listen_example_stops_gracefully_on_ctrl_c(pg_url: str, query: Any, notify: Any) -> None:
+    url = sqlalchemy.make_url(pg_url).update_query_dict({"application_name": "listen-example-ki"})
+    example = str(ROOT / "examples" / "listen.py")
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-u", example, url.render_as_string(hide_password=False)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stdout is not None
+    output = b""
+    try:
+        with trio.fail_after(30):
+            while b"listening" not in output:
+                output += await process.stdout.receive_some()
+            await notify("demo", "ping")
+            while b"demo: ping" not in output:
+                output += await process.stdout.receive_some()
+            process.send_signal(signal.SIGINT)
+            while chunk := await process.stdout.receive_some():
+                output += chunk
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert b"interrupted; connection closed" in output
+    with trio.fail_after(5):  # the backend exits asynchronously after the client closes
+        while await query("SELECT 1 FROM pg_stat_activity WHERE application_name = 'listen-example-ki'"):
+            await trio.sleep(0.02)
