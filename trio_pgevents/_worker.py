@@ -1,0 +1,267 @@
+"""Calling user callbacks for a stream of events: the engine of ``trio-pgevents worker``.
+
+:func:`dispatch_events` reads any async iterator of events (a LISTEN stream, or
+the durable consumer's stream) and calls the callback :class:`CallbackRouter`
+picks for each. Plain functions run in a worker thread (``trio.to_thread``), so
+a slow callback does not stall the loop; ``async def`` functions run directly.
+A ``trio.CapacityLimiter`` bounds how many run at once (``concurrency=1``, the
+default, calls them one after another, in event order). A callback that raises
+is logged with its event; dispatching goes on.
+
+Stopping is graceful: :meth:`Dispatcher.stop` stops *reading*, the callbacks
+already running are given ``shutdown_timeout`` seconds to finish, then the
+stragglers are cancelled (a thread that is still running is abandoned).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import AsyncIterable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import trio
+
+from ._errors import ConfigurationError
+from ._events import Event, Notification, Overflow, RowChange, SchemaChange, StreamGap
+
+__all__ = [
+    "CallbackArg",
+    "CallbackRouter",
+    "Dispatcher",
+    "DispatchStatistics",
+    "LEGACY_DATA_CHANNELS",
+    "LEGACY_SCHEMA_CHANNELS",
+    "dispatch_events",
+]
+
+logger = logging.getLogger("trio_pgevents.worker")
+
+#: What a callback receives: the payload text (as pg_events did), or the event object.
+CallbackArg = Literal["json", "event"]
+
+#: The channels pg_events' own triggers notify on (a database built by pg_events).
+LEGACY_DATA_CHANNELS = frozenset({"pgevents_data_update"})
+LEGACY_SCHEMA_CHANNELS = frozenset({"pgevents_table_alter", "pgevents_table_drop"})
+
+Callback = Callable[[Any], Any]
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(function):
+        return True
+    # A callable object with an ``async def __call__``.
+    call = getattr(function, "__call__", None)  # noqa: B004 - we want the bound method
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def describe_callback(function: Callable[..., Any]) -> str:
+    """``module.qualname`` of a callback, for logs."""
+    module = getattr(function, "__module__", None) or "?"
+    name = getattr(function, "__qualname__", None) or type(function).__qualname__
+    return f"{module}.{name}"
+
+
+@dataclass(frozen=True)
+class CallbackRouter:
+    """Chooses the callback for an event, and what it is given.
+
+    Row changes go to ``data``, schema changes to ``schema``. Plain
+    notifications on pg_events' own channels are routed by channel name.
+    Other events (gaps, overflows, unknown notifications) are logged and
+    skipped. A callback of ``None`` ignores those events.
+    """
+
+    data: Callback | None
+    schema: Callback | None
+    arg: CallbackArg = "json"
+
+    def __post_init__(self) -> None:
+        if self.arg not in ("json", "event"):
+            raise ConfigurationError(f"callback argument must be 'json' or 'event', not {self.arg!r}")
+
+    def route(self, event: Event) -> Callback | None:
+        """The callback for ``event``, or None to skip it (after logging why)."""
+        if isinstance(event, RowChange):
+            return self.data
+        if isinstance(event, SchemaChange):
+            return self.schema
+        if isinstance(event, StreamGap):
+            logger.warning(
+                "connection to %s was lost for %.1fs (%s): events sent meanwhile may be missed%s",
+                event.source,
+                event.duration,
+                event.reason,
+                " (they were replayed)" if event.replayed else "",
+            )
+            return None
+        if isinstance(event, Overflow):
+            logger.warning("%d events were dropped: the callbacks fell behind", event.dropped)
+            return None
+        if isinstance(event, Notification):
+            if event.channel in LEGACY_DATA_CHANNELS:
+                return self.data
+            if event.channel in LEGACY_SCHEMA_CHANNELS:
+                return self.schema
+        logger.debug("ignoring %r: not a data or schema event", event)
+        return None
+
+    def argument(self, event: Event) -> Any:
+        """What the callback is called with for ``event``."""
+        return event if self.arg == "event" else event.payload
+
+
+@dataclass
+class DispatchStatistics:
+    """Counters of a dispatcher (read them any time)."""
+
+    #: Events read from the iterator.
+    received: int = 0
+    #: Callbacks started.
+    started: int = 0
+    #: Callbacks that returned normally.
+    succeeded: int = 0
+    #: Callbacks that raised.
+    failed: int = 0
+    #: Callbacks cancelled (or abandoned) at shutdown.
+    cancelled: int = 0
+    #: Events with no callback (control events, ignored kinds).
+    skipped: int = 0
+
+    @property
+    def running(self) -> int:
+        """Callbacks running now."""
+        return self.started - self.succeeded - self.failed - self.cancelled
+
+
+class Dispatcher:
+    """Reads events and runs their callbacks, with a concurrency limit.
+
+    Args:
+        router: picks each event's callback (or anything with ``route(event)``
+            and ``argument(event)``).
+        concurrency: how many callbacks may run at once (>= 1). While that many
+            are running, reading waits (the stream's buffer absorbs the rest).
+        shutdown_timeout: after :meth:`stop`, how long running callbacks may
+            take to finish before they are cancelled, seconds.
+        on_done: called (in the Trio thread) after each callback as
+            ``on_done(event, ok)``; e.g. to acknowledge durable events.
+    """
+
+    def __init__(
+        self,
+        router: CallbackRouter,
+        *,
+        concurrency: int = 1,
+        shutdown_timeout: float = 30.0,
+        on_done: Callable[[Event, bool], None] | None = None,
+    ) -> None:
+        if not isinstance(concurrency, int) or isinstance(concurrency, bool) or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be an int >= 1, not {concurrency!r}")
+        if (
+            not isinstance(shutdown_timeout, (int, float))
+            or math.isnan(shutdown_timeout)
+            or shutdown_timeout < 0
+        ):
+            raise ConfigurationError(f"shutdown_timeout must be a number >= 0, not {shutdown_timeout!r}")
+        self.router = router
+        self.concurrency = concurrency
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.on_done = on_done
+        self.statistics = DispatchStatistics()
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._read_scope = trio.CancelScope()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Stop reading events; running callbacks get ``shutdown_timeout`` to finish.
+
+        Safe to call before :meth:`run` starts and more than once.
+        """
+        self._stopping = True
+        self._read_scope.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping
+
+    async def run(self, events: AsyncIterable[Event]) -> DispatchStatistics:
+        """Dispatch until ``events`` ends or :meth:`stop` is called; return the counters.
+
+        When the iterator ends, returns after every callback finished. After
+        :meth:`stop`, returns once running callbacks finished or were cancelled
+        at ``shutdown_timeout``.
+        """
+        async with trio.open_nursery() as nursery:
+            with self._read_scope:
+                async for event in events:
+                    self.statistics.received += 1
+                    callback = self.router.route(event)
+                    if callback is None:
+                        self.statistics.skipped += 1
+                        continue
+                    token = object()  # equal events must not share a limiter slot
+                    await self._limiter.acquire_on_behalf_of(token)
+                    self.statistics.started += 1
+                    nursery.start_soon(self._call, callback, event, token)
+            if self._stopping:
+                running = self.statistics.running
+                if running:
+                    logger.info(
+                        "stopping: waiting up to %gs for %d running callback(s)",
+                        self.shutdown_timeout,
+                        running,
+                    )
+                # Running callbacks keep going; cancel whatever is left at the deadline.
+                nursery.cancel_scope.deadline = trio.current_time() + self.shutdown_timeout
+        if self.statistics.cancelled:
+            logger.warning(
+                "%d callback(s) did not finish in %gs and were cancelled",
+                self.statistics.cancelled,
+                self.shutdown_timeout,
+            )
+        return self.statistics
+
+    async def _call(self, callback: Callback, event: Event, token: object) -> None:
+        ok = False
+        try:
+            argument = self.router.argument(event)
+            if _is_async(callback):
+                await callback(argument)
+            else:
+                # abandon_on_cancel: at the shutdown deadline a stuck thread is left behind.
+                await trio.to_thread.run_sync(callback, argument, abandon_on_cancel=True)
+            ok = True
+            self.statistics.succeeded += 1
+        except trio.Cancelled:
+            self.statistics.cancelled += 1
+            logger.warning("callback %s cancelled at shutdown for %r", describe_callback(callback), event)
+            raise
+        except Exception:
+            self.statistics.failed += 1
+            logger.exception("callback %s raised for %r", describe_callback(callback), event)
+        finally:
+            self._limiter.release_on_behalf_of(token)
+            if self.on_done is not None:
+                try:
+                    self.on_done(event, ok)
+                except Exception:
+                    logger.exception("on_done hook raised for %r", event)
+
+
+async def dispatch_events(
+    events: AsyncIterable[Event],
+    router: CallbackRouter,
+    *,
+    concurrency: int = 1,
+    shutdown_timeout: float = 30.0,
+) -> DispatchStatistics:
+    """Run callbacks for every event until ``events`` ends (convenience wrapper).
+
+    For a stoppable worker, build a :class:`Dispatcher` and call its ``stop()``.
+    """
+    dispatcher = Dispatcher(router, concurrency=concurrency, shutdown_timeout=shutdown_timeout)
+    return await dispatcher.run(events)
