@@ -1,0 +1,1111 @@
+"""Change data capture: every committed row change, read from the WAL.
+
+A publication names the tables, a logical replication slot (plugin
+``pgoutput``) remembers how far the consumer got, and a psycopg2
+``LogicalReplicationConnection`` streams the changes. Writers pay nothing
+extra (no trigger, no NOTIFY lock); the server keeps WAL until the consumer
+confirms it, so nothing is lost while the consumer is away — and a forgotten
+slot keeps WAL forever (see :func:`change_stream_status`).
+
+The hot loop mirrors the LISTEN stream: ``wait_readable(fd)`` ->
+``read_message()`` until ``None`` -> decode -> one buffer put per batch.
+Connecting, DDL and queries run in worker threads.
+
+Acknowledgement: the WAL position of an acknowledged event is reported to the
+server as the flush LSN. A restarted stream resumes after the last
+acknowledged *transaction*; a transaction acknowledged only in part is
+replayed whole. Delivery is at-least-once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import re
+import threading
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+import sqlalchemy.exc
+import trio
+from psycopg2 import sql
+from sqlalchemy.engine import Engine
+
+from . import _connection as conn_mod
+from ._buffer import EventBuffer, OverflowPolicy
+from ._connection import KeepaliveSettings
+from ._consumer import BufferedStream
+from ._errors import (
+    ConfigurationError,
+    ConnectError,
+    ConnectionLostError,
+    ReplicationError,
+    StreamClosedError,
+    StreamGapError,
+)
+from ._events import Event, StreamGap
+from ._options import GapPolicy, StreamOptions
+from ._pgoutput import PgOutputDecoder, ack_position, format_lsn
+
+__all__ = [
+    "ChangeStream",
+    "ChangeStreamStatus",
+    "change_stream_status",
+    "drop_change_stream",
+    "open_change_stream",
+    "set_replica_identity",
+]
+
+logger = logging.getLogger("trio_pgevents")
+
+#: Default lag (bytes of WAL not yet confirmed) past which status warns.
+DEFAULT_LAG_WARNING_BYTES = 1 << 30
+#: Most events put into the buffer per batch.
+_MAX_BATCH = 4096
+#: Replication slot names: what ``pg_create_logical_replication_slot`` accepts.
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
+#: Session settings of the replication connection: values arrive in the
+#: text form the decoder parses (ISO dates, UTC offsets, exact floats).
+_SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres"
+_DB_ERRORS = (psycopg2.Error, sqlalchemy.exc.DBAPIError, OSError)
+
+
+# ---------------------------------------------------------------------------
+# validation and small helpers
+# ---------------------------------------------------------------------------
+
+
+def _check_slot_name(slot: object) -> str:
+    if not isinstance(slot, str) or not _SLOT_NAME.fullmatch(slot):
+        raise ConfigurationError(
+            f"slot {slot!r} is not a valid replication slot name: use 1-63 characters "
+            "of lower-case letters, digits and underscores"
+        )
+    return slot
+
+
+def _check_identifier(what: str, name: object) -> str:
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ConfigurationError(f"{what} must be a non-empty str, not {name!r}")
+    if len(name.encode("utf-8")) > conn_mod.MAX_IDENTIFIER_BYTES:
+        raise ConfigurationError(
+            f"{what} {name[:20]!r}... is longer than {conn_mod.MAX_IDENTIFIER_BYTES} bytes "
+            "(Postgres would truncate it)"
+        )
+    return name
+
+
+def _split_table(table: object) -> tuple[str, str]:
+    """``"orders"`` -> ``("public", "orders")``; ``"shop.orders"`` -> ``("shop", "orders")``."""
+    if not isinstance(table, str) or not table:
+        raise ConfigurationError(f"table must be 'name' or 'schema.name', not {table!r}")
+    schema, dot, name = table.partition(".")
+    if not dot:
+        schema, name = "public", table
+    return _check_identifier("schema name", schema), _check_identifier("table name", name)
+
+
+def _quote(name: str) -> str:
+    """Double-quote an identifier (for the publication_names option's list syntax)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def replication_dsn(engine: Engine) -> str:
+    """A libpq DSN for a replication connection to ``engine``'s database."""
+    url = engine.url
+    params: dict[str, Any] = {
+        "host": url.host,
+        "port": url.port,
+        "user": url.username,
+        "password": url.password,
+        "dbname": url.database,
+    }
+    for key, value in url.query.items():
+        params[key] = value if isinstance(value, str) else value[-1]
+    extra = params.get("options")
+    params["options"] = f"{extra} {_SESSION_OPTIONS}" if extra else _SESSION_OPTIONS
+    params.setdefault("application_name", "trio_pgevents_cdc")
+    return str(psycopg2.extensions.make_dsn(**{k: v for k, v in params.items() if v is not None}))
+
+
+def _run(engine: Engine, work: Any) -> Any:
+    """Run ``work(cursor)`` on an autocommit connection from ``engine``; return its result."""
+    try:
+        proxy = engine.raw_connection()
+    except _DB_ERRORS as exc:
+        raise ConnectError(f"could not connect to {conn_mod.describe_source(engine)}: {exc}".strip()) from exc
+    try:
+        dbapi: Any = proxy.dbapi_connection
+        assert dbapi is not None
+        dbapi.autocommit = True
+        with dbapi.cursor() as cursor:
+            return work(cursor)
+    finally:
+        try:
+            dbapi = proxy.dbapi_connection
+            if dbapi is not None and not dbapi.closed:
+                dbapi.autocommit = False
+            proxy.close()
+        except Exception:
+            with contextlib.suppress(Exception):
+                proxy.invalidate()
+
+
+# ---------------------------------------------------------------------------
+# operations: status, drop, replica identity
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChangeStreamStatus:
+    """Health of a change stream's replication slot (see :func:`change_stream_status`).
+
+    Attributes:
+        slot: the slot name.
+        exists: False when there is no such slot (every other field is then empty).
+        active: a consumer is connected to the slot right now.
+        active_pid: backend pid of that consumer's walsender, or None.
+        plugin: the slot's output plugin (``pgoutput`` for change streams).
+        database: the database the slot decodes.
+        confirmed_flush_lsn: the position the consumer confirmed (``X/Y``).
+        restart_lsn: the oldest WAL position the slot still needs.
+        current_lsn: the server's current WAL position.
+        lag_bytes: ``pg_current_wal_lsn() - confirmed_flush_lsn``: WAL written
+            since the consumer last confirmed (None if unknown).
+        retained_bytes: ``pg_current_wal_lsn() - restart_lsn``: WAL the server
+            keeps on disk because of this slot.
+        wal_status: ``reserved``, ``extended``, ``unreserved`` or ``lost``.
+        warning: a message when the slot needs attention (lag over the
+            threshold, slot lost), else None. Also logged at WARNING level.
+    """
+
+    slot: str
+    exists: bool
+    active: bool = False
+    active_pid: int | None = None
+    plugin: str | None = None
+    database: str | None = None
+    confirmed_flush_lsn: str | None = None
+    restart_lsn: str | None = None
+    current_lsn: str | None = None
+    lag_bytes: int | None = None
+    retained_bytes: int | None = None
+    wal_status: str | None = None
+    warning: str | None = None
+
+
+_STATUS_SQL = """
+SELECT s.active, s.active_pid, s.plugin, s.database,
+       s.confirmed_flush_lsn::text, s.restart_lsn::text, pg_current_wal_lsn()::text,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint,
+       pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint,
+       s.wal_status
+FROM pg_replication_slots AS s
+WHERE s.slot_name = %s
+"""
+
+
+def change_stream_status(
+    engine: Engine | str, slot: str, *, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES
+) -> ChangeStreamStatus:
+    """Report a change stream's slot: active?, lag in bytes, WAL it retains.
+
+    A slot whose consumer went away keeps WAL on the server forever; past
+    ``lag_warning_bytes`` of unconfirmed WAL the status carries a ``warning``
+    and it is logged at WARNING level. Blocking: from Trio, call it through
+    ``trio.to_thread.run_sync``.
+
+    Args:
+        engine: SQLAlchemy engine (psycopg2) or URL of the database.
+        slot: the replication slot name.
+        lag_warning_bytes: warn when ``lag_bytes`` exceeds this (default 1 GiB).
+    """
+    engine = conn_mod.as_engine(engine)
+    _check_slot_name(slot)
+
+    def work(cursor: Any) -> Any:
+        cursor.execute(_STATUS_SQL, (slot,))
+        return cursor.fetchone()
+
+    row = _run(engine, work)
+    if row is None:
+        return ChangeStreamStatus(slot=slot, exists=False)
+    active, pid, plugin, database, confirmed, restart, current, lag, retained, wal_status = row
+    warning = None
+    if wal_status == "lost":
+        warning = f"replication slot {slot!r} is lost: the WAL it needed was removed; drop and recreate it"
+    elif lag is not None and lag > lag_warning_bytes:
+        warning = (
+            f"replication slot {slot!r} is {lag} bytes behind the current WAL position "
+            f"(threshold {lag_warning_bytes}); the server keeps {retained} bytes of WAL for it. "
+            "Start its consumer, or drop it with drop_change_stream() if it is no longer used."
+        )
+    if warning is not None:
+        logger.warning("%s", warning)
+    return ChangeStreamStatus(
+        slot=slot,
+        exists=True,
+        active=bool(active),
+        active_pid=pid,
+        plugin=plugin,
+        database=database,
+        confirmed_flush_lsn=confirmed,
+        restart_lsn=restart,
+        current_lsn=current,
+        lag_bytes=None if lag is None else int(lag),
+        retained_bytes=None if retained is None else int(retained),
+        wal_status=wal_status,
+        warning=warning,
+    )
+
+
+def drop_change_stream(engine: Engine | str, slot: str, publication: str) -> None:
+    """Drop a change stream's replication slot and publication (each if it exists).
+
+    Do this when a change stream is no longer used: its slot keeps WAL on
+    the server until dropped. Idempotent. Blocking (use a thread from Trio).
+
+    Raises:
+        ReplicationError: the slot is in use by a connected consumer (stop it
+            first), or the role may not drop it.
+    """
+    engine = conn_mod.as_engine(engine)
+    _check_slot_name(slot)
+    _check_identifier("publication", publication)
+
+    def work(cursor: Any) -> None:
+        cursor.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+        row = cursor.fetchone()
+        if row is not None:
+            if row[0] is not None:
+                raise ReplicationError(
+                    f"replication slot {slot!r} is in use by backend pid {row[0]}: "
+                    "stop its change stream before dropping it"
+                )
+            try:
+                cursor.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            except psycopg2.errors.UndefinedObject:
+                pass  # dropped concurrently
+            except psycopg2.errors.ObjectInUse as exc:
+                raise ReplicationError(f"replication slot {slot!r} is in use: {exc}".strip()) from exc
+            except psycopg2.Error as exc:
+                raise ReplicationError(f"could not drop replication slot {slot!r}: {exc}".strip()) from exc
+        try:
+            cursor.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+        except psycopg2.Error as exc:
+            raise ReplicationError(f"could not drop publication {publication!r}: {exc}".strip()) from exc
+
+    _run(engine, work)
+
+
+def set_replica_identity(
+    engine: Engine | str, table: str, schema: str = "public", *, full: bool = True
+) -> None:
+    """Make change streams carry full old rows for ``table`` (or only its key again).
+
+    ``full=True`` runs ``ALTER TABLE ... REPLICA IDENTITY FULL``: UPDATE and
+    DELETE events then have the whole old row in ``old_data`` (costs more WAL).
+    ``full=False`` restores ``REPLICA IDENTITY DEFAULT`` (primary key only).
+    A table without a primary key needs FULL before UPDATE/DELETE on it can
+    be published at all. Blocking (use a thread from Trio).
+
+    Raises:
+        ConfigurationError: the table does not exist.
+        ReplicationError: the role may not alter the table.
+    """
+    engine = conn_mod.as_engine(engine)
+    _check_identifier("table", table)
+    _check_identifier("schema", schema)
+    statement = sql.SQL("ALTER TABLE {}.{} REPLICA IDENTITY {}").format(
+        sql.Identifier(schema), sql.Identifier(table), sql.SQL("FULL" if full else "DEFAULT")
+    )
+
+    def work(cursor: Any) -> None:
+        try:
+            cursor.execute(statement)
+        except psycopg2.errors.UndefinedTable as exc:
+            raise ConfigurationError(f"table {schema}.{table} does not exist") from exc
+        except psycopg2.Error as exc:
+            raise ReplicationError(
+                f"could not set the replica identity of {schema}.{table}: {exc}".strip()
+            ) from exc
+
+    _run(engine, work)
+
+
+# ---------------------------------------------------------------------------
+# preparing the slot and publication
+# ---------------------------------------------------------------------------
+
+
+def _prepare(
+    engine: Engine, slot: str, publication: str, tables: list[tuple[str, str]] | None, create: bool
+) -> None:
+    """Check the server can stream, and create the publication and slot if asked.
+
+    Nothing is left half done: a publication created here is dropped again if
+    the slot cannot be created.
+    """
+
+    def work(cursor: Any) -> None:
+        cursor.execute(
+            "SELECT current_setting('wal_level'), current_user, "
+            "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), "
+            "current_database()"
+        )
+        wal_level, user, may_replicate, database = cursor.fetchone()
+        if wal_level != "logical":
+            raise ReplicationError(
+                f"wal_level is {wal_level!r} on {conn_mod.describe_source(engine)}; change streams need "
+                "wal_level = logical (set it in postgresql.conf or with ALTER SYSTEM SET wal_level = "
+                "'logical'; it takes effect only after a server restart)"
+            )
+        if not may_replicate:
+            raise ReplicationError(
+                f"role {user!r} lacks the REPLICATION attribute; change streams need it "
+                f"(ALTER ROLE {_quote(user)} REPLICATION, run by a superuser)"
+            )
+        created_publication = _ensure_publication(cursor, publication, tables, create)
+        try:
+            _ensure_slot(cursor, slot, database, create)
+        except BaseException:
+            if created_publication:
+                with contextlib.suppress(psycopg2.Error):
+                    cursor.execute(
+                        sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication))
+                    )
+            raise
+
+    _run(engine, work)
+
+
+def _ensure_publication(
+    cursor: Any, publication: str, tables: list[tuple[str, str]] | None, create: bool
+) -> bool:
+    if tables is not None:
+        for schema, table in tables:
+            cursor.execute(
+                "SELECT c.relreplident, "
+                "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) "
+                "OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+                (schema, table),
+            )
+            row = cursor.fetchone()
+            if row is None:
+                raise ConfigurationError(f"table {schema}.{table} does not exist")
+            identity, has_key = row
+            if identity == "n" or (identity == "d" and not has_key):
+                # Publishing it would make every UPDATE/DELETE on it fail.
+                raise ConfigurationError(
+                    f"table {schema}.{table} has no primary key (no replica identity): UPDATE and "
+                    "DELETE on it would fail once published; call set_replica_identity(engine, "
+                    f"{table!r}, {schema!r}, full=True) or add a primary key"
+                )
+    cursor.execute("SELECT oid, puballtables FROM pg_publication WHERE pubname = %s", (publication,))
+    row = cursor.fetchone()
+    if row is not None:
+        _check_existing_publication(cursor, publication, bool(row[1]), tables)
+        return False
+    if not create:
+        raise ReplicationError(f"publication {publication!r} does not exist (and create=False)")
+    if tables is None:
+        statement = sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(sql.Identifier(publication))
+    else:
+        statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
+            sql.Identifier(publication),
+            sql.SQL(", ").join(
+                sql.SQL("{}.{}").format(sql.Identifier(s), sql.Identifier(t)) for s, t in tables
+            ),
+        )
+    try:
+        cursor.execute(statement)
+    except psycopg2.errors.DuplicateObject:
+        return False  # created concurrently
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        raise ReplicationError(
+            f"could not create publication {publication!r}: {exc}".strip()
+            + (" (FOR ALL TABLES needs a superuser; pass tables=[...])" if tables is None else "")
+        ) from exc
+    except psycopg2.Error as exc:
+        raise ReplicationError(f"could not create publication {publication!r}: {exc}".strip()) from exc
+    return True
+
+
+def _check_existing_publication(
+    cursor: Any, publication: str, all_tables: bool, tables: list[tuple[str, str]] | None
+) -> None:
+    if tables is None:
+        if not all_tables:
+            raise ReplicationError(
+                f"publication {publication!r} exists but is not FOR ALL TABLES; pass its tables, "
+                "or drop it with drop_change_stream()"
+            )
+        return
+    if all_tables:
+        raise ReplicationError(
+            f"publication {publication!r} exists FOR ALL TABLES, not for {_describe(tables)}; "
+            "pass tables=None, or use another publication name"
+        )
+    cursor.execute(
+        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,)
+    )
+    existing = {(s, t) for s, t in cursor.fetchall()}
+    if existing != set(tables):
+        raise ReplicationError(
+            f"publication {publication!r} exists for {_describe(sorted(existing)) or 'no tables'}, "
+            f"not for {_describe(tables)}; use another publication name or drop it first"
+        )
+
+
+def _describe(tables: Sequence[tuple[str, str]]) -> str:
+    return ", ".join(f"{s}.{t}" for s, t in tables)
+
+
+def _ensure_slot(cursor: Any, slot: str, database: str, create: bool) -> None:
+    cursor.execute(
+        "SELECT plugin, slot_type, database, active_pid FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    )
+    row = cursor.fetchone()
+    if row is not None:
+        plugin, slot_type, slot_database, pid = row
+        if slot_type != "logical" or plugin != "pgoutput":
+            raise ReplicationError(
+                f"replication slot {slot!r} exists but is a {slot_type} slot with plugin {plugin!r}, "
+                "not a logical pgoutput slot"
+            )
+        if slot_database != database:
+            raise ReplicationError(
+                f"replication slot {slot!r} belongs to database {slot_database!r}, not {database!r}"
+            )
+        if pid is not None:
+            raise ReplicationError(_in_use(slot, pid))
+        return
+    if not create:
+        raise ReplicationError(f"replication slot {slot!r} does not exist (and create=False)")
+    try:
+        cursor.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+    except psycopg2.errors.DuplicateObject:
+        return  # created concurrently
+    except psycopg2.errors.InsufficientPrivilege as exc:
+        raise ReplicationError(
+            f"could not create replication slot {slot!r}: the role lacks the REPLICATION attribute"
+        ) from exc
+    except psycopg2.Error as exc:
+        raise ReplicationError(f"could not create replication slot {slot!r}: {exc}".strip()) from exc
+
+
+def _in_use(slot: str, pid: object) -> str:
+    return (
+        f"replication slot {slot!r} is in use by backend pid {pid}: another change stream is "
+        "consuming it (one consumer per slot)"
+    )
+
+
+# ---------------------------------------------------------------------------
+# the replication connection
+# ---------------------------------------------------------------------------
+
+
+class _Handoff:
+    """A connection made in a worker thread: handed to Trio, or closed if abandoned."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._conn: Any = None
+
+    def deliver(self, conn: Any) -> Any:
+        with self._lock:
+            if not self._abandoned:
+                self._conn = conn
+                return conn
+        with contextlib.suppress(Exception):
+            conn.close()
+        return None
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            leaked, self._conn = self._conn, None
+        if leaked is not None:
+            with contextlib.suppress(Exception):
+                leaked.close()
+
+
+class _Fatal(Exception):
+    """Internal: a replication error that reconnecting cannot fix."""
+
+
+def _open_replication(
+    dsn: str, slot: str, publication: str, status_interval: float, keepalive: KeepaliveSettings | None
+) -> tuple[Any, Any]:
+    """Connect and START_REPLICATION (blocking; runs in a worker thread)."""
+    try:
+        conn = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+    except psycopg2.OperationalError as exc:
+        if "replication" in str(exc) and ("superuser" in str(exc) or "permission" in str(exc)):
+            raise _Fatal(f"the role lacks the REPLICATION attribute: {exc}".strip()) from exc
+        raise
+    try:
+        if keepalive is not None:
+            conn_mod.set_keepalive(conn.fileno(), keepalive)
+        cursor = conn.cursor()
+        try:
+            cursor.start_replication(
+                slot_name=slot,
+                decode=False,
+                status_interval=max(1, round(status_interval)),
+                options={"proto_version": "1", "publication_names": _quote(publication)},
+            )
+        except psycopg2.errors.ObjectInUse as exc:
+            raise ReplicationError(f"replication slot {slot!r} is in use: {exc}".strip()) from exc
+        except (psycopg2.errors.UndefinedObject, psycopg2.errors.InsufficientPrivilege) as exc:
+            raise _Fatal(f"cannot stream from replication slot {slot!r}: {exc}".strip()) from exc
+        except psycopg2.ProgrammingError as exc:
+            raise _Fatal(f"cannot stream from replication slot {slot!r}: {exc}".strip()) from exc
+    except BaseException:
+        with contextlib.suppress(Exception):
+            conn.close()
+        raise
+    return conn, cursor
+
+
+class _Lost(Exception):
+    """Internal: the replication connection is gone (reason in args[0])."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class _Replicator:
+    """Reads the slot into the stream's buffer, confirms acknowledged positions, reconnects."""
+
+    def __init__(self, stream: ChangeStream, engine: Engine, status_interval: float) -> None:
+        self._stream = stream
+        self._engine = engine
+        self._dsn = replication_dsn(engine)
+        self._options = stream._options
+        self._status_interval = status_interval
+        self._conn: Any = None
+        self._cursor: Any = None
+        self._decoder: PgOutputDecoder | None = None
+        self._sent_flush = 0
+        self._last_forced = 0.0
+        self.finished = trio.Event()
+        self.connected = False
+        self.reconnects = 0
+        self.last_gap: StreamGap | None = None
+        self.backend_pid: int | None = None
+
+    # ---- lifecycle ------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            try:
+                await self._connect()
+            except ReplicationError:
+                raise
+            except _Fatal as exc:
+                raise ReplicationError(str(exc)) from exc.__cause__
+            except _DB_ERRORS as exc:
+                raise ConnectError(
+                    f"could not start replication from {self._stream.source}: {exc}".strip()
+                ) from exc
+            task_status.started()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._status_loop)
+                while True:
+                    try:
+                        await self._pump()
+                    except _Lost as lost:
+                        await self._recover(str(lost.args[0]), lost.__cause__)
+        finally:
+            await self._close(final_feedback=True)
+            self.finished.set()
+
+    async def _connect(self) -> None:
+        handoff = _Handoff()
+        stream = self._stream
+        dsn, options = self._dsn, self._options
+
+        def work() -> Any:
+            conn, cursor = _open_replication(
+                dsn, stream.slot, stream.publication, self._status_interval, options.keepalive
+            )
+            if handoff.deliver(conn) is None:
+                return None
+            return conn, cursor
+
+        try:
+            result = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except trio.Cancelled:
+            handoff.abandon()
+            raise
+        conn, cursor = result
+        encoding = psycopg2.extensions.encodings.get(
+            conn.get_parameter_status("server_encoding") or "", "utf-8"
+        )
+        self._decoder = PgOutputDecoder(stream.slot, stream.source, encoding)
+        self._conn, self._cursor = conn, cursor
+        self.backend_pid = conn.get_backend_pid()
+        self.connected = True
+        self._sent_flush = 0
+        self._last_forced = trio.current_time()
+
+    async def _close(self, *, final_feedback: bool) -> None:
+        conn, self._conn = self._conn, None
+        cursor, self._cursor = self._cursor, None
+        self.connected = False
+        if conn is None:
+            return
+        if final_feedback:
+            # Confirm what was acknowledged, so a restart resumes right after it.
+            with contextlib.suppress(psycopg2.Error, OSError):
+                position = self._stream._ack_position()
+                if position:
+                    cursor.send_feedback(flush_lsn=position, force=True)
+        with trio.CancelScope(shield=True):
+            with contextlib.suppress(ValueError, psycopg2.Error, OSError):
+                trio.lowlevel.notify_closing(conn.fileno())
+            with trio.move_on_after(self._options.close_timeout):
+                await trio.to_thread.run_sync(_close_quietly, conn, abandon_on_cancel=True)
+
+    async def _recover(self, reason: str, cause: BaseException | None) -> None:
+        disconnected_at = _utcnow()
+        logger.warning("lost replication connection to %s: %s", self._stream.source, reason)
+        await self._close(final_feedback=False)
+        if not self._options.reconnect:
+            raise ConnectionLostError(
+                f"lost replication connection to {self._stream.source}: {reason}"
+            ) from cause
+        await self._reconnect(reason)
+        gap = StreamGap(self._stream.source, disconnected_at, _utcnow(), reason, True)
+        self.last_gap = gap
+        self.reconnects += 1
+        logger.warning(
+            "reconnected to %s after %.3fs; the slot replays from the last confirmed position",
+            self._stream.source,
+            gap.duration,
+        )
+        if self._options.on_gap == "raise":
+            raise StreamGapError(
+                f"replication connection to {self._stream.source} was lost for {gap.duration:.3f}s "
+                "(changes are replayed from the slot)",
+                gap,
+            )
+        self._stream._buffer.put_control(gap)
+
+    async def _reconnect(self, reason: str) -> None:
+        options = self._options
+        delay = options.backoff_initial
+        attempts = 0
+        deadline = (
+            float("inf")
+            if options.reconnect_timeout is None
+            else trio.current_time() + options.reconnect_timeout
+        )
+        while True:
+            attempts += 1
+            try:
+                await self._connect()
+                return
+            except _Fatal as exc:
+                raise ReplicationError(
+                    f"lost replication connection to {self._stream.source} ({reason}) and cannot "
+                    f"resume: {exc}"
+                ) from exc.__cause__
+            except (ReplicationError, *_DB_ERRORS) as exc:
+                # ReplicationError here is "slot in use": the old walsender
+                # has not noticed yet that its client is gone.
+                out_of_attempts = (
+                    options.max_reconnect_attempts is not None and attempts >= options.max_reconnect_attempts
+                )
+                if out_of_attempts or trio.current_time() >= deadline:
+                    raise ConnectionLostError(
+                        f"lost replication connection to {self._stream.source} ({reason}) and could "
+                        f"not reconnect after {attempts} attempt(s): {exc}".strip()
+                    ) from exc
+                logger.info("reconnect to %s failed (attempt %d): %s", self._stream.source, attempts, exc)
+            await trio.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, deadline - trio.current_time())))
+            delay = min(delay * 2, options.backoff_max)
+
+    # ---- the hot loop -----------------------------------------------------
+
+    async def _pump(self) -> None:
+        conn, cursor, decoder = self._conn, self._cursor, self._decoder
+        assert decoder is not None
+        fd = conn.fileno()
+        read = cursor.read_message
+        feed = decoder.feed
+        put = self._stream._buffer.put
+        wait_readable = trio.lowlevel.wait_readable
+        more = False
+        while True:
+            if more:
+                await trio.lowlevel.checkpoint()
+            else:
+                await wait_readable(fd)
+            batch: list[Event] = []
+            more = False
+            try:
+                while True:
+                    message = read()
+                    if message is None:
+                        break
+                    feed(message.payload, batch)
+                    if len(batch) >= _MAX_BATCH:
+                        more = True  # libpq may hold more: read again before waiting
+                        break
+            except psycopg2.Error as exc:
+                raise _Lost(str(exc).strip() or type(exc).__name__) from exc
+            if conn.closed:
+                raise _Lost("connection closed")
+            if batch:
+                await put(batch)
+            self._record_ack()
+
+    def _record_ack(self) -> None:
+        """Tell psycopg2 the acknowledged position (it sends it with the next status update)."""
+        position = self._stream._ack_position()
+        if position > self._sent_flush and self._cursor is not None:
+            self._cursor.send_feedback(flush_lsn=position)
+            self._sent_flush = position
+
+    async def _status_loop(self) -> None:
+        """Send a status update every ``status_interval`` and soon after acks advance.
+
+        Runs beside the pump, so the server hears from us even while the pump
+        waits for a slow consumer (backpressure) and reads nothing.
+        """
+        tick = min(1.0, self._status_interval)
+        while True:
+            await trio.sleep(tick)
+            cursor = self._cursor
+            if cursor is None:
+                continue  # reconnecting
+            position = self._stream._ack_position()
+            now = trio.current_time()
+            advanced = position > self._sent_flush
+            if advanced or now - self._last_forced >= self._status_interval:
+                try:
+                    cursor.send_feedback(flush_lsn=position, force=True)
+                except psycopg2.Error:
+                    continue  # the pump sees the broken connection and reconnects
+                self._sent_flush = max(self._sent_flush, position)
+                self._last_forced = now
+
+
+def _close_quietly(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.close()
+
+
+# ---------------------------------------------------------------------------
+# the stream
+# ---------------------------------------------------------------------------
+
+
+class ChangeStream(BufferedStream):
+    """An async stream of :class:`RowChange` events read from a replication slot.
+
+    ``async for change in stream``, ``await stream.receive()``,
+    ``stream.receive_nowait()`` and ``stream.batches()`` work as on an
+    :class:`EventStream`. Events arrive in commit order; a transaction's
+    changes are consecutive. After a reconnect a :class:`StreamGap` with
+    ``replayed=True`` arrives, followed by the changes from the last
+    confirmed position (some may be repeats).
+
+    Acknowledging: with ``auto_ack=True`` an event counts as processed when
+    the consumer asks for the next one (``async for`` moving on; for
+    ``batches()``, asking for the next batch). With ``auto_ack=False`` call
+    :meth:`ack`. Only processed positions are confirmed to the server.
+
+    Made by :func:`open_change_stream`.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        slot: str,
+        publication: str,
+        options: StreamOptions,
+        *,
+        auto_ack: bool,
+        status_interval: float,
+    ) -> None:
+        super().__init__(
+            EventBuffer(options.max_buffer_size, options.overflow, conn_mod.describe_source(engine))
+        )
+        self.slot = slot
+        self.publication = publication
+        self.source = conn_mod.describe_source(engine)
+        self.auto_ack = auto_ack
+        self._options = options
+        self._acked: Event | None = None
+        self._handed: Event | None = None
+        self._ack_floor = 0
+        self._replicator = _Replicator(self, engine, status_interval)
+        self._scope: trio.CancelScope | None = None
+        self._closed = False
+
+    # ---- acknowledging -------------------------------------------------------
+
+    def _ack_position(self) -> int:
+        acked = self._acked
+        if acked is not None:
+            position = ack_position(acked)
+            if position is not None and position > self._ack_floor:
+                self._ack_floor = position
+        return self._ack_floor
+
+    async def ack(self, event: Event) -> None:
+        """Mark ``event`` — and every event before it — as processed.
+
+        Its transaction's position is confirmed to the server with the next
+        status update (within a second), so a restarted stream continues
+        after it: after the whole transaction once its last change is
+        acknowledged, else from the start of that transaction.
+
+        Raises:
+            ConfigurationError: ``event`` did not come from a change stream.
+        """
+        position = ack_position(event)
+        if position is None:
+            if isinstance(event, StreamGap):
+                await trio.lowlevel.checkpoint()
+                return
+            raise ConfigurationError(f"{event!r} did not come from a change stream: nothing to acknowledge")
+        if position > self._ack_floor:
+            self._acked = event
+            self._ack_position()
+        await trio.lowlevel.checkpoint()
+
+    @property
+    def confirmed_lsn(self) -> str | None:
+        """The acknowledged WAL position (``X/Y``) reported to the server, if any."""
+        position = self._ack_position()
+        return format_lsn(position) if position else None
+
+    # ---- reading (auto-acknowledging) ----------------------------------------
+
+    async def __anext__(self) -> Event:
+        if self.auto_ack and self._handed is not None:
+            self._acked = self._handed
+        pos = self._pos
+        batch = self._batch
+        if pos < len(batch):
+            self._pos = pos + 1
+            event = self._handed = batch[pos]
+            return event
+        try:
+            batch = await self._buffer.get()
+        except StreamClosedError:
+            self._handed = None
+            raise StopAsyncIteration from None
+        self._batch = batch
+        self._pos = 1
+        event = self._handed = batch[0]
+        return event
+
+    async def receive(self) -> Event:
+        """Wait for the next event (acknowledging the previous one with ``auto_ack``)."""
+        if self.auto_ack and self._handed is not None:
+            self._acked = self._handed
+        event = self._handed = await super().receive()
+        return event
+
+    def receive_nowait(self) -> Event:
+        """The next event if one is buffered, else raise ``trio.WouldBlock``."""
+        if self.auto_ack and self._handed is not None:
+            self._acked = self._handed
+        event = self._handed = super().receive_nowait()
+        return event
+
+    async def _next_batch(self) -> list[Event]:
+        if self.auto_ack and self._handed is not None:
+            self._acked = self._handed
+        batch = await super()._next_batch()
+        self._handed = batch[-1]
+        return batch
+
+    # ---- lifecycle ------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """True while the replication connection is up."""
+        return self._replicator.connected
+
+    @property
+    def reconnects(self) -> int:
+        """How many times the connection was lost and restored."""
+        return self._replicator.reconnects
+
+    @property
+    def backend_pid(self) -> int | None:
+        """Process id of the server's walsender for this stream."""
+        return self._replicator.backend_pid
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        self._scope = trio.CancelScope()
+        await nursery.start(self._run, self._scope)
+
+    async def _run(self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]) -> None:
+        with scope:
+            await self._replicator.run(task_status=task_status)
+
+    async def aclose(self) -> None:
+        """Confirm the acknowledged position, close the connection, end iteration.
+
+        Idempotent; bounded in time (shielded, ``close_timeout``).
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._buffer.close()
+        if self._scope is not None:
+            self._scope.cancel()
+            with trio.CancelScope(shield=True), trio.move_on_after(self._options.close_timeout + 1):
+                await self._replicator.finished.wait()
+
+    def __repr__(self) -> str:
+        return f"ChangeStream(slot={self.slot!r}, publication={self.publication!r}, source={self.source!r})"
+
+
+def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    leaves: list[BaseException] = []
+
+    def walk(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                walk(inner)
+        else:
+            leaves.append(exc)
+
+    walk(group)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+@asynccontextmanager
+async def open_change_stream(
+    engine: Engine | str,
+    *,
+    slot: str,
+    publication: str,
+    tables: Sequence[str] | None = None,
+    create: bool = True,
+    status_interval: float = 10.0,
+    auto_ack: bool = True,
+    max_buffer_size: int = 16384,
+    overflow: OverflowPolicy = "backpressure",
+    on_gap: GapPolicy = "event",
+    reconnect: bool = True,
+    backoff_initial: float = 0.05,
+    backoff_max: float = 1.0,
+    max_reconnect_attempts: int | None = None,
+    reconnect_timeout: float | None = None,
+    keepalive: KeepaliveSettings | None = None,
+    close_timeout: float = 1.0,
+) -> AsyncIterator[ChangeStream]:
+    """Stream every committed row change of ``tables`` from a logical replication slot.
+
+    ``async with open_change_stream(engine, slot="orders_cdc", publication="orders_pub",
+    tables=["orders"]) as changes: async for change in changes: ...`` yields the
+    same :class:`RowChange` objects as the trigger path (``channel`` is the slot
+    name, ``pid`` 0), plus ``lsn`` (commit LSN), ``txid`` and ``commit_time``.
+    See :mod:`trio_pgevents._pgoutput` for how column values are typed.
+
+    The publication (``CREATE PUBLICATION ... FOR TABLE`` / ``FOR ALL TABLES``)
+    and the slot (plugin ``pgoutput``) are created if missing. They outlive the
+    stream — that is how a restarted stream resumes — so drop them with
+    :func:`drop_change_stream` when they are no longer wanted.
+
+    Args:
+        engine: SQLAlchemy engine (psycopg2) or URL; the role needs the
+            REPLICATION attribute and the server ``wal_level = logical``.
+        slot: replication slot name (lower-case letters, digits, ``_``).
+        publication: publication name.
+        tables: ``"name"`` or ``"schema.name"`` entries; ``None`` (default)
+            publishes all tables (needs a superuser). Tables need a primary
+            key or ``REPLICA IDENTITY FULL`` (:func:`set_replica_identity`).
+        create: create a missing publication/slot (else :class:`ReplicationError`).
+        status_interval: seconds between status updates to the server
+            (keeps ``wal_sender_timeout`` away, even under backpressure).
+        auto_ack: acknowledge an event when the consumer moves past it; with
+            False, call :meth:`ChangeStream.ack`.
+        max_buffer_size, overflow, on_gap, reconnect, backoff_initial,
+            backoff_max, max_reconnect_attempts, reconnect_timeout, keepalive,
+            close_timeout: as for :func:`open_event_stream`. ``overflow``
+            other than ``"backpressure"`` loses changes; the default is right
+            for change capture.
+
+    Raises:
+        ReplicationError: wal_level is not logical (needs a restart to change),
+            the role lacks REPLICATION, the slot is in use by another
+            consumer, or a publication of that name exists for other tables.
+        ConfigurationError: a bad argument, or a table that does not exist
+            or has no replica identity.
+    """
+    _check_slot_name(slot)
+    _check_identifier("publication", publication)
+    if isinstance(tables, str):
+        raise ConfigurationError("tables must be a sequence of table names, not a single str")
+    table_list = None if tables is None else [_split_table(t) for t in tables]
+    if table_list is not None and not table_list:
+        raise ConfigurationError("tables must name at least one table (or be None for all tables)")
+    if (
+        not isinstance(status_interval, (int, float))
+        or isinstance(status_interval, bool)
+        or not 0 < status_interval < float("inf")
+    ):
+        raise ConfigurationError(
+            f"status_interval must be a positive number of seconds, not {status_interval!r}"
+        )
+    option_values: dict[str, Any] = {
+        "max_buffer_size": max_buffer_size,
+        "overflow": overflow,
+        "on_gap": on_gap,
+        "reconnect": reconnect,
+        "backoff_initial": backoff_initial,
+        "backoff_max": backoff_max,
+        "max_reconnect_attempts": max_reconnect_attempts,
+        "reconnect_timeout": reconnect_timeout,
+        "close_timeout": close_timeout,
+    }
+    if keepalive is not None:
+        option_values["keepalive"] = keepalive
+    options = StreamOptions(**option_values)
+    engine = conn_mod.as_engine(engine)
+    await trio.to_thread.run_sync(_prepare, engine, slot, publication, table_list, create)
+    stream = ChangeStream(
+        engine, slot, publication, options, auto_ack=auto_ack, status_interval=status_interval
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await stream._start(nursery)
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await stream.aclose()
+                raise
+            try:
+                yield stream
+            finally:
+                await stream.aclose()
+    except BaseExceptionGroup as group:
+        sole = _sole_exception(group)
+        if sole is None:
+            raise
+        raise sole from sole.__cause__

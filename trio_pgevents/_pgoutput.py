@@ -1,0 +1,394 @@
+"""Decoder of ``pgoutput`` logical replication messages into :class:`RowChange` events.
+
+Pure code, no I/O: feed it the payload of each XLogData message (what
+psycopg2's ``ReplicationMessage.payload`` holds with ``decode=False``) and it
+appends events to a list. The wire format is PostgreSQL's "Logical Replication
+Message Formats", protocol version 1 (Begin, Commit, Origin, Relation, Type,
+Insert, Update, Delete, Truncate; Message is ignored).
+
+Each event carries pg_events' keys (``table_schema``, ``table_name``,
+``method``, ``old_data``, ``new_data``; ``session_user`` and ``query`` are
+``None`` because the WAL does not record them) plus:
+
+- ``lsn``: the commit LSN of its transaction, as ``X/Y`` text,
+- ``txid``: the 32-bit transaction id (``xid``) of its transaction,
+- ``commit_time``: the commit timestamp, an aware ``datetime`` in UTC.
+
+Column values arrive as text and are converted by the column's type OID:
+
+==========================================  =======================================
+``int2``, ``int4``, ``int8``, ``oid``          ``int``
+``numeric``                                    ``decimal.Decimal`` (exact; ``NaN`` too)
+``float4``, ``float8``                         ``float``
+``bool``                                       ``bool``
+``text``, ``varchar``, ``bpchar``, ``name``    ``str``
+``json``, ``jsonb``                            parsed JSON (``dict``, ``list``, ...)
+``timestamptz``                                aware ``datetime`` (UTC: the stream sets TimeZone)
+``timestamp``                                  naive ``datetime``
+``date`` / ``time``                            ``datetime.date`` / ``datetime.time``
+anything else (uuid, bytea, arrays, ...)       the server's text form, a ``str``
+==========================================  =======================================
+
+Dates and timestamps Python cannot represent (``infinity``, BC, year > 9999)
+stay text. NULL is ``None``. A TOASTed value the server did not resend (an
+UPDATE that left a large value unchanged) is taken from the old row when the
+old row is known (``REPLICA IDENTITY FULL``), otherwise its key is absent from
+``new_data``.
+
+``old_data`` holds the replica identity: the full old row with ``REPLICA
+IDENTITY FULL``, otherwise only the key columns (for an UPDATE that did not
+change the key, those are read from the new row).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+
+from ._errors import ReplicationError
+from ._events import Event, RowChange
+
+__all__ = ["PgOutputDecoder", "format_lsn", "parse_lsn", "converter_for_type"]
+
+Converter = Callable[[str], Any]
+
+_new = tuple.__new__
+
+_INT16 = struct.Struct(">h")
+_INT32 = struct.Struct(">i")
+_UINT32 = struct.Struct(">I")
+_BEGIN = struct.Struct(">QqI")  # final (commit) LSN, commit timestamp, xid
+_COMMIT = struct.Struct(">BQQq")  # flags, commit LSN, end LSN, commit timestamp
+_RELATION_HEAD = struct.Struct(">I")
+_COLUMN_TAIL = struct.Struct(">Ii")  # type OID, type modifier
+
+#: Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC).
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+def format_lsn(lsn: int) -> str:
+    """``0x16B3748`` -> ``'0/16B3748'``: the text form PostgreSQL uses."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    """``'0/16B3748'`` -> ``0x16B3748``; raises ``ValueError`` on malformed text."""
+    high, sep, low = text.partition("/")
+    if not sep:
+        raise ValueError(f"not an LSN: {text!r}")
+    return (int(high, 16) << 32) | int(low, 16)
+
+
+def _bool(text: str) -> bool:
+    return text == "t"
+
+
+def _json(text: str) -> Any:
+    return json.loads(text)
+
+
+def _timestamp(text: str) -> Any:
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return text  # infinity, BC, year > 9999
+
+
+def _date(text: str) -> Any:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return text
+
+
+def _time(text: str) -> Any:
+    try:
+        return time.fromisoformat(text)
+    except ValueError:
+        return text  # 24:00:00
+
+
+def _decimal(text: str) -> Decimal:
+    return Decimal(text)
+
+
+#: Type OID -> converter; types not listed stay text.
+_CONVERTERS: dict[int, Converter] = {
+    16: _bool,
+    20: int,
+    21: int,
+    23: int,
+    26: int,
+    700: float,
+    701: float,
+    1700: _decimal,
+    114: _json,
+    3802: _json,
+    1114: _timestamp,
+    1184: _timestamp,
+    1082: _date,
+    1083: _time,
+}
+
+
+def converter_for_type(type_oid: int) -> Converter | None:
+    """The converter used for a column of this type OID (``None``: kept as text)."""
+    return _CONVERTERS.get(type_oid)
+
+
+class _Relation:
+    """What a Relation message told us about a table."""
+
+    __slots__ = ("columns", "key_names", "name", "oid", "schema")
+
+    def __init__(
+        self,
+        oid: int,
+        schema: str,
+        name: str,
+        columns: list[tuple[str, Converter | None]],
+        key_names: list[str],
+    ) -> None:
+        self.oid = oid
+        self.schema = schema
+        self.name = name
+        self.columns = columns
+        self.key_names = key_names
+
+
+class PgOutputDecoder:
+    """Turns a stream of pgoutput messages into RowChange events.
+
+    Args:
+        channel: the events' ``channel`` (the change stream uses its slot name).
+        source: the events' ``source`` (database URL, password hidden).
+        encoding: Python codec of the database's server encoding.
+
+    State (relations seen, the open transaction) lives here, so one decoder
+    serves one replication session; make a new one after reconnecting.
+
+    Each event also records, out of sight in its ``__dict__``, the WAL
+    position to confirm once it is processed: the commit LSN of its
+    transaction (so a restart replays that whole transaction) and, for the
+    last event of a transaction once its Commit was decoded, the end of the
+    commit record (so a restart skips the transaction).
+    """
+
+    def __init__(self, channel: str, source: str, encoding: str = "utf-8") -> None:
+        self.channel = channel
+        self.source = source
+        self.encoding = encoding
+        self._relations: dict[int, _Relation] = {}
+        self._txn_head: dict[str, Any] | None = None
+        self._commit_lsn = 0
+        self._last: Event | None = None
+        #: End LSN of the last transaction whose Commit was decoded.
+        self.last_commit_end = 0
+        #: Transactions and changes decoded (statistics).
+        self.transactions = 0
+        self.changes = 0
+
+    # ---- entry point -------------------------------------------------------
+
+    def feed(self, payload: bytes, out: list[Event]) -> None:
+        """Decode one message, appending any events it produces to ``out``."""
+        kind = payload[0]
+        if kind == 73:  # 'I'
+            self._insert(payload, out)
+        elif kind == 85:  # 'U'
+            self._update(payload, out)
+        elif kind == 68:  # 'D'
+            self._delete(payload, out)
+        elif kind == 66:  # 'B'
+            self._begin(payload)
+        elif kind == 67:  # 'C'
+            self._commit(payload)
+        elif kind == 82:  # 'R'
+            self._relation(payload)
+        elif kind == 84:  # 'T'
+            self._truncate(payload, out)
+        elif kind in (79, 89, 77):  # 'O' origin, 'Y' type, 'M' message: nothing to emit
+            return
+        else:
+            raise ReplicationError(f"unexpected pgoutput message type {chr(kind)!r} (protocol version 1)")
+
+    # ---- transaction framing -----------------------------------------------
+
+    def _begin(self, payload: bytes) -> None:
+        final_lsn, timestamp, xid = _BEGIN.unpack_from(payload, 1)
+        self._commit_lsn = final_lsn
+        self._txn_head = {
+            "lsn": format_lsn(final_lsn),
+            "txid": xid,
+            "commit_time": _PG_EPOCH + timedelta(microseconds=timestamp),
+        }
+        self._last = None
+
+    def _commit(self, payload: bytes) -> None:
+        _flags, _commit_lsn, end_lsn, _ts = _COMMIT.unpack_from(payload, 1)
+        last = self._last
+        if last is not None:
+            # Processing this event completes the transaction: confirm past it.
+            last.__dict__["_ack"] = end_lsn
+        self._last = None
+        self._txn_head = None
+        self.last_commit_end = end_lsn
+        self.transactions += 1
+
+    # ---- schema ------------------------------------------------------------
+
+    def _string(self, payload: bytes, pos: int) -> tuple[str, int]:
+        end = payload.index(0, pos)
+        return payload[pos:end].decode(self.encoding), end + 1
+
+    def _relation(self, payload: bytes) -> None:
+        (oid,) = _RELATION_HEAD.unpack_from(payload, 1)
+        schema, pos = self._string(payload, 5)
+        name, pos = self._string(payload, pos)
+        pos += 1  # replica identity setting
+        (count,) = _INT16.unpack_from(payload, pos)
+        pos += 2
+        columns: list[tuple[str, Converter | None]] = []
+        keys: list[str] = []
+        for _ in range(count):
+            flags = payload[pos]
+            column, pos = self._string(payload, pos + 1)
+            type_oid, _typmod = _COLUMN_TAIL.unpack_from(payload, pos)
+            pos += 8
+            columns.append((column, _CONVERTERS.get(type_oid)))
+            if flags & 1:
+                keys.append(column)
+        self._relations[oid] = _Relation(oid, schema or "pg_catalog", name, columns, keys)
+
+    def _relation_for(self, payload: bytes) -> _Relation:
+        (oid,) = _RELATION_HEAD.unpack_from(payload, 1)
+        try:
+            return self._relations[oid]
+        except KeyError:
+            raise ReplicationError(
+                f"pgoutput change for relation {oid} before its Relation message"
+            ) from None
+
+    # ---- rows --------------------------------------------------------------
+
+    def _tuple(
+        self, payload: bytes, pos: int, relation: _Relation, old: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], int]:
+        (count,) = _INT16.unpack_from(payload, pos)
+        pos += 2
+        columns = relation.columns
+        encoding = self.encoding
+        unpack_length = _INT32.unpack_from
+        row: dict[str, Any] = {}
+        for index in range(count):
+            kind = payload[pos]
+            name, convert = columns[index]
+            if kind == 116:  # 't': text value
+                (length,) = unpack_length(payload, pos + 1)
+                start = pos + 5
+                pos = start + length
+                text = payload[start:pos].decode(encoding)
+                row[name] = text if convert is None else convert(text)
+            elif kind == 110:  # 'n': NULL
+                row[name] = None
+                pos += 1
+            elif kind == 117:  # 'u': unchanged TOASTed value, not sent
+                if old is not None and name in old:
+                    row[name] = old[name]
+                pos += 1
+            elif kind == 98:  # 'b': binary (only if asked for; we never ask)
+                (length,) = unpack_length(payload, pos + 1)
+                start = pos + 5
+                pos = start + length
+                row[name] = bytes(payload[start:pos])
+            else:
+                raise ReplicationError(f"unexpected pgoutput tuple column kind {chr(kind)!r}")
+        return row, pos
+
+    def _event(
+        self,
+        relation: _Relation,
+        method: str,
+        old_data: dict[str, Any] | None,
+        new_data: dict[str, Any] | None,
+        out: list[Event],
+    ) -> None:
+        head = self._txn_head
+        if head is None:
+            raise ReplicationError("pgoutput change outside a transaction (no Begin message)")
+        data = {
+            "table_schema": relation.schema,
+            "table_name": relation.name,
+            "session_user": None,
+            "method": method,
+            "old_data": old_data,
+            "new_data": new_data,
+            "query": None,
+            **head,
+        }
+        event = _new(RowChange, (self.channel, None, 0, self.source))
+        event_dict = event.__dict__
+        event_dict["data"] = data
+        event_dict["_ack"] = self._commit_lsn
+        self._last = event
+        self.changes += 1
+        out.append(event)
+
+    def _insert(self, payload: bytes, out: list[Event]) -> None:
+        relation = self._relation_for(payload)
+        # payload[5] is 'N'
+        new, _ = self._tuple(payload, 6, relation)
+        self._event(relation, "INSERT", None, new, out)
+
+    def _key_only(self, relation: _Relation, row: dict[str, Any]) -> dict[str, Any]:
+        return {name: row[name] for name in relation.key_names if name in row}
+
+    def _update(self, payload: bytes, out: list[Event]) -> None:
+        relation = self._relation_for(payload)
+        pos = 5
+        marker = payload[pos]
+        old: dict[str, Any] | None = None
+        if marker in (75, 79):  # 'K' key columns, 'O' full old row
+            old, pos = self._tuple(payload, pos + 1, relation)
+            if marker == 75:
+                old = self._key_only(relation, old)
+            marker = payload[pos]
+        if marker != 78:  # 'N'
+            raise ReplicationError(f"malformed pgoutput Update message (marker {chr(marker)!r})")
+        new, _ = self._tuple(payload, pos + 1, relation, old)
+        if old is None:
+            # The key did not change: the old key is the new key.
+            old = self._key_only(relation, new)
+        self._event(relation, "UPDATE", old, new, out)
+
+    def _delete(self, payload: bytes, out: list[Event]) -> None:
+        relation = self._relation_for(payload)
+        marker = payload[5]
+        old, _ = self._tuple(payload, 6, relation)
+        if marker == 75:  # 'K'
+            old = self._key_only(relation, old)
+        self._event(relation, "DELETE", old, None, out)
+
+    def _truncate(self, payload: bytes, out: list[Event]) -> None:
+        (count,) = _UINT32.unpack_from(payload, 1)
+        pos = 6  # after the options byte
+        for _ in range(count):
+            (oid,) = _UINT32.unpack_from(payload, pos)
+            pos += 4
+            relation = self._relations.get(oid)
+            if relation is None:
+                raise ReplicationError(f"pgoutput Truncate of relation {oid} before its Relation message")
+            self._event(relation, "TRUNCATE", None, None, out)
+
+
+def ack_position(event: Event) -> int | None:
+    """The WAL position confirming ``event`` (None for events not from a change stream)."""
+    event_dict = getattr(event, "__dict__", None)
+    if event_dict is None:
+        return None
+    position = event_dict.get("_ack")
+    return position if isinstance(position, int) else None
