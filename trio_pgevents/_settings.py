@@ -185,13 +185,18 @@ def resolve_callable(setting: str, value: object) -> Callable[..., Any]:
             for attr in attrs:
                 target = getattr(target, attr)
         except AttributeError as exc:
+            if not_found is not None:  # "pkg.typo.func": the typo is the missing module
+                raise ConfigurationError(
+                    f"{setting}: cannot import {path!r}: no module named {not_found.name!r}"
+                ) from not_found
             raise ConfigurationError(
                 f"{setting}: {path!r}: module {module_name!r} has no attribute {'.'.join(attrs)!r}"
             ) from exc
         if not callable(target):
             raise ConfigurationError(f"{setting}: {path!r} is a {type(target).__name__}, not a callable")
         return target  # type: ignore[no-any-return]
-    raise ConfigurationError(f"{setting}: cannot import {path!r}: no such module") from not_found
+    missing = (not_found.name if not_found is not None else None) or path
+    raise ConfigurationError(f"{setting}: cannot import {path!r}: no module named {missing!r}") from not_found
 
 
 def resolve_database_url(
