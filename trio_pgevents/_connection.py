@@ -116,19 +116,38 @@ def execute(dbapi_conn: Any, statement: sql.Composable | str) -> None:
 class Abandonable:
     """Hands a connection made in a worker thread back to Trio, or closes it.
 
-    If the waiting Trio task is cancelled (``abandon_on_cancel=True``), the
-    thread may still finish connecting later; whoever comes second — the
-    thread or the canceller — closes the connection, so none is leaked.
+    If the waiting Trio task gives up (cancelled, or its connect timeout
+    passed; ``abandon_on_cancel=True``), the thread may still be running:
+
+    - still connecting: it finishes later and whoever comes second -- the
+      thread or the canceller -- closes the connection, so none is leaked;
+    - connected but blocked on the server (LISTEN to a peer that went
+      silent): :meth:`abandon` shuts the socket down so the thread's read
+      returns at once, and the thread discards the connection.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._abandoned = False
         self._result: Any = None
+        self._fd: int | None = None
+
+    def attach(self, fd: int) -> None:
+        """Called by the thread once connected: ``fd`` may be shut down by :meth:`abandon`."""
+        with self._lock:
+            if self._abandoned:
+                raise _Abandoned("connection attempt abandoned")
+            self._fd = fd
+
+    def detach(self) -> None:
+        """Called by the thread before it closes the connection (the fd may be reused)."""
+        with self._lock:
+            self._fd = None
 
     def deliver(self, connection: Any) -> Any:
         """Called by the thread with its new connection."""
         with self._lock:
+            self._fd = None
             if not self._abandoned:
                 self._result = connection
                 return connection
@@ -136,25 +155,42 @@ class Abandonable:
         return None
 
     def abandon(self) -> None:
-        """Called by the cancelled task: close anything already delivered."""
+        """Called by the task that gave up: close anything already delivered."""
         with self._lock:
             self._abandoned = True
             leaked, self._result = self._result, None
+            if self._fd is not None:
+                # The thread is between attach() and deliver()/detach(): the fd is
+                # still its connection's, so this cannot hit an unrelated socket.
+                shutdown_socket(self._fd)
         if leaked is not None:
             release(leaked, broken=True)
 
 
-def checkout(engine: Engine, channels: Iterable[str], keepalive: KeepaliveSettings | None) -> Any:
+class _Abandoned(Exception):
+    """Internal: the thread learnt that nobody waits for its connection any more."""
+
+
+def checkout(
+    engine: Engine,
+    channels: Iterable[str],
+    keepalive: KeepaliveSettings | None,
+    handoff: Abandonable | None = None,
+) -> Any:
     """Take a raw connection from ``engine``, make it autocommit, LISTEN.
 
     Returns SQLAlchemy's pool proxy (``.dbapi_connection`` is the psycopg2
     connection). On failure the connection is invalidated and the error raised.
+    With ``handoff``, the socket is registered so an abandoning caller can
+    unblock a LISTEN stuck on a dead peer.
     """
     proxy = engine.raw_connection()
     try:
         dbapi_conn = proxy.dbapi_connection
         if not isinstance(dbapi_conn, psycopg2.extensions.connection):
             raise ConfigurationError("engine did not give a psycopg2 connection")
+        if handoff is not None:
+            handoff.attach(dbapi_conn.fileno())
         dbapi_conn.autocommit = True
         if keepalive is not None:
             set_keepalive(dbapi_conn.fileno(), keepalive)
@@ -162,6 +198,8 @@ def checkout(engine: Engine, channels: Iterable[str], keepalive: KeepaliveSettin
         if names:
             execute(dbapi_conn, listen_sql(names))
     except BaseException:
+        if handoff is not None:
+            handoff.detach()
         proxy.invalidate()
         raise
     return proxy

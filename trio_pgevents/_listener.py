@@ -47,6 +47,10 @@ class _Lost(Exception):
     """Internal: the connection is gone (reason in args[0])."""
 
 
+class _ConnectTimeout(OSError):
+    """Internal: a connect attempt took longer than ``connect_timeout``."""
+
+
 def _utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -73,6 +77,8 @@ class Listener:
         self._command_running = False
         self._command_done = trio.Event()
         self._next_probe = 0.0
+        self._listened: list[str] = []  # the channels the current connection LISTENed to
+        self._tainted = False  # a thread was abandoned mid-command: do not reuse the connection
         self.finished = trio.Event()
         # Health, for statistics().
         self.connected = False
@@ -90,7 +96,10 @@ class Listener:
             try:
                 await self._connect()
             except _DB_ERRORS as exc:
-                raise ConnectError(f"could not connect and LISTEN on {self.source}: {exc}".strip()) from exc
+                raise ConnectError(
+                    f"could not connect and LISTEN on {self.source}: {self._describe(exc)}"
+                ) from exc
+            await self._sync_channels()
             task_status.started()
             while True:
                 try:
@@ -98,8 +107,18 @@ class Listener:
                 except _Lost as lost:
                     await self._recover(str(lost.args[0]), lost.__cause__)
         finally:
-            await self._close_connection(broken=False)
+            await self._close_connection(broken=self._tainted)
             self.finished.set()
+
+    def _describe(self, exc: BaseException) -> str:
+        """A driver error as one line, without the password (even if the driver echoed it)."""
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+            exc = exc.orig
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        password = self.engine.url.password
+        if password:
+            text = text.replace(str(password), "***")
+        return text
 
     async def _recover(self, reason: str, cause: BaseException | None) -> None:
         disconnected_at = _utcnow()
@@ -119,7 +138,10 @@ class Listener:
                 "notifications may have been missed",
                 gap,
             )
+        # The gap goes in before anything the new connection reads, so it is
+        # delivered exactly where it happened.
         self._buffer.put_control(gap)
+        await self._sync_channels()
 
     async def _reconnect(self, reason: str) -> None:
         options = self._options
@@ -140,31 +162,44 @@ class Listener:
                 if out_of_attempts or trio.current_time() >= deadline:
                     raise ConnectionLostError(
                         f"lost connection to {self.source} ({reason}) and could not reconnect "
-                        f"after {attempts} attempt(s): {exc}".strip()
+                        f"after {attempts} attempt(s): {self._describe(exc)}"
                     ) from exc
-                logger.info("reconnect to %s failed (attempt %d): %s", self.source, attempts, exc)
+                logger.info(
+                    "reconnect to %s failed (attempt %d): %s", self.source, attempts, self._describe(exc)
+                )
             # Jittered exponential backoff: spread a herd of listeners out.
             await trio.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, deadline - trio.current_time())))
             delay = min(delay * 2, options.backoff_max)
 
     async def _connect(self) -> None:
-        channels = list(self._channels)
+        """One attempt: check a connection out and LISTEN, bounded by ``connect_timeout``."""
+        self._listened = list(self._channels)
         keepalive = self._options.keepalive
         handoff = conn_mod.Abandonable()
+        channels = self._listened
 
         def work() -> Any:
-            return handoff.deliver(conn_mod.checkout(self.engine, channels, keepalive))
+            return handoff.deliver(conn_mod.checkout(self.engine, channels, keepalive, handoff))
 
+        timeout = self._options.connect_timeout
+        proxy = None
         try:
-            proxy = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
-        except trio.Cancelled:
-            handoff.abandon()
-            raise
+            with trio.move_on_after(timeout):
+                proxy = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        finally:
+            if proxy is None:  # cancelled, timed out, or failed: close whatever comes
+                handoff.abandon()
+        if proxy is None:
+            raise _ConnectTimeout(f"no connection within connect_timeout={timeout}s")
         self._proxy = proxy
+        self._tainted = False
         self.backend_pid = proxy.dbapi_connection.get_backend_pid()
         self.connected = True
         self._next_probe = trio.current_time() + self._options.probe_interval
-        # LISTEN/UNLISTEN calls made while we were connecting.
+
+    async def _sync_channels(self) -> None:
+        """LISTEN/UNLISTEN what changed while we were connecting."""
+        channels = self._listened
         current = list(self._channels)
         added = [ch for ch in current if ch not in channels]
         removed = [ch for ch in channels if ch not in current]
@@ -181,7 +216,12 @@ class Listener:
         with trio.CancelScope(shield=True):
             # Already closed connections have no fileno: nothing to notify.
             with contextlib.suppress(ValueError, psycopg2.Error, OSError):
-                trio.lowlevel.notify_closing(proxy.dbapi_connection.fileno())
+                fd = proxy.dbapi_connection.fileno()
+                trio.lowlevel.notify_closing(fd)
+                if broken:
+                    # Unblocks any thread still reading it (an abandoned probe);
+                    # the server sees EOF and ends the backend.
+                    conn_mod.shutdown_socket(fd)
             with trio.move_on_after(self._options.close_timeout):
                 await trio.to_thread.run_sync(
                     lambda: conn_mod.release(proxy, broken=broken), abandon_on_cancel=True
@@ -204,7 +244,11 @@ class Listener:
             try:
                 conn.poll()
             except psycopg2.Error as exc:
-                raise _Lost(str(exc).strip() or type(exc).__name__) from exc
+                # Notifications read in the same packet as the error were sent
+                # while connected: deliver them before reporting the loss.
+                if conn.notifies:
+                    await self._drain(conn)
+                raise _Lost(" ".join(str(exc).split()) or type(exc).__name__) from exc
             if conn.notifies:
                 await self._drain(conn)
             elif conn.closed:
@@ -250,16 +294,41 @@ class Listener:
             return  # reconnecting: the new connection LISTENs to the current set
         conn = proxy.dbapi_connection
         async with self._exclusive():
-            try:
-                await trio.to_thread.run_sync(conn_mod.execute, conn, statement)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            result = await self._in_thread(conn, _execute_sync, conn, statement)
+            if result is _TIMED_OUT:
+                # A dead peer: the pump finds the socket shut and reconnects with
+                # the current channel set, announcing the gap.
+                return
+            if isinstance(result, (psycopg2.OperationalError, psycopg2.InterfaceError)):
                 # The connection died: the pump finds out and reconnects with
                 # the current channel set, so nothing is lost by ignoring it.
                 return
-            except psycopg2.Error as exc:
-                raise TrioPgEventsError(f"{statement!r} failed on {self.source}: {exc}") from exc
+            if isinstance(result, psycopg2.Error):
+                raise TrioPgEventsError(
+                    f"{statement!r} failed on {self.source}: {self._describe(result)}"
+                ) from result
             if conn.notifies:
                 await self._drain(conn)
+
+    async def _in_thread(self, conn: Any, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the listening connection in a thread, within ``probe_timeout``.
+
+        Returns ``fn``'s result, or ``_TIMED_OUT``. If the server does not answer
+        in time, or the caller is cancelled meanwhile, the thread is abandoned
+        and the socket shut down, so the thread returns at once and the
+        connection is never reused (a half-open peer is found this way).
+        """
+        fd = conn.fileno()
+        finished = False
+        try:
+            with trio.move_on_after(self._options.probe_timeout):
+                result = await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+                finished = True
+        finally:
+            if not finished:
+                self._tainted = True
+                conn_mod.shutdown_socket(fd)
+        return result if finished else _TIMED_OUT
 
     async def listen(self, channels: list[str]) -> None:
         """LISTEN on more channels (the shared set is already updated)."""
@@ -271,16 +340,14 @@ class Listener:
 
     async def _probe(self, conn: Any, fd: int) -> None:
         """Ask the server something cheap: proves the link is alive, reads queue usage."""
-        timeout = self._options.probe_timeout
         async with self._exclusive():
-            with trio.move_on_after(timeout) as scope:
-                usage = await trio.to_thread.run_sync(_probe_sync, conn, abandon_on_cancel=True)
-            if scope.cancelled_caught:
-                # Half-open connection: unblock the abandoned thread's read.
-                conn_mod.shutdown_socket(fd)
-                raise _Lost(f"liveness probe got no answer within {timeout}s")
+            usage = await self._in_thread(conn, _probe_sync, conn)
+            if usage is _TIMED_OUT:
+                raise _Lost(
+                    f"liveness probe got no answer within probe_timeout={self._options.probe_timeout}s"
+                )
             if isinstance(usage, BaseException):
-                raise _Lost(f"liveness probe failed: {usage}".strip()) from usage
+                raise _Lost(f"liveness probe failed: {self._describe(usage)}") from usage
             self.queue_usage = usage
             if usage >= self._options.queue_usage_warning:
                 logger.warning(
@@ -292,6 +359,17 @@ class Listener:
             if conn.notifies:
                 await self._drain(conn)
         self._next_probe = trio.current_time() + self._options.probe_interval
+
+
+_TIMED_OUT: Any = object()
+
+
+def _execute_sync(conn: Any, statement: sql.Composable | str) -> BaseException | None:
+    try:
+        conn_mod.execute(conn, statement)
+    except psycopg2.Error as exc:
+        return exc
+    return None
 
 
 math_inf = float("inf")

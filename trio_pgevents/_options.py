@@ -50,6 +50,7 @@ class StreamOptions:
     queue_usage_warning: float = 0.5
     keepalive: KeepaliveSettings | None = field(default_factory=KeepaliveSettings)
     close_timeout: float = 1.0
+    connect_timeout: float = 10.0
     decoders: Mapping[str, Decoder] = field(default_factory=lambda: dict(DEFAULT_DECODERS))
 
     def __post_init__(self) -> None:
@@ -61,7 +62,14 @@ class StreamOptions:
             )
         if self.on_gap not in get_args(GapPolicy):
             raise ConfigurationError(f"on_gap must be 'event' or 'raise', not {self.on_gap!r}")
-        for name in ("backoff_initial", "backoff_max", "probe_interval", "probe_timeout", "close_timeout"):
+        for name in (
+            "backoff_initial",
+            "backoff_max",
+            "probe_interval",
+            "probe_timeout",
+            "close_timeout",
+            "connect_timeout",
+        ):
             _positive(name, getattr(self, name))
         _positive("reconnect_timeout", self.reconnect_timeout, allow_none=True)
         if self.max_reconnect_attempts is not None and (
