@@ -302,6 +302,7 @@ async def open_event_stream(
     queue_usage_warning: float = 0.5,
     keepalive: KeepaliveSettings | None = None,
     close_timeout: float = 1.0,
+    connect_timeout: float = 10.0,
     decoders: Mapping[str, Decoder] | None = None,
 ) -> AsyncIterator[EventStream]:
     """Listen to ``channels`` and yield an :class:`EventStream`.
@@ -341,6 +342,8 @@ async def open_event_stream(
         keepalive: TCP keepalive settings for the socket (default: on,
             10s idle, 5s interval, 3 probes).
         close_timeout: bound on returning a connection when closing, seconds.
+        connect_timeout: bound on one connect + LISTEN attempt, seconds (a
+            silent peer fails the attempt; a late connection is closed).
         decoders: channel -> decoder for typed events; default decodes the
             installer's ``"pgevents"`` channel into RowChange/SchemaChange.
     """
@@ -357,6 +360,7 @@ async def open_event_stream(
         "probe_timeout": probe_timeout,
         "queue_usage_warning": queue_usage_warning,
         "close_timeout": close_timeout,
+        "connect_timeout": connect_timeout,
     }
     if keepalive is not None:
         options["keepalive"] = keepalive
