@@ -1,0 +1,1066 @@
+"""The installer: trigger functions, table triggers, DDL event triggers, the outbox.
+
+``Installer(engine)`` prepares a database so that changes arrive as events:
+
+- ``install()`` creates the library schema (``pgevents``), its functions and
+  the registry of watched tables; ``install(ddl=True)`` adds DDL event
+  triggers (superuser only), ``auto_rebuild=True`` an event trigger that
+  watches tables created later in a watched schema, ``durable=True`` the
+  outbox tables of durable mode.
+- ``watch_table`` / ``watch_schema`` attach an AFTER INSERT/UPDATE/DELETE row
+  trigger and an AFTER TRUNCATE statement trigger; ``unwatch_table`` detaches.
+- ``status()`` compares what is in the database with what this version would
+  create (hashes in ``COMMENT``\\ s); ``prune()`` removes ORPHANED leftovers;
+  ``uninstall()`` removes everything the installer created, nothing else.
+- Every operation runs in one transaction (nothing half done, no window
+  where a replaced trigger is missing) under an advisory lock, and each has a
+  ``*_sql`` twin returning the SQL for a migration instead of running it.
+
+Everything here is synchronous (for scripts and migrations);
+:attr:`Installer.aio` gives the same methods as coroutines that run in a
+worker thread, for Trio code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import trio
+from psycopg2 import sql
+from sqlalchemy.engine import Engine
+
+from ._connection import MAX_IDENTIFIER_BYTES, as_engine, describe_source, validate_channel
+from ._errors import ConfigurationError, InstallError, InsufficientPrivilegeError
+from ._installer_sql import Definition, SqlBuilder
+
+__all__ = [
+    "ActionKind",
+    "AsyncInstaller",
+    "ConsumerInfo",
+    "InstallAction",
+    "InstallReport",
+    "InstallStatus",
+    "Installer",
+    "TableStatus",
+]
+
+T = TypeVar("T")
+
+ActionKind = Literal["installed", "replaced", "unchanged", "removed", "skipped"]
+ObjectState = Literal["INSTALLED", "OUTDATED", "MISSING"]
+TableState = Literal["INSTALLED", "OUTDATED", "MISSING", "ORPHANED", "SKIPPED"]
+
+_Cursor = Any  # psycopg2 cursor (types-psycopg2's class is not worth the casts here)
+
+
+@dataclass(frozen=True)
+class InstallAction:
+    """One thing an operation did (or would do, or found already done).
+
+    Attributes:
+        kind: what kind of object: ``schema``, ``table``, ``function``,
+            ``trigger``, ``event_trigger``, ``watch`` (a registry entry).
+        name: which object (schema-qualified, quoted where it helps).
+        action: ``installed``, ``replaced`` (was OUTDATED), ``unchanged``,
+            ``removed`` or ``skipped``.
+        reason: why it was skipped (or other detail), else ``None``.
+    """
+
+    kind: str
+    name: str
+    action: ActionKind
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class InstallReport:
+    """What an installer operation did, object by object."""
+
+    actions: tuple[InstallAction, ...] = ()
+
+    def _with(self, action: str) -> tuple[InstallAction, ...]:
+        return tuple(a for a in self.actions if a.action == action)
+
+    @property
+    def installed(self) -> tuple[InstallAction, ...]:
+        """Objects created."""
+        return self._with("installed")
+
+    @property
+    def replaced(self) -> tuple[InstallAction, ...]:
+        """OUTDATED objects re-created with the current definition."""
+        return self._with("replaced")
+
+    @property
+    def unchanged(self) -> tuple[InstallAction, ...]:
+        """Objects that were already up to date."""
+        return self._with("unchanged")
+
+    @property
+    def removed(self) -> tuple[InstallAction, ...]:
+        """Objects dropped."""
+        return self._with("removed")
+
+    @property
+    def skipped(self) -> tuple[InstallAction, ...]:
+        """Objects left alone, each with a reason (views, foreign tables...)."""
+        return self._with("skipped")
+
+    @property
+    def changed(self) -> bool:
+        """True if anything was installed, replaced or removed."""
+        return any(a.action in ("installed", "replaced", "removed") for a in self.actions)
+
+    def __str__(self) -> str:
+        lines = [
+            f"{a.action:>9}  {a.kind:<13} {a.name}" + (f"  ({a.reason})" if a.reason else "")
+            for a in self.actions
+        ]
+        return "\n".join(lines) if lines else "(nothing to do)"
+
+
+@dataclass(frozen=True)
+class TableStatus:
+    """The state of one table's triggers.
+
+    Attributes:
+        schema: the table's schema.
+        table: the table's name.
+        state: ``INSTALLED`` (up to date), ``OUTDATED`` (made by another
+            version or mode: the next ``watch_*``/``install`` replaces it),
+            ``MISSING`` (watched, no trigger), ``ORPHANED`` (trigger on a table
+            no longer watched, or a watched table that was dropped:
+            ``prune()`` removes it), ``SKIPPED`` (views, foreign tables...).
+        reason: detail for any state but INSTALLED.
+        durable: True when the table is watched in durable (outbox) mode.
+    """
+
+    schema: str
+    table: str
+    state: TableState
+    reason: str | None = None
+    durable: bool = False
+
+
+@dataclass(frozen=True)
+class InstallStatus:
+    """What is installed, compared with what this version would install.
+
+    Attributes:
+        function_state: the library schema's base functions and registry.
+        ddl_state: the DDL event triggers, or ``None`` when never installed.
+        tables: per watched (or orphaned) table.
+        auto_rebuild_state: the auto-rebuild event trigger, or ``None``.
+        durable_state: the outbox tables and function, or ``None``.
+    """
+
+    function_state: ObjectState
+    ddl_state: ObjectState | None
+    tables: tuple[TableStatus, ...]
+    auto_rebuild_state: ObjectState | None = None
+    durable_state: ObjectState | None = None
+
+    @property
+    def ok(self) -> bool:
+        """False when anything is OUTDATED or MISSING."""
+        states: list[str | None] = [
+            self.function_state,
+            self.ddl_state,
+            self.auto_rebuild_state,
+            self.durable_state,
+        ]
+        states.extend(t.state for t in self.tables)
+        return not any(s in ("OUTDATED", "MISSING") for s in states)
+
+    def table(self, table: str, schema: str = "public") -> TableStatus | None:
+        """The status of one table, or None when it is not listed."""
+        for t in self.tables:
+            if t.schema == schema and t.table == table:
+                return t
+        return None
+
+
+@dataclass(frozen=True)
+class ConsumerInfo:
+    """A durable-mode consumer and its stored position.
+
+    Attributes:
+        name: the consumer's name.
+        last_txid: transaction id of the last acknowledged event.
+        last_id: id of the last acknowledged event.
+        created_at: when the consumer was registered.
+        updated_at: when its position was last stored.
+        pending: events in the outbox after its position.
+    """
+
+    name: str
+    last_txid: int
+    last_id: int
+    created_at: datetime
+    updated_at: datetime
+    pending: int = 0
+
+
+@dataclass
+class _State:
+    """What the library schema holds now (read at the start of an operation)."""
+
+    schema_exists: bool = False
+    functions: dict[str, str | None] = field(default_factory=dict)
+    tables: dict[str, str | None] = field(default_factory=dict)
+    event_triggers: dict[str, str | None] = field(default_factory=dict)
+
+
+def _lock_key(schema: str) -> int:
+    digest = hashlib.sha256(f"trio_pgevents:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _validate_schema_name(value: object, what: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigurationError(f"{what} must be a str, not {type(value).__name__}: {value!r}")
+    if not value:
+        raise ConfigurationError(f"{what} must not be empty")
+    if "\x00" in value:
+        raise ConfigurationError(f"{what} {value!r} contains a NUL character")
+    if len(value.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+        raise ConfigurationError(
+            f"{what} {value[:20]!r}... is longer than {MAX_IDENTIFIER_BYTES} bytes; "
+            "Postgres would truncate it"
+        )
+    return value
+
+
+class Installer:
+    """Installs, inspects and removes the triggers that turn changes into events.
+
+    Args:
+        engine: a SQLAlchemy engine (psycopg2 driver) or a database URL.
+        schema: the schema holding the library's functions and tables.
+        channel: the NOTIFY channel of row and DDL events (the durable
+            wake-ups use ``<channel>.durable``).
+        include_query: put the statement text (``current_query()``) into row
+            events. It can leak data to every listener: turn it off when
+            listeners should see only rows.
+
+    Raises:
+        ConfigurationError: a name Postgres would reject or truncate.
+    """
+
+    def __init__(
+        self,
+        engine: Engine | str,
+        *,
+        schema: str = "pgevents",
+        channel: str = "pgevents",
+        include_query: bool = True,
+    ) -> None:
+        self._engine = as_engine(engine)
+        self.schema = _validate_schema_name(schema, "schema name")
+        self.channel = validate_channel(channel)
+        if not isinstance(include_query, bool):
+            raise ConfigurationError(f"include_query must be a bool, not {include_query!r}")
+        self.include_query = include_query
+        self._lock = _lock_key(self.schema)
+
+    def __repr__(self) -> str:
+        return (
+            f"Installer({describe_source(self._engine)!r}, schema={self.schema!r}, "
+            f"channel={self.channel!r}, include_query={self.include_query!r})"
+        )
+
+    @property
+    def engine(self) -> Engine:
+        """The engine the installer connects with."""
+        return self._engine
+
+    @property
+    def aio(self) -> AsyncInstaller:
+        """The same operations as coroutines (run in a worker thread), for Trio code."""
+        return AsyncInstaller(self)
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _check_durable_channel(self) -> None:
+        wake = self.channel + ".durable"
+        if len(wake.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
+            raise ConfigurationError(
+                f"channel {self.channel!r} is too long for durable mode: its wake-up channel "
+                f"{wake!r} must fit in {MAX_IDENTIFIER_BYTES} bytes"
+            )
+
+    def _run(self, what: str, work: Callable[[_Cursor, SqlBuilder], T], *, lock: bool = True) -> T:
+        """Run ``work`` in one transaction on a connection from the engine."""
+        try:
+            proxy = self._engine.raw_connection()
+        except Exception as exc:
+            raise InstallError(f"{what}: cannot connect to {describe_source(self._engine)}: {exc}") from exc
+        broken = False
+        try:
+            conn = proxy.dbapi_connection
+            if not isinstance(conn, psycopg2.extensions.connection):
+                raise ConfigurationError("engine did not give a psycopg2 connection")
+            if conn.autocommit:
+                conn.autocommit = False
+            try:
+                with conn.cursor() as cur:
+                    if lock:
+                        # Two installers running at once would race on CREATE OR REPLACE.
+                        cur.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (self._lock,))
+                    builder = SqlBuilder(conn, self.schema, self.channel, self.include_query)
+                    result = work(cur, builder)
+                conn.commit()
+                return result
+            except BaseException:
+                try:
+                    conn.rollback()
+                except Exception:
+                    broken = True
+                raise
+        except psycopg2.Error as exc:
+            broken = broken or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
+            raise self._wrap(what, exc) from exc
+        finally:
+            if broken:
+                with contextlib.suppress(Exception):
+                    proxy.invalidate()
+            else:
+                proxy.close()
+
+    def _wrap(self, what: str, exc: psycopg2.Error) -> InstallError:
+        message = (exc.diag.message_primary if exc.diag else None) or str(exc).strip()
+        hint = exc.diag.message_hint if exc.diag else None
+        if hint:
+            message = f"{message} (hint: {hint})"
+        if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
+            return InsufficientPrivilegeError(
+                f"{what}: {message}. The connected role needs to own the tables it watches and "
+                f"to be allowed to create schema {self.schema!r} (GRANT CREATE ON DATABASE ...), "
+                "or a privileged role can run the SQL from the *_sql() methods in a migration"
+            )
+        return InstallError(f"{what} failed: {message}")
+
+    def _render(self, work: Callable[[SqlBuilder], str]) -> str:
+        """Build SQL text without changing anything (a read-only transaction)."""
+        return self._run("building SQL", lambda cur, b: work(b), lock=False)
+
+    # -- reading the current state ---------------------------------------------------------------
+
+    def _read_state(self, cur: _Cursor, b: SqlBuilder) -> _State:
+        state = _State()
+        cur.execute("SELECT true FROM pg_catalog.pg_namespace WHERE nspname = %s", (self.schema,))
+        state.schema_exists = cur.fetchone() is not None
+        if state.schema_exists:
+            cur.execute(
+                """SELECT p.proname, d.description FROM pg_catalog.pg_proc p
+                   JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                   LEFT JOIN pg_catalog.pg_description d
+                     ON d.objoid = p.oid AND d.classoid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                  WHERE n.nspname = %s""",
+                (self.schema,),
+            )
+            state.functions = {name: comment for name, comment in cur.fetchall()}
+            cur.execute(
+                """SELECT c.relname, d.description FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                   LEFT JOIN pg_catalog.pg_description d
+                     ON d.objoid = c.oid AND d.objsubid = 0
+                    AND d.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                  WHERE n.nspname = %s AND c.relkind IN ('r', 'p')""",
+                (self.schema,),
+            )
+            state.tables = {name: comment for name, comment in cur.fetchall()}
+        names = b.names
+        cur.execute(
+            """SELECT e.evtname, d.description FROM pg_catalog.pg_event_trigger e
+               LEFT JOIN pg_catalog.pg_description d
+                 ON d.objoid = e.oid AND d.classoid = 'pg_catalog.pg_event_trigger'::pg_catalog.regclass
+              WHERE e.evtname = ANY (%s)""",
+            ([names.ddl_end_trigger, names.sql_drop_trigger, names.auto_rebuild_trigger],),
+        )
+        state.event_triggers = {name: comment for name, comment in cur.fetchall()}
+        return state
+
+    # -- install ---------------------------------------------------------------------------------
+
+    def _ensure(self, cur: _Cursor, d: Definition, current: dict[str, str | None], key: str) -> InstallAction:
+        if key in current and current[key] == d.comment:
+            return InstallAction(d.kind, d.name, "unchanged")
+        cur.execute(d.create)
+        cur.execute(d.comment_sql)
+        return InstallAction(d.kind, d.name, "replaced" if key in current else "installed")
+
+    def _ensure_function(self, cur: _Cursor, b: SqlBuilder, name: str, state: _State) -> InstallAction:
+        d = b.functions()[name]
+        if name in state.functions and state.functions[name] != d.comment and name in b.HELPER_FUNCTIONS:
+            cur.execute(b.drop_function(name))  # its signature may have changed
+        action = self._ensure(cur, d, state.functions, name)
+        state.functions[name] = d.comment
+        return action
+
+    def _ensure_base(self, cur: _Cursor, b: SqlBuilder, state: _State, durable: bool) -> list[InstallAction]:
+        actions: list[InstallAction] = []
+        schema_def = b.schema_definition()
+        if state.schema_exists:
+            actions.append(InstallAction("schema", self.schema, "unchanged"))
+        else:
+            cur.execute(schema_def.create)
+            state.schema_exists = True
+            actions.append(InstallAction("schema", self.schema, "installed"))
+        for table in b.base_tables():
+            actions.append(self._ensure_table(cur, table, state))
+        if durable or "outbox_row" in state.functions or "events" in state.tables:
+            self._check_durable_channel()
+            for table in b.durable_tables():
+                actions.append(self._ensure_table(cur, table, state))
+            actions.append(self._ensure_function(cur, b, "outbox_row", state))
+        for name in b.BASE_FUNCTIONS:
+            actions.append(self._ensure_function(cur, b, name, state))
+        return actions
+
+    def _ensure_table(self, cur: _Cursor, d: Definition, state: _State) -> InstallAction:
+        key = d.key
+        if key in state.tables:
+            # Tables hold data: never re-created. A changed definition is reported, not applied.
+            if state.tables[key] == d.comment:
+                return InstallAction("table", d.name, "unchanged")
+            return InstallAction(
+                "table", d.name, "skipped", "exists with another definition; migrate it by hand"
+            )
+        cur.execute(d.create)
+        cur.execute(d.comment_sql)
+        state.tables[key] = d.comment
+        return InstallAction("table", d.name, "installed")
+
+    def _ensure_event_triggers(
+        self, cur: _Cursor, b: SqlBuilder, state: _State, purposes: Iterable[str]
+    ) -> list[InstallAction]:
+        actions: list[InstallAction] = []
+        triggers = b.event_triggers()
+        for purpose in purposes:
+            fn = purpose
+            actions.append(self._ensure_function(cur, b, fn, state))
+            d, drop = triggers[purpose]
+            if state.event_triggers.get(d.name, "") == d.comment and d.name in state.event_triggers:
+                actions.append(InstallAction(d.kind, d.name, "unchanged"))
+                continue
+            existed = d.name in state.event_triggers
+            cur.execute(drop)
+            cur.execute(d.create)
+            cur.execute(d.comment_sql)
+            state.event_triggers[d.name] = d.comment
+            actions.append(InstallAction(d.kind, d.name, "replaced" if existed else "installed"))
+        return actions
+
+    def _rows(self, cur: _Cursor) -> list[InstallAction]:
+        return [InstallAction(kind, name, action, reason) for kind, name, action, reason in cur.fetchall()]
+
+    def _refresh_watched(self, cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
+        """Bring every watched table's triggers up to date (what an upgrade needs)."""
+        cur.execute(
+            sql.SQL(
+                """SELECT w.schema_name, w.table_name, w.mode,
+                          EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = w.schema_name),
+                          EXISTS (SELECT FROM pg_catalog.pg_class c
+                                    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                                   WHERE n.nspname = w.schema_name AND c.relname = w.table_name)
+                     FROM {S}.watched w ORDER BY w.table_name <> '', w.schema_name, w.table_name"""
+            ).format(S=b.S)
+        )
+        rows = cur.fetchall()
+        watched_schemas = {s for s, t, _, exists, _ in rows if t == "" and exists}
+        actions: list[InstallAction] = []
+        for schema, table, mode, schema_exists, table_exists in rows:
+            if table == "" and schema_exists:
+                cur.execute(b.call("watch_schema", schema, mode == "durable"))
+                actions.extend(self._rows(cur))
+            elif table and mode != "excluded" and table_exists and schema not in watched_schemas:
+                cur.execute(b.call("watch_table", schema, table, mode == "durable"))
+                actions.extend(self._rows(cur))
+        return actions
+
+    def install(
+        self, *, ddl: bool = False, auto_rebuild: bool = False, durable: bool = False
+    ) -> InstallReport:
+        """Create (or bring up to date) the library schema, functions and registry.
+
+        Calling it again changes nothing (every action says ``unchanged``);
+        after an upgrade it replaces OUTDATED functions and the triggers of
+        every watched table, all in one transaction. Options only add: an
+        ``install()`` without ``ddl=True`` keeps DDL triggers installed earlier
+        (and brings them up to date).
+
+        Args:
+            ddl: add DDL event triggers (``SchemaChange`` events). Superuser only.
+            auto_rebuild: add an event trigger that watches tables created (or
+                re-created) in a watched schema, in the DDL's own transaction.
+                Superuser only.
+            durable: create the outbox tables and function of durable mode.
+
+        Raises:
+            InsufficientPrivilegeError: ``ddl``/``auto_rebuild`` without superuser.
+                Everything else was installed (and committed) before it is raised.
+            InstallError: anything else went wrong; nothing was changed.
+        """
+        denied: list[str] = []
+
+        def work(cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
+            state = self._read_state(cur, b)
+            actions = self._ensure_base(cur, b, state, durable)
+            names = b.names
+            groups: list[tuple[str, tuple[str, ...]]] = []
+            if (
+                ddl
+                or names.ddl_end_trigger in state.event_triggers
+                or names.sql_drop_trigger in state.event_triggers
+            ):
+                groups.append(("DDL event triggers", ("ddl_end", "sql_drop")))
+            if auto_rebuild or names.auto_rebuild_trigger in state.event_triggers:
+                groups.append(("the auto-rebuild event trigger", ("auto_rebuild",)))
+            for label, purposes in groups:
+                cur.execute("SAVEPOINT trio_pgevents_ddl")
+                try:
+                    actions.extend(self._ensure_event_triggers(cur, b, state, purposes))
+                except psycopg2.errors.InsufficientPrivilege:
+                    cur.execute("ROLLBACK TO SAVEPOINT trio_pgevents_ddl")
+                    denied.append(label)
+                    for purpose in purposes:
+                        actions.append(
+                            InstallAction("event_trigger", purpose, "skipped", "needs a superuser")
+                        )
+                else:
+                    cur.execute("RELEASE SAVEPOINT trio_pgevents_ddl")
+            actions.extend(self._refresh_watched(cur, b))
+            return actions
+
+        actions = self._run("install", work)
+        if denied:
+            user = self._engine.url.username or "the connected role"
+            raise InsufficientPrivilegeError(
+                f"creating {' and '.join(denied)} needs a superuser (CREATE EVENT TRIGGER), and role "
+                f"{user!r} is not one. Everything else was installed. To get DDL events, run "
+                "install(ddl=True) once as a superuser (or have one run install_sql(ddl=True) in a "
+                "migration); or call install() without ddl/auto_rebuild."
+            )
+        return InstallReport(tuple(actions))
+
+    def install_sql(self, *, ddl: bool = False, auto_rebuild: bool = False, durable: bool = False) -> str:
+        """The SQL of ``install(...)`` for a migration: idempotent, run it in one transaction."""
+        if durable:
+            self._check_durable_channel()
+
+        def build(b: SqlBuilder) -> str:
+            parts = [b.schema_definition().create + ";\n"]
+            parts.extend(t.sql for t in b.base_tables())
+            fns = b.functions()
+            names = list(b.BASE_FUNCTIONS)
+            if durable:
+                parts.extend(t.sql for t in b.durable_tables())
+                names.append("outbox_row")
+            if ddl:
+                names.extend(["ddl_end", "sql_drop"])
+            if auto_rebuild:
+                names.append("auto_rebuild")
+            for name in names:
+                if name in b.HELPER_FUNCTIONS:
+                    parts.append(b.drop_function(name) + ";\n")
+                parts.append(fns[name].sql)
+            triggers = b.event_triggers()
+            purposes = (["ddl_end", "sql_drop"] if ddl else []) + (["auto_rebuild"] if auto_rebuild else [])
+            for purpose in purposes:
+                d, drop = triggers[purpose]
+                parts.append(drop + ";\n" + d.sql)
+            return "".join(parts)
+
+        return self._render(build)
+
+    # -- watching --------------------------------------------------------------------------------
+
+    def watch_table(self, table: str, schema: str = "public", *, durable: bool = False) -> InstallReport:
+        """Attach the row and TRUNCATE triggers to one table (installing the base if needed).
+
+        Args:
+            table: the table's name, exactly as in the catalog (no quoting needed).
+            schema: its schema.
+            durable: outbox mode: events go to ``<schema>.events`` (no size
+                limit, survive listener outages) instead of a plain NOTIFY.
+
+        Raises:
+            InstallError: the table does not exist (nothing was changed).
+        """
+        _validate_schema_name(table, "table name")
+        _validate_schema_name(schema, "schema name")
+
+        def work(cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
+            state = self._read_state(cur, b)
+            actions = self._ensure_base(cur, b, state, durable)
+            cur.execute(b.call("watch_table", schema, table, durable))
+            return actions + self._rows(cur)
+
+        return InstallReport(tuple(self._run(f"watch_table({schema}.{table})", work)))
+
+    def watch_table_sql(self, table: str, schema: str = "public", *, durable: bool = False) -> str:
+        """The SQL of ``watch_table(...)`` (run ``install_sql()`` before it)."""
+        _validate_schema_name(table, "table name")
+        _validate_schema_name(schema, "schema name")
+        return self._render(lambda b: b.call("watch_table", schema, table, durable) + ";\n")
+
+    def watch_schema(self, schema: str, *, durable: bool = False) -> InstallReport:
+        """Watch every table of a schema (ordinary and partitioned).
+
+        Views, materialized views and foreign tables are skipped with a
+        reason (they appear as SKIPPED in ``status()``); partitions are
+        covered by their parent's trigger. Tables created later are watched
+        by ``install(auto_rebuild=True)``, or by the next ``install()``.
+
+        Raises:
+            InstallError: the schema does not exist, or is the library schema.
+        """
+        _validate_schema_name(schema, "schema name")
+
+        def work(cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
+            state = self._read_state(cur, b)
+            actions = self._ensure_base(cur, b, state, durable)
+            cur.execute(b.call("watch_schema", schema, durable))
+            return actions + self._rows(cur)
+
+        return InstallReport(tuple(self._run(f"watch_schema({schema})", work)))
+
+    def watch_schema_sql(self, schema: str, *, durable: bool = False) -> str:
+        """The SQL of ``watch_schema(...)`` (run ``install_sql()`` before it)."""
+        _validate_schema_name(schema, "schema name")
+        return self._render(lambda b: b.call("watch_schema", schema, durable) + ";\n")
+
+    def unwatch_table(self, table: str, schema: str = "public") -> InstallReport:
+        """Remove the triggers from one table and forget it.
+
+        If its schema is watched, the table is remembered as excluded, so
+        neither ``install()`` nor auto-rebuild puts the triggers back.
+        """
+        _validate_schema_name(table, "table name")
+        _validate_schema_name(schema, "schema name")
+
+        def work(cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
+            state = self._read_state(cur, b)
+            if "unwatch_table" not in state.functions or "watched" not in state.tables:
+                return [InstallAction("table", f"{schema}.{table}", "unchanged", "nothing is installed")]
+            self._ensure_function(cur, b, "unwatch_table", state)
+            cur.execute(b.call("unwatch_table", schema, table))
+            return self._rows(cur)
+
+        return InstallReport(tuple(self._run(f"unwatch_table({schema}.{table})", work)))
+
+    def unwatch_table_sql(self, table: str, schema: str = "public") -> str:
+        """The SQL of ``unwatch_table(...)``."""
+        return self._render(lambda b: b.call("unwatch_table", schema, table) + ";\n")
+
+    # -- status, prune, uninstall ----------------------------------------------------------------
+
+    def status(self) -> InstallStatus:
+        """Compare the database with what this version installs (read only)."""
+        return self._run("status", lambda cur, b: self._status(cur, b), lock=False)
+
+    def _object_state(self, wanted: dict[str, str], current: dict[str, str | None]) -> ObjectState:
+        if any(name not in current for name in wanted):
+            return "MISSING"
+        if any(current[name] != comment for name, comment in wanted.items()):
+            return "OUTDATED"
+        return "INSTALLED"
+
+    def _status(self, cur: _Cursor, b: SqlBuilder) -> InstallStatus:
+        state = self._read_state(cur, b)
+        fns = b.functions()
+        base = {name: fns[name].comment for name in b.BASE_FUNCTIONS}
+        base_tables = {d.key: d.comment for d in b.base_tables()}
+        function_state = self._object_state(base, state.functions)
+        if function_state == "INSTALLED" and any(t not in state.tables for t in base_tables):
+            function_state = "MISSING"
+
+        durable_state: ObjectState | None = None
+        if "outbox_row" in state.functions or "events" in state.tables:
+            durable_state = self._object_state({"outbox_row": fns["outbox_row"].comment}, state.functions)
+            if durable_state == "INSTALLED" and any(d.key not in state.tables for d in b.durable_tables()):
+                durable_state = "MISSING"
+
+        triggers = b.event_triggers()
+
+        def event_state(purposes: tuple[str, ...]) -> ObjectState | None:
+            defs = [triggers[p][0] for p in purposes]
+            if not any(d.name in state.event_triggers for d in defs):
+                return None
+            wanted = {d.name: d.comment for d in defs}
+            result = self._object_state(wanted, state.event_triggers)
+            if result == "INSTALLED":
+                result = self._object_state({p: fns[p].comment for p in purposes}, state.functions)
+            return result
+
+        tables = self._table_statuses(cur, b, state)
+        return InstallStatus(
+            function_state=function_state,
+            ddl_state=event_state(("ddl_end", "sql_drop")),
+            tables=tables,
+            auto_rebuild_state=event_state(("auto_rebuild",)),
+            durable_state=durable_state,
+        )
+
+    def _table_statuses(self, cur: _Cursor, b: SqlBuilder, state: _State) -> tuple[TableStatus, ...]:
+        registry: list[tuple[str, str, str]] = []
+        if "watched" in state.tables:
+            cur.execute(
+                sql.SQL("SELECT schema_name, table_name, mode FROM {S}.watched").format(S=b.S).as_string(cur)
+            )
+            registry = list(cur.fetchall())
+        schema_modes = {s: m for s, t, m in registry if t == ""}
+        table_modes = {(s, t): m for s, t, m in registry if t != ""}
+        # Relations that matter: every one in a watched schema, and explicitly registered ones.
+        cur.execute(
+            """SELECT n.nspname, c.relname, c.relkind, c.relispartition FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+                AND ((n.nspname = ANY (%s) AND NOT c.relispartition)
+                     OR (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[])))""",
+            (
+                list(schema_modes),
+                [s for s, _ in table_modes],
+                [t for _, t in table_modes],
+            ),
+        )
+        relations = {(s, t): (kind, part) for s, t, kind, part in cur.fetchall()}
+        names = b.names
+        cur.execute(
+            """SELECT n.nspname, c.relname, t.tgname, t.tgparentid <> 0, pn.nspname, p.proname, d.description
+                 FROM pg_catalog.pg_trigger t
+                 JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                 JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
+                 JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
+                 LEFT JOIN pg_catalog.pg_description d
+                   ON d.objoid = t.oid AND d.classoid = 'pg_catalog.pg_trigger'::pg_catalog.regclass
+                WHERE t.tgname IN (%s, %s)""",
+            (names.row_trigger, names.truncate_trigger),
+        )
+        found: dict[tuple[str, str], dict[str, tuple[bool, str, str | None]]] = {}
+        for s, t, tgname, inherited, fn_schema, fn_name, comment in cur.fetchall():
+            fn = fn_name if fn_schema == self.schema else f"{fn_schema}.{fn_name}"
+            found.setdefault((s, t), {})[tgname] = (inherited, fn, comment)
+
+        watched: dict[tuple[str, str], str] = {}
+        for (s, t), (_, part) in relations.items():
+            mode = table_modes.get((s, t)) or (schema_modes.get(s) if not part else None)
+            if mode is not None and mode != "excluded":
+                watched[(s, t)] = mode
+        for key, mode in table_modes.items():
+            if mode != "excluded" and key not in relations:
+                watched[key] = mode
+
+        result: list[TableStatus] = []
+        for (s, t), mode in sorted(watched.items()):
+            durable = mode == "durable"
+            if (s, t) not in relations:
+                result.append(TableStatus(s, t, "ORPHANED", "the table no longer exists", durable))
+                continue
+            kind, _ = relations[(s, t)]
+            if kind not in ("r", "p"):
+                reason = {
+                    "v": "a view: it has no rows of its own; watch the tables it reads",
+                    "m": "a materialized view: row triggers are not possible on it",
+                    "f": "a foreign table: its changes happen on another server",
+                }.get(kind, f"not a table (relkind {kind})")
+                result.append(TableStatus(s, t, "SKIPPED", reason, durable))
+                continue
+            if s == self.schema:
+                result.append(TableStatus(s, t, "SKIPPED", "belongs to the library schema", durable))
+                continue
+            have = found.get((s, t), {})
+            want_fn = "outbox_row" if durable else "notify_row"
+            problems: list[str] = []
+            for tgname, truncate in ((names.row_trigger, False), (names.truncate_trigger, True)):
+                if tgname not in have:
+                    problems.append(f"{tgname} missing")
+                    continue
+                inherited, fn, comment = have[tgname]
+                if inherited:
+                    continue
+                if fn != want_fn:
+                    problems.append(f"{tgname} calls {fn}(), expected {want_fn}()")
+                elif comment != b.trigger_comment(durable, truncate):
+                    problems.append(f"{tgname} was made by another version")
+            if not have:
+                result.append(TableStatus(s, t, "MISSING", "watched but no trigger installed", durable))
+            elif problems:
+                result.append(TableStatus(s, t, "OUTDATED", "; ".join(problems), durable))
+            else:
+                result.append(TableStatus(s, t, "INSTALLED", None, durable))
+        for (s, t), have in sorted(found.items()):
+            if (s, t) in watched or all(inherited for inherited, _, _ in have.values()):
+                continue
+            durable = any(fn == "outbox_row" for _, fn, _ in have.values())
+            result.append(
+                TableStatus(s, t, "ORPHANED", "triggers left on a table that is not watched", durable)
+            )
+        return tuple(result)
+
+    def _prune_statements(self, cur: _Cursor, b: SqlBuilder) -> list[tuple[InstallAction, str]]:
+        state = self._read_state(cur, b)
+        plan: list[tuple[InstallAction, str]] = []
+        for t in self._table_statuses(cur, b, state):
+            if t.state != "ORPHANED":
+                continue
+            if t.reason == "the table no longer exists":
+                statement = b.render(
+                    sql.SQL("DELETE FROM {S}.watched WHERE schema_name = {s} AND table_name = {t}").format(
+                        S=b.S, s=sql.Literal(t.schema), t=sql.Literal(t.table)
+                    )
+                )
+                plan.append((InstallAction("watch", f"{t.schema}.{t.table}", "removed", t.reason), statement))
+            else:
+                for tgname in (b.names.row_trigger, b.names.truncate_trigger):
+                    plan.append(
+                        (
+                            InstallAction(
+                                "trigger", f"{tgname} on {t.schema}.{t.table}", "removed", t.reason
+                            ),
+                            b.drop_trigger(tgname, t.schema, t.table),
+                        )
+                    )
+        return plan
+
+    def prune(self) -> InstallReport:
+        """Remove ORPHANED triggers, and registry entries of dropped tables."""
+
+        def work(cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
+            plan = self._prune_statements(cur, b)
+            for _, statement in plan:
+                cur.execute(statement)
+            return [action for action, _ in plan]
+
+        return InstallReport(tuple(self._run("prune", work)))
+
+    def prune_sql(self) -> str:
+        """The SQL ``prune()`` would run now (it depends on the database's state)."""
+        plan = self._run("prune_sql", lambda cur, b: self._prune_statements(cur, b), lock=False)
+        return "".join(statement + ";\n" for _, statement in plan)
+
+    def uninstall(self) -> InstallReport:
+        """Remove every object this installer created, and nothing else.
+
+        Table triggers, event triggers, functions, the registry and outbox
+        tables (their data too), and the library schema if the installer
+        created it and nothing else is left in it. One transaction.
+        """
+
+        def work(cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
+            state = self._read_state(cur, b)
+            actions: list[InstallAction] = []
+            for name in state.event_triggers:
+                actions.append(InstallAction("event_trigger", name, "removed"))
+            for t in self._table_statuses(cur, b, state) if "watched" in state.tables else ():
+                if (
+                    t.state in ("INSTALLED", "OUTDATED", "ORPHANED")
+                    and t.reason != "the table no longer exists"
+                ):
+                    actions.append(InstallAction("trigger", f"triggers on {t.schema}.{t.table}", "removed"))
+            for name in sorted(state.functions):
+                actions.append(InstallAction("function", f"{self.schema}.{name}", "removed"))
+            for name in sorted(state.tables):
+                actions.append(InstallAction("table", f"{self.schema}.{name}", "removed"))
+            cur.execute(b.uninstall_script())
+            cur.execute("SELECT true FROM pg_catalog.pg_namespace WHERE nspname = %s", (self.schema,))
+            if state.schema_exists:
+                if cur.fetchone() is None:
+                    actions.append(InstallAction("schema", self.schema, "removed"))
+                else:
+                    actions.append(
+                        InstallAction(
+                            "schema", self.schema, "skipped", "not created by trio_pgevents, or not empty"
+                        )
+                    )
+            return actions
+
+        return InstallReport(tuple(self._run("uninstall", work)))
+
+    def uninstall_sql(self) -> str:
+        """The SQL of ``uninstall()``: works whatever is installed."""
+        return self._render(lambda b: b.uninstall_script())
+
+    # -- durable mode: consumers and retention ---------------------------------------------------
+
+    def _durable_exists(self, cur: _Cursor) -> bool:
+        cur.execute(
+            "SELECT pg_catalog.to_regclass(%s) IS NOT NULL AND pg_catalog.to_regclass(%s) IS NOT NULL",
+            (
+                sql.SQL("{}.events").format(sql.Identifier(self.schema)).as_string(cur),
+                sql.SQL("{}.consumers").format(sql.Identifier(self.schema)).as_string(cur),
+            ),
+        )
+        row = cur.fetchone()
+        return bool(row and row[0])
+
+    def delete_acknowledged(self, batch_size: int = 10000) -> int:
+        """Delete outbox events that every registered consumer has acknowledged.
+
+        An event goes once ``(txid, id)`` is at or before the position of the
+        consumer furthest behind. Batches of ``batch_size`` rows, each in its
+        own short transaction. With no consumer registered nothing is deleted
+        (a consumer registered later must still see the events).
+
+        Returns:
+            How many events were deleted.
+        """
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ConfigurationError(f"batch_size must be an int >= 1, not {batch_size!r}")
+
+        def one_batch(cur: _Cursor, b: SqlBuilder) -> int:
+            if not self._durable_exists(cur):
+                return 0
+            cur.execute(
+                sql.SQL(
+                    """WITH slowest AS (
+                           SELECT last_txid, last_id FROM {S}.consumers ORDER BY last_txid, last_id LIMIT 1),
+                       doomed AS (
+                           SELECT e.id FROM {S}.events e, slowest s
+                            WHERE (e.txid, e.id) <= (s.last_txid, s.last_id)
+                            ORDER BY e.txid, e.id LIMIT %s)
+                       DELETE FROM {S}.events e USING doomed WHERE e.id = doomed.id"""
+                ).format(S=b.S),
+                (batch_size,),
+            )
+            return int(cur.rowcount)
+
+        total = 0
+        while True:
+            deleted = self._run("delete_acknowledged", one_batch, lock=False)
+            total += deleted
+            if deleted < batch_size:
+                return total
+
+    def list_consumers(self) -> list[ConsumerInfo]:
+        """The registered durable consumers, with their positions and backlog."""
+
+        def work(cur: _Cursor, b: SqlBuilder) -> list[ConsumerInfo]:
+            if not self._durable_exists(cur):
+                return []
+            cur.execute(
+                sql.SQL(
+                    """SELECT c.name, c.last_txid::text, c.last_id, c.created_at, c.updated_at,
+                              (SELECT count(*) FROM {S}.events e
+                                WHERE (e.txid, e.id) > (c.last_txid, c.last_id))
+                         FROM {S}.consumers c ORDER BY c.name"""
+                ).format(S=b.S)
+            )
+            return [
+                ConsumerInfo(name, int(txid), int(last_id), created, updated, int(pending))
+                for name, txid, last_id, created, updated, pending in cur.fetchall()
+            ]
+
+        return self._run("list_consumers", work, lock=False)
+
+    def drop_consumer(self, name: str) -> bool:
+        """Forget a durable consumer (retention stops waiting for it).
+
+        Its dead letters are kept. Returns True if it existed.
+        """
+
+        def work(cur: _Cursor, b: SqlBuilder) -> bool:
+            if not self._durable_exists(cur):
+                return False
+            cur.execute(sql.SQL("DELETE FROM {S}.consumers WHERE name = %s").format(S=b.S), (name,))
+            return bool(cur.rowcount)
+
+        return self._run("drop_consumer", work, lock=False)
+
+
+class AsyncInstaller:
+    """:class:`Installer`'s operations as coroutines, for Trio code.
+
+    Each runs in a worker thread (``trio.to_thread.run_sync``), so the event
+    loop never blocks on DDL. A cancelled call still finishes (or rolls back)
+    its transaction before the cancellation is delivered: nothing is half done.
+    """
+
+    def __init__(self, installer: Installer) -> None:
+        self.installer = installer
+
+    async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await trio.to_thread.run_sync(functools.partial(method, *args, **kwargs))
+
+    async def install(
+        self, *, ddl: bool = False, auto_rebuild: bool = False, durable: bool = False
+    ) -> InstallReport:
+        """See :meth:`Installer.install`."""
+        return await self._call(self.installer.install, ddl=ddl, auto_rebuild=auto_rebuild, durable=durable)
+
+    async def install_sql(
+        self, *, ddl: bool = False, auto_rebuild: bool = False, durable: bool = False
+    ) -> str:
+        """See :meth:`Installer.install_sql`."""
+        return await self._call(
+            self.installer.install_sql, ddl=ddl, auto_rebuild=auto_rebuild, durable=durable
+        )
+
+    async def watch_table(
+        self, table: str, schema: str = "public", *, durable: bool = False
+    ) -> InstallReport:
+        """See :meth:`Installer.watch_table`."""
+        return await self._call(self.installer.watch_table, table, schema, durable=durable)
+
+    async def watch_table_sql(self, table: str, schema: str = "public", *, durable: bool = False) -> str:
+        """See :meth:`Installer.watch_table_sql`."""
+        return await self._call(self.installer.watch_table_sql, table, schema, durable=durable)
+
+    async def watch_schema(self, schema: str, *, durable: bool = False) -> InstallReport:
+        """See :meth:`Installer.watch_schema`."""
+        return await self._call(self.installer.watch_schema, schema, durable=durable)
+
+    async def watch_schema_sql(self, schema: str, *, durable: bool = False) -> str:
+        """See :meth:`Installer.watch_schema_sql`."""
+        return await self._call(self.installer.watch_schema_sql, schema, durable=durable)
+
+    async def unwatch_table(self, table: str, schema: str = "public") -> InstallReport:
+        """See :meth:`Installer.unwatch_table`."""
+        return await self._call(self.installer.unwatch_table, table, schema)
+
+    async def unwatch_table_sql(self, table: str, schema: str = "public") -> str:
+        """See :meth:`Installer.unwatch_table_sql`."""
+        return await self._call(self.installer.unwatch_table_sql, table, schema)
+
+    async def status(self) -> InstallStatus:
+        """See :meth:`Installer.status`."""
+        return await self._call(self.installer.status)
+
+    async def prune(self) -> InstallReport:
+        """See :meth:`Installer.prune`."""
+        return await self._call(self.installer.prune)
+
+    async def prune_sql(self) -> str:
+        """See :meth:`Installer.prune_sql`."""
+        return await self._call(self.installer.prune_sql)
+
+    async def uninstall(self) -> InstallReport:
+        """See :meth:`Installer.uninstall`."""
+        return await self._call(self.installer.uninstall)
+
+    async def uninstall_sql(self) -> str:
+        """See :meth:`Installer.uninstall_sql`."""
+        return await self._call(self.installer.uninstall_sql)
+
+    async def delete_acknowledged(self, batch_size: int = 10000) -> int:
+        """See :meth:`Installer.delete_acknowledged`."""
+        return await self._call(self.installer.delete_acknowledged, batch_size)
+
+    async def list_consumers(self) -> list[ConsumerInfo]:
+        """See :meth:`Installer.list_consumers`."""
+        return await self._call(self.installer.list_consumers)
+
+    async def drop_consumer(self, name: str) -> bool:
+        """See :meth:`Installer.drop_consumer`."""
+        return await self._call(self.installer.drop_consumer, name)
