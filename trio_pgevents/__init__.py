@@ -29,6 +29,13 @@ from ._events import Overflow as Overflow
 from ._events import RowChange as RowChange
 from ._events import SchemaChange as SchemaChange
 from ._events import StreamGap as StreamGap
+from ._installer import AsyncInstaller as AsyncInstaller
+from ._installer import ConsumerInfo as ConsumerInfo
+from ._installer import InstallAction as InstallAction
+from ._installer import Installer as Installer
+from ._installer import InstallReport as InstallReport
+from ._installer import InstallStatus as InstallStatus
+from ._installer import TableStatus as TableStatus
 from ._stream import EventStream as EventStream
 from ._stream import SourceStatistics as SourceStatistics
 from ._stream import StreamStatistics as StreamStatistics
