@@ -9,6 +9,12 @@
 Every public name is importable from here; the modules are private.
 """
 
+from ._cdc import ChangeStream as ChangeStream
+from ._cdc import ChangeStreamStatus as ChangeStreamStatus
+from ._cdc import change_stream_status as change_stream_status
+from ._cdc import drop_change_stream as drop_change_stream
+from ._cdc import open_change_stream as open_change_stream
+from ._cdc import set_replica_identity as set_replica_identity
 from ._connection import KeepaliveSettings as KeepaliveSettings
 from ._decode import decode_trigger_payload as decode_trigger_payload
 from ._embedded import EmbeddedPostgres as EmbeddedPostgres

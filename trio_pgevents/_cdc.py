@@ -24,6 +24,7 @@ import logging
 import random
 import re
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ logger = logging.getLogger("trio_pgevents")
 
 #: Default lag (bytes of WAL not yet confirmed) past which status warns.
 DEFAULT_LAG_WARNING_BYTES = 1 << 30
+#: Seconds to wait for a slot held by a walsender whose client just left.
+_IN_USE_GRACE = 3.0
 #: Most events put into the buffer per batch.
 _MAX_BATCH = 4096
 #: Replication slot names: what ``pg_create_logical_replication_slot`` accepts.
@@ -282,8 +285,15 @@ def drop_change_stream(engine: Engine | str, slot: str, publication: str) -> Non
     _check_identifier("publication", publication)
 
     def work(cursor: Any) -> None:
-        cursor.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
-        row = cursor.fetchone()
+        # A stream closed a moment ago may still hold the slot until its
+        # walsender notices: give it a short grace before calling it in use.
+        deadline = time.monotonic() + _IN_USE_GRACE
+        while True:
+            cursor.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", (slot,))
+            row = cursor.fetchone()
+            if row is None or row[0] is None or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
         if row is not None:
             if row[0] is not None:
                 raise ReplicationError(
@@ -473,12 +483,12 @@ def _describe(tables: Sequence[tuple[str, str]]) -> str:
 
 def _ensure_slot(cursor: Any, slot: str, database: str, create: bool) -> None:
     cursor.execute(
-        "SELECT plugin, slot_type, database, active_pid FROM pg_replication_slots WHERE slot_name = %s",
+        "SELECT plugin, slot_type, database FROM pg_replication_slots WHERE slot_name = %s",
         (slot,),
     )
     row = cursor.fetchone()
     if row is not None:
-        plugin, slot_type, slot_database, pid = row
+        plugin, slot_type, slot_database = row
         if slot_type != "logical" or plugin != "pgoutput":
             raise ReplicationError(
                 f"replication slot {slot!r} exists but is a {slot_type} slot with plugin {plugin!r}, "
@@ -488,9 +498,7 @@ def _ensure_slot(cursor: Any, slot: str, database: str, create: bool) -> None:
             raise ReplicationError(
                 f"replication slot {slot!r} belongs to database {slot_database!r}, not {database!r}"
             )
-        if pid is not None:
-            raise ReplicationError(_in_use(slot, pid))
-        return
+        return  # whether it is in use is for START_REPLICATION to say (see _first_connect)
     if not create:
         raise ReplicationError(f"replication slot {slot!r} does not exist (and create=False)")
     try:
@@ -505,9 +513,9 @@ def _ensure_slot(cursor: Any, slot: str, database: str, create: bool) -> None:
         raise ReplicationError(f"could not create replication slot {slot!r}: {exc}".strip()) from exc
 
 
-def _in_use(slot: str, pid: object) -> str:
+def _in_use(slot: str, holder: object) -> str:
     return (
-        f"replication slot {slot!r} is in use by backend pid {pid}: another change stream is "
+        f"replication slot {slot!r} is in use by {holder}: another change stream is "
         "consuming it (one consumer per slot)"
     )
 
@@ -543,6 +551,10 @@ class _Handoff:
                 leaked.close()
 
 
+class _SlotInUse(ReplicationError):
+    """The slot is in use (maybe by a walsender whose client just went away)."""
+
+
 class _Fatal(Exception):
     """Internal: a replication error that reconnecting cannot fix."""
 
@@ -569,7 +581,7 @@ def _open_replication(
                 options={"proto_version": "1", "publication_names": _quote(publication)},
             )
         except psycopg2.errors.ObjectInUse as exc:
-            raise ReplicationError(f"replication slot {slot!r} is in use: {exc}".strip()) from exc
+            raise _SlotInUse(f"replication slot {slot!r} is in use: {exc}".strip()) from exc
         except (psycopg2.errors.UndefinedObject, psycopg2.errors.InsufficientPrivilege) as exc:
             raise _Fatal(f"cannot stream from replication slot {slot!r}: {exc}".strip()) from exc
         except psycopg2.ProgrammingError as exc:
@@ -614,7 +626,7 @@ class _Replicator:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             try:
-                await self._connect()
+                await self._first_connect()
             except ReplicationError:
                 raise
             except _Fatal as exc:
@@ -634,6 +646,21 @@ class _Replicator:
         finally:
             await self._close(final_feedback=True)
             self.finished.set()
+
+    async def _first_connect(self) -> None:
+        # A walsender whose client has just disconnected (a stream closed or a
+        # consumer killed a moment ago) holds the slot until it notices: wait
+        # a little before calling the slot "in use".
+        deadline = trio.current_time() + _IN_USE_GRACE
+        while True:
+            try:
+                await self._connect()
+                return
+            except _SlotInUse as exc:
+                if trio.current_time() >= deadline:
+                    message = _in_use(self._stream.slot, "another client")
+                    raise ReplicationError(f"{message} ({exc})") from exc
+            await trio.sleep(0.05)
 
     async def _connect(self) -> None:
         handoff = _Handoff()
