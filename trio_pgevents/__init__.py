@@ -17,6 +17,9 @@ from ._cdc import open_change_stream as open_change_stream
 from ._cdc import set_replica_identity as set_replica_identity
 from ._connection import KeepaliveSettings as KeepaliveSettings
 from ._decode import decode_trigger_payload as decode_trigger_payload
+from ._durable import DurableStatistics as DurableStatistics
+from ._durable import DurableStream as DurableStream
+from ._durable import open_durable_stream as open_durable_stream
 from ._embedded import EmbeddedPostgres as EmbeddedPostgres
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import ConnectError as ConnectError

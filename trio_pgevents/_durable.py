@@ -1,0 +1,793 @@
+"""Durable delivery: named consumers reading the outbox table, with acknowledgements.
+
+LISTEN/NOTIFY forgets whatever is sent while nobody listens. A table watched
+with ``Installer.watch_table(..., durable=True)`` writes every change into
+``<schema>.events`` in the same transaction as the change, and sends one
+wake-up NOTIFY per transaction on ``<channel>.durable``. A
+:class:`DurableStream` reads that table from its consumer's stored position.
+
+How reading stays correct when commit order is not id order (PgQ's idea):
+the events table is read in ``(txid, id)`` order and only rows whose
+transaction id is below the reading snapshot's ``xmin`` are read. Every
+transaction below ``xmin`` has finished (committed or rolled back), so no
+row can ever appear *behind* the read position later: a transaction that took
+a low id but commits late has a txid at or above ``xmin`` until it commits,
+and is read then.
+
+Delivery is at-least-once: the position is stored after events are
+processed, so a consumer that crashes after processing an event but before
+its position reached the database gets that event again when it restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import json
+import logging
+import math
+import random
+import traceback
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg2
+import psycopg2.errors
+import sqlalchemy.exc
+import trio
+from psycopg2 import sql
+from sqlalchemy.engine import Engine
+
+from ._buffer import EventBuffer
+from ._connection import as_engine, describe_source, validate_channel
+from ._consumer import BufferedStream
+from ._errors import (
+    ConfigurationError,
+    ConnectError,
+    ConnectionLostError,
+    StreamClosedError,
+    TrioPgEventsError,
+)
+from ._events import Event, RowChange, SchemaChange, StreamGap
+from ._stream import EventStream, _sole_exception, connect_event_stream
+
+__all__ = ["DurableStatistics", "DurableStream", "Position", "open_durable_stream"]
+
+logger = logging.getLogger("trio_pgevents")
+
+_DB_ERRORS = (psycopg2.Error, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.InterfaceError, OSError)
+_MAX_BIGINT = 2**63 - 1
+_new = tuple.__new__
+
+#: A position in the events table: ``(txid, id)``; events after it are unread.
+Position = tuple[int, int]
+
+StartPolicy = Literal["earliest", "latest"]
+Handler = Callable[[RowChange], Awaitable[object] | object]
+
+# Options of the wake-up EventStream that a durable stream must control itself.
+_FIXED_STREAM_OPTIONS = ("on_gap", "decoders", "overflow")
+
+
+def _check_identifier(what: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigurationError(f"{what} must be a non-empty str, not {value!r}")
+    if "\x00" in value or len(value.encode()) > 63:
+        raise ConfigurationError(f"{what} {value!r} is not a valid Postgres name (NUL or over 63 bytes)")
+    return value
+
+
+def _positive(what: str, value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == math.inf:
+        raise ConfigurationError(f"{what} must be a positive number, not {value!r}")
+
+
+def _positive_int(what: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"{what} must be an int >= 1, not {value!r}")
+    return value
+
+
+def _position_of(event: object) -> Position | None:
+    if isinstance(event, (RowChange, SchemaChange)):
+        data = event.data
+        txid, event_id = data.get("txid"), data.get("id")
+        if isinstance(txid, int) and isinstance(event_id, int):
+            return (txid, event_id)
+    return None
+
+
+@dataclass(frozen=True)
+class DurableStatistics:
+    """Counters of a durable stream (``stream.statistics()``)."""
+
+    #: The consumer's name.
+    consumer: str
+    #: The position of the last event read from the table.
+    read_position: Position
+    #: The position stored in ``<schema>.consumers`` (what a restart resumes after).
+    stored_position: Position
+    #: The position acknowledged in memory, stored soon (equal to or after stored).
+    acked_position: Position
+    #: Events read from the table since the stream opened.
+    events_read: int
+    #: Reads of the table (one query each) since the stream opened.
+    reads: int
+    #: Position UPDATEs since the stream opened.
+    position_stores: int
+    #: Events moved to the dead-letter table since the stream opened.
+    dead_lettered: int
+    #: Events waiting in the buffer now.
+    buffered: int
+
+
+class DurableStream(BufferedStream):
+    """Every event of the outbox table, in commit-safe order, from a stored position.
+
+    Iterate with ``async for`` (or ``receive()``, ``batches()``) like an
+    :class:`EventStream`. Data events are :class:`RowChange` objects whose
+    ``id`` and ``txid`` are set. A :class:`StreamGap` with ``replayed=True``
+    says the wake-up connection was lost and the table was re-read: nothing was
+    lost. Made by :func:`open_durable_stream`.
+
+    Acknowledging: with ``auto_ack=True`` an event counts as processed when the
+    next one is asked for (``async for``, ``receive()``, or the next batch of
+    ``batches()``), and when the ``async with`` body ends without an error.
+    Positions are stored every ``ack_every`` events or ``ack_interval``
+    seconds, and on close. With ``auto_ack=False`` call :meth:`ack`.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        consumer: str,
+        *,
+        schema: str,
+        channel: str,
+        batch_size: int,
+        auto_ack: bool,
+        ack_every: int,
+        ack_interval: float,
+        poll_interval: float,
+        start: StartPolicy,
+        retention_interval: float | None,
+        retention_batch_size: int,
+        max_buffer_size: int,
+        stream_options: dict[str, Any],
+    ) -> None:
+        super().__init__(EventBuffer(max_buffer_size, "backpressure"))
+        self.engine = engine
+        self.consumer = consumer
+        self.schema = schema
+        self.channel = channel
+        self.wake_channel = validate_channel(channel + ".durable")
+        self.source = describe_source(engine)
+        self._batch_size = batch_size
+        self._auto_ack = auto_ack
+        self._ack_every = ack_every
+        self._ack_interval = ack_interval
+        self._poll_interval = poll_interval
+        self._start_policy = start
+        self._retention_interval = retention_interval
+        self._retention_batch_size = retention_batch_size
+        self._stream_options = stream_options
+        self._backoff_initial = float(stream_options.get("backoff_initial", 0.05))
+        self._backoff_max = float(stream_options.get("backoff_max", 1.0))
+        self._reconnect = bool(stream_options.get("reconnect", True))
+        self._close_timeout = float(stream_options.get("close_timeout", 1.0))
+
+        ident = sql.Identifier
+        self._sql_read = sql.SQL(
+            # xid8 is read as text (psycopg2 has no type for it). The ORDER BY is
+            # qualified: a bare "txid" would sort by the text output column.
+            "SELECT e.id, e.txid::text AS txid_text, e.channel, e.payload FROM {}.{} AS e "
+            "WHERE (e.txid, e.id) > (%s::xid8, %s) AND e.txid < pg_snapshot_xmin(pg_current_snapshot()) "
+            "ORDER BY e.txid, e.id LIMIT %s"
+        ).format(ident(schema), ident("events"))
+        self._sql_store = sql.SQL(
+            "UPDATE {}.{} SET last_txid = %s::xid8, last_id = %s, updated_at = now() "
+            "WHERE name = %s AND (last_txid, last_id) < (%s::xid8, %s)"
+        ).format(ident(schema), ident("consumers"))
+        self._sql_register = sql.SQL(
+            "INSERT INTO {}.{} (name, last_txid, last_id) VALUES (%s, %s::xid8, %s) "
+            "ON CONFLICT (name) DO NOTHING"
+        ).format(ident(schema), ident("consumers"))
+        self._sql_position = sql.SQL("SELECT last_txid::text, last_id FROM {}.{} WHERE name = %s").format(
+            ident(schema), ident("consumers")
+        )
+        self._sql_dead = sql.SQL(
+            "INSERT INTO {}.{} (consumer, event_id, txid, channel, payload, error, attempts) "
+            "VALUES (%s, %s, %s::xid8, %s, %s::jsonb, %s, %s) "
+            "ON CONFLICT (consumer, event_id) DO UPDATE SET error = EXCLUDED.error, "
+            "attempts = EXCLUDED.attempts, failed_at = now()"
+        ).format(ident(schema), ident("dead_letters"))
+
+        self._proxy: Any = None
+        self._db_lock = trio.Lock()
+        self._wake = trio.Event()
+        self._notified_txid = 0
+        self._pending_gaps: list[StreamGap] = []
+        self._read_pos: Position = (0, 0)
+        self._stored_pos: Position = (0, 0)
+        self._acked_pos: Position = (0, 0)
+        self._unstored = 0
+        self._last_store = 0.0
+        self._handed: Position | None = None  # last data event handed to the consumer
+        self._wake_stream: EventStream | None = None
+        self._scope = trio.CancelScope()
+        self._finished = trio.Event()
+        self._closed = False
+        self._events_read = 0
+        self._reads = 0
+        self._stores = 0
+        self._dead_lettered = 0
+
+    # ---- lifecycle -----------------------------------------------------------
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Owns the database connection and every task of the stream."""
+        try:
+            with self._scope:
+                try:
+                    await self._connect()
+                    await self._register()
+                except _DB_ERRORS as exc:
+                    raise ConnectError(
+                        f"could not open durable consumer {self.consumer!r} on {self.source}: {exc}".strip()
+                    ) from exc
+                async with trio.open_nursery() as nursery:
+                    # LISTEN before the first read: a commit between them still wakes us.
+                    self._wake_stream = await connect_event_stream(
+                        nursery,
+                        self.engine,
+                        [self.wake_channel],
+                        on_gap="event",
+                        decoders={},
+                        overflow="drop-oldest",  # wake-ups are hints: losing some is harmless
+                        **self._stream_options,
+                    )
+                    nursery.start_soon(self._pump_wakeups, self._wake_stream)
+                    nursery.start_soon(self._read_loop)
+                    nursery.start_soon(self._flush_loop)
+                    if self._retention_interval is not None:
+                        nursery.start_soon(self._retention_loop, self._retention_interval)
+                    task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                if self._wake_stream is not None:
+                    await self._wake_stream.aclose()
+                with trio.move_on_after(self._close_timeout + 1):
+                    await self._store_acked()
+                await self._release(broken=False)
+                self._buffer.close()
+                self._finished.set()
+
+    async def aclose(self, *, processed: bool = True) -> None:
+        """Store the acknowledged position, stop reading, return the connection.
+
+        Args:
+            processed: with ``auto_ack``, whether the last event handed out was
+                processed (``open_durable_stream`` passes False when its body
+                raised, so that event is delivered again next time).
+
+        Idempotent; bounded in time even when cancelled.
+        """
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        if self._auto_ack and processed:
+            self._mark_processed()
+        self._buffer.close()
+        self._scope.cancel()
+        with trio.CancelScope(shield=True), trio.move_on_after(2 * self._close_timeout + 2):
+            await self._finished.wait()
+
+    async def _connect(self) -> None:
+        engine = self.engine
+
+        def work() -> Any:
+            proxy = engine.raw_connection()
+            try:
+                dbapi_conn: Any = proxy.dbapi_connection
+                dbapi_conn.autocommit = True
+            except BaseException:
+                proxy.invalidate()
+                raise
+            return proxy
+
+        self._proxy = await trio.to_thread.run_sync(work)
+
+    async def _release(self, *, broken: bool) -> None:
+        proxy, self._proxy = self._proxy, None
+        if proxy is None:
+            return
+
+        def work() -> None:
+            try:
+                if broken:
+                    proxy.invalidate()
+                else:
+                    proxy.dbapi_connection.autocommit = False
+                    proxy.close()
+            except Exception:
+                proxy.invalidate()
+
+        with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
+            await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+
+    async def _db(self, fn: Callable[[Any], Any]) -> Any:
+        """Run ``fn(cursor)`` on the stream's connection in a thread, reconnecting on loss."""
+        delay = self._backoff_initial
+        async with self._db_lock:
+            while True:
+                if self._finished.is_set():
+                    raise StreamClosedError(f"durable stream of consumer {self.consumer!r} is closed")
+                if self._proxy is None:
+                    try:
+                        await self._connect()
+                    except _DB_ERRORS as exc:
+                        if not self._reconnect:
+                            raise ConnectionLostError(f"lost connection to {self.source}: {exc}") from exc
+                        logger.info("durable reader could not reconnect to %s: %s", self.source, exc)
+                        await trio.sleep(delay * random.uniform(0.5, 1.0))
+                        delay = min(delay * 2, self._backoff_max)
+                        continue
+                conn = self._proxy.dbapi_connection
+
+                def work(conn: Any = conn) -> Any:
+                    with conn.cursor() as cursor:
+                        return fn(cursor)
+
+                try:
+                    return await trio.to_thread.run_sync(work)
+                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                    logger.warning("durable consumer %r lost its connection: %s", self.consumer, exc)
+                    await self._release(broken=True)
+                    if not self._reconnect:
+                        raise ConnectionLostError(f"lost connection to {self.source}: {exc}") from exc
+                    await trio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, self._backoff_max)
+                except psycopg2.Error as exc:
+                    raise TrioPgEventsError(
+                        f"durable consumer {self.consumer!r} on {self.source}: {exc}".strip()
+                    ) from exc
+
+    async def _register(self) -> None:
+        start = self._start_policy
+
+        def work(cursor: Any) -> Position:
+            if start == "latest":
+                # Skip everything already finished; transactions still running are delivered.
+                cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+                xmin = int(cursor.fetchone()[0])
+                initial: Position = (xmin - 1, _MAX_BIGINT)
+            else:
+                initial = (0, 0)
+            try:
+                cursor.execute(self._sql_register, (self.consumer, str(initial[0]), initial[1]))
+            except psycopg2.errors.UndefinedTable as exc:
+                raise ConfigurationError(
+                    f"schema {self.schema!r} has no durable tables on {self.source}: run "
+                    f"Installer(engine, schema={self.schema!r}).install(durable=True) first"
+                ) from exc
+            cursor.execute(self._sql_position, (self.consumer,))
+            row = cursor.fetchone()
+            return (int(row[0]), int(row[1]))
+
+        position = await self._db(work)
+        self._read_pos = self._stored_pos = self._acked_pos = position
+        self._last_store = trio.current_time()
+
+    # ---- reading ---------------------------------------------------------------
+
+    async def _pump_wakeups(self, wake: EventStream) -> None:
+        async for batch in wake.batches():
+            for event in batch:
+                if isinstance(event, StreamGap):
+                    self._pending_gaps.append(event)
+                elif event.channel == self.wake_channel:
+                    # A hand-written NOTIFY has no txid: still a reason to look.
+                    with contextlib.suppress(ValueError):
+                        self._notified_txid = max(self._notified_txid, int(event.payload))
+            self._wake.set()
+
+    async def _read_loop(self) -> None:
+        fast = 0.005
+        while True:
+            self._wake = trio.Event()  # reset before reading: a wake-up during the read is kept
+            gaps, self._pending_gaps = self._pending_gaps, []
+            xmin = await self._catch_up()
+            for gap in gaps:
+                # The table was re-read after the reconnect: nothing was lost.
+                self._buffer.put_control(
+                    StreamGap(gap.source, gap.disconnected_at, gap.reconnected_at, gap.reason, True)
+                )
+            if self._notified_txid >= xmin:
+                # A transaction that woke us is not below xmin yet (an older one is
+                # still running): look again soon, backing off up to poll_interval.
+                delay = fast
+                fast = min(fast * 2, self._poll_interval)
+            else:
+                delay = self._poll_interval
+                fast = 0.005
+            with trio.move_on_after(delay):
+                await self._wake.wait()
+
+    async def _catch_up(self) -> int:
+        """Read until the table has nothing more below xmin; return the last xmin."""
+        limit = self._batch_size
+        read_sql = self._sql_read
+        source = self.source
+
+        while True:
+            txid, event_id = self._read_pos
+
+            def work(cursor: Any, txid: int = txid, event_id: int = event_id) -> tuple[list[Any], int]:
+                cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+                xmin = int(cursor.fetchone()[0])
+                cursor.execute(read_sql, (str(txid), event_id, limit))
+                return cursor.fetchall(), xmin
+
+            rows: list[Any]
+            xmin: int
+            rows, xmin = await self._db(work)
+            self._reads += 1
+            if rows:
+                batch = [_make_event(row, source) for row in rows]
+                last = rows[-1]
+                self._read_pos = (int(last[1]), int(last[0]))
+                self._events_read += len(batch)
+                await self._buffer.put(batch)
+            if len(rows) < limit:
+                return xmin
+
+    # ---- acknowledging ---------------------------------------------------------
+
+    def _mark_processed(self) -> None:
+        handed = self._handed
+        if handed is not None and handed > self._acked_pos:
+            self._acked_pos = handed
+            self._unstored += 1
+        self._handed = None
+
+    async def _after_processed(self) -> None:
+        self._mark_processed()
+        if self._unstored >= self._ack_every and not self._closed:
+            await self._store_acked()
+
+    async def __anext__(self) -> Event:
+        if self._auto_ack:
+            await self._after_processed()
+        event = await super().__anext__()
+        self._handed = _position_of(event) or self._handed
+        return event
+
+    async def receive(self) -> Event:
+        """Wait for the next event (with ``auto_ack``, the previous one counts as processed)."""
+        if self._auto_ack:
+            await self._after_processed()
+        event = await super().receive()
+        self._handed = _position_of(event) or self._handed
+        return event
+
+    def receive_nowait(self) -> Event:
+        """The next buffered event, or raise ``trio.WouldBlock`` (acks stored in the background)."""
+        if self._auto_ack:
+            self._mark_processed()
+        event = super().receive_nowait()
+        self._handed = _position_of(event) or self._handed
+        return event
+
+    async def _next_batch(self) -> list[Event]:
+        if self._auto_ack:
+            await self._after_processed()
+        batch = await super()._next_batch()
+        for event in reversed(batch):
+            position = _position_of(event)
+            if position is not None:
+                self._handed = position
+                break
+        return batch
+
+    async def ack(self, event: Event) -> None:
+        """Acknowledge ``event`` and every event before it, and store the position now.
+
+        Raises:
+            ConfigurationError: ``event`` did not come from a durable stream.
+        """
+        position = _position_of(event)
+        if position is None:
+            if isinstance(event, StreamGap):
+                await trio.lowlevel.checkpoint()
+                return  # control events have no position
+            raise ConfigurationError(f"ack() needs an event read from a durable stream, not {event!r}")
+        if position > self._acked_pos:
+            self._acked_pos = position
+            self._unstored += 1
+        await self._store_acked()
+
+    async def flush(self) -> None:
+        """Store the acknowledged position now (normally done every ``ack_every``/``ack_interval``)."""
+        await self._store_acked()
+
+    async def _store_acked(self) -> None:
+        position = self._acked_pos
+        if position <= self._stored_pos:
+            self._unstored = 0
+            await trio.lowlevel.checkpoint()
+            return
+        params = (str(position[0]), position[1], self.consumer, str(position[0]), position[1])
+        store_sql = self._sql_store
+
+        def work(cursor: Any) -> None:
+            cursor.execute(store_sql, params)
+
+        await self._db(work)
+        self._stores += 1
+        self._stored_pos = max(self._stored_pos, position)
+        if self._acked_pos == position:
+            self._unstored = 0
+        self._last_store = trio.current_time()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await trio.sleep(self._ack_interval)
+            if self._acked_pos > self._stored_pos:
+                await self._store_acked()
+
+    # ---- failures and retention --------------------------------------------------
+
+    async def dead_letter(self, event: RowChange, error: BaseException | str, attempts: int) -> None:
+        """Move ``event`` to ``<schema>.dead_letters`` with the error text, then ack it.
+
+        The consumer goes on past the event; it is kept (with ``attempts`` and
+        the error text) for a person or a repair job to look at.
+        """
+        position = _position_of(event)
+        if position is None:
+            raise ConfigurationError(
+                f"dead_letter() needs an event read from a durable stream, not {event!r}"
+            )
+        if isinstance(error, BaseException):
+            text = "".join(traceback.format_exception_only(type(error), error)).strip()
+        else:
+            text = str(error)
+        payload = json.dumps({k: v for k, v in event.data.items() if k not in ("id", "txid")}, default=str)
+        params = (self.consumer, position[1], str(position[0]), event.channel, payload, text, attempts)
+        dead_sql = self._sql_dead
+
+        def work(cursor: Any) -> None:
+            cursor.execute(dead_sql, params)
+
+        await self._db(work)
+        self._dead_lettered += 1
+        logger.error(
+            "durable consumer %r gave up on event %d after %d attempt(s): %s",
+            self.consumer,
+            position[1],
+            attempts,
+            text,
+        )
+        await self.ack(event)
+
+    async def process(
+        self,
+        handler: Handler,
+        *,
+        max_attempts: int = 5,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+    ) -> None:
+        """Call ``handler(event)`` for every data event, until the stream ends.
+
+        ``handler`` may be a plain function or a coroutine function. An event is
+        acknowledged only after ``handler`` returned. If it raises, the event
+        stays unacknowledged and is retried after a jittered exponential
+        backoff; after ``max_attempts`` failures it goes to the dead-letter
+        table with the error text and processing goes on. Control events
+        (:class:`StreamGap`) are logged, not passed to ``handler``.
+        """
+        _positive_int("max_attempts", max_attempts)
+        _positive("backoff_initial", backoff_initial)
+        _positive("backoff_max", backoff_max)
+        async for event in self:
+            if not isinstance(event, RowChange):
+                logger.info("durable consumer %r: %r", self.consumer, event)
+                continue
+            delay = backoff_initial
+            for attempt in range(1, max_attempts + 1):
+                try:
+                    result = handler(event)
+                    if inspect.isawaitable(result):
+                        await result
+                    break
+                except Exception as exc:
+                    if attempt == max_attempts:
+                        await self.dead_letter(event, exc, attempt)
+                        break
+                    logger.warning(
+                        "durable consumer %r: handler failed on event %s (attempt %d/%d), retrying: %s",
+                        self.consumer,
+                        event.id,
+                        attempt,
+                        max_attempts,
+                        exc,
+                    )
+                    await trio.sleep(delay * random.uniform(0.5, 1.0))
+                    delay = min(delay * 2, backoff_max)
+            if not self._auto_ack:
+                await self.ack(event)
+
+    async def _retention_loop(self, interval: float) -> None:
+        # The installer owns the retention SQL (imported late: it imports more).
+        installer_cls: Any = importlib.import_module("trio_pgevents._installer").Installer
+        installer = installer_cls(self.engine, schema=self.schema, channel=self.channel)
+        batch_size = self._retention_batch_size
+        while True:
+            await trio.sleep(interval)
+            try:
+                deleted = await trio.to_thread.run_sync(installer.delete_acknowledged, batch_size)
+            except (TrioPgEventsError, *_DB_ERRORS) as exc:
+                logger.warning("retention on %s failed (will retry): %s", self.source, exc)
+                continue
+            if deleted:
+                logger.info("retention deleted %d acknowledged event(s) on %s", deleted, self.source)
+
+    # ---- introspection -------------------------------------------------------------
+
+    @property
+    def position(self) -> Position:
+        """The position stored in the database: a restart resumes after it."""
+        return self._stored_pos
+
+    def statistics(self) -> DurableStatistics:
+        """Counters of the stream (cheap; no I/O)."""
+        return DurableStatistics(
+            consumer=self.consumer,
+            read_position=self._read_pos,
+            stored_position=self._stored_pos,
+            acked_position=self._acked_pos,
+            events_read=self._events_read,
+            reads=self._reads,
+            position_stores=self._stores,
+            dead_lettered=self._dead_lettered,
+            buffered=len(self._buffer) + len(self._batch) - self._pos,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<DurableStream {state} consumer={self.consumer!r} schema={self.schema!r} "
+            f"position={self._stored_pos!r} source={self.source!r}>"
+        )
+
+
+def _make_event(row: tuple[Any, ...], source: str) -> Event:
+    event_id, txid_text, channel, payload = row
+    data = json.loads(payload) if isinstance(payload, str) else payload
+    if not isinstance(data, dict):
+        data = {"value": data}
+    data["id"] = event_id
+    data["txid"] = int(txid_text)
+    if data.get("kind") == "ddl":
+        return SchemaChange.from_data(channel, data, 0, source)  # type: ignore[no-any-return]
+    return RowChange.from_data(channel, data, 0, source)  # type: ignore[no-any-return]
+
+
+@asynccontextmanager
+async def open_durable_stream(
+    engine: Engine | str,
+    consumer: str,
+    *,
+    schema: str = "pgevents",
+    channel: str = "pgevents",
+    batch_size: int = 1000,
+    auto_ack: bool = True,
+    ack_every: int = 1000,
+    ack_interval: float = 1.0,
+    poll_interval: float = 5.0,
+    start: StartPolicy = "earliest",
+    retention_interval: float | None = None,
+    retention_batch_size: int = 10000,
+    max_buffer_size: int | None = None,
+    **stream_options: Any,
+) -> AsyncIterator[DurableStream]:
+    """Read the durable events table as the named ``consumer``; yield a :class:`DurableStream`.
+
+    ``async with open_durable_stream(engine, "billing") as events:`` — the
+    consumer is registered (if new), the wake-up channel is LISTENed to, and
+    reading starts after the consumer's stored position. Delivery is
+    at-least-once: after a crash, events processed after the last stored
+    position are delivered again (at most ``ack_every`` of them, or one with
+    ``ack_every=1``, plus whatever ``ack_interval`` had not stored yet).
+
+    Args:
+        engine: a SQLAlchemy ``Engine`` using psycopg2, or a ``postgresql://`` URL.
+        consumer: the consumer's name; its position is kept in ``<schema>.consumers``.
+        schema: the installer's schema (where ``events`` and ``consumers`` live).
+        channel: the installer's channel; wake-ups arrive on ``<channel>.durable``.
+        batch_size: most rows read per query.
+        auto_ack: acknowledge an event when the next one is asked for (see
+            :class:`DurableStream`); False: call :meth:`DurableStream.ack`.
+        ack_every: with ``auto_ack``, store the position after this many
+            processed events (1: before every next event is handed out).
+        ack_interval: store an acknowledged position at least this often, seconds.
+        poll_interval: read the table this often even without wake-ups, seconds
+            (covers a writer that does not NOTIFY).
+        start: where a *new* consumer starts: ``"earliest"`` (every retained
+            event) or ``"latest"`` (only transactions that finish from now on).
+            An existing consumer always resumes from its stored position.
+        retention_interval: every this many seconds, delete events that every
+            registered consumer acknowledged (``Installer.delete_acknowledged``);
+            None (default): never, leave it to ``trio-pgevents`` or a cron job.
+        retention_batch_size: rows deleted per retention statement.
+        max_buffer_size: events read ahead of the consumer (default: 2 x batch_size).
+        **stream_options: options of the wake-up :func:`open_event_stream`
+            (``reconnect``, ``backoff_initial``, ``backoff_max``,
+            ``probe_interval``, ``keepalive``, ``close_timeout``, ...); the
+            reader's own reconnects use the same backoff.
+
+    Raises:
+        ConfigurationError: a bad argument, or the durable tables are missing.
+        ConnectError: the database could not be reached at open.
+    """
+    engine = as_engine(engine)
+    if not isinstance(consumer, str) or not consumer.strip():
+        raise ConfigurationError(f"consumer must be a non-empty str, not {consumer!r}")
+    _check_identifier("schema", schema)
+    _check_identifier("channel", channel)
+    validate_channel(channel + ".durable")
+    _positive_int("batch_size", batch_size)
+    _positive_int("ack_every", ack_every)
+    _positive("ack_interval", ack_interval)
+    _positive("poll_interval", poll_interval)
+    _positive("retention_interval", retention_interval, allow_none=True)
+    _positive_int("retention_batch_size", retention_batch_size)
+    if start not in ("earliest", "latest"):
+        raise ConfigurationError(f"start must be 'earliest' or 'latest', not {start!r}")
+    if not isinstance(auto_ack, bool):
+        raise ConfigurationError(f"auto_ack must be True or False, not {auto_ack!r}")
+    buffer_size = _positive_int(
+        "max_buffer_size", 2 * batch_size if max_buffer_size is None else max_buffer_size
+    )
+    for name in _FIXED_STREAM_OPTIONS:
+        if name in stream_options:
+            raise ConfigurationError(f"option {name!r} is fixed by a durable stream and cannot be given")
+    stream = DurableStream(
+        engine,
+        consumer,
+        schema=schema,
+        channel=channel,
+        batch_size=batch_size,
+        auto_ack=auto_ack,
+        ack_every=ack_every,
+        ack_interval=ack_interval,
+        poll_interval=poll_interval,
+        start=start,
+        retention_interval=retention_interval,
+        retention_batch_size=retention_batch_size,
+        max_buffer_size=buffer_size,
+        stream_options=dict(stream_options),
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(stream._run)
+            processed = True
+            try:
+                yield stream
+            except BaseException:
+                processed = False
+                raise
+            finally:
+                await stream.aclose(processed=processed)
+    except BaseExceptionGroup as group:
+        sole = _sole_exception(group)
+        if sole is None:
+            raise
+        raise sole from sole.__cause__
