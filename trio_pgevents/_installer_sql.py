@@ -206,6 +206,7 @@ DECLARE
     cut text;
     payload text;
     excess int;
+    quoted int;
 BEGIN
     FOR stage IN 1..3 LOOP
         IF stage = 1 THEN
@@ -242,7 +243,10 @@ BEGIN
                 'query', cut, 'truncated', true)::text;
             excess := pg_catalog.octet_length(payload) - {limit};
             EXIT WHEN excess <= 0;
-            cut := pg_catalog.left(cut, pg_catalog.greatest(0, pg_catalog.length(cut) - excess));
+            -- Shrink in proportion to the bytes each character takes (UTF-8, JSON escapes).
+            quoted := pg_catalog.octet_length(pg_catalog.to_json(cut)::text);
+            cut := pg_catalog.left(cut, GREATEST(0, LEAST(pg_catalog.length(cut) - 1,
+                (pg_catalog.length(cut)::bigint * (quoted - excess) / quoted)::int)));
         END LOOP;
         RETURN payload;
     END LOOP;
@@ -406,7 +410,7 @@ BEGIN
             WHEN 'v' THEN 'a view: it has no rows of its own; watch the tables it reads'
             WHEN 'm' THEN 'a materialized view: row triggers are not possible on it'
             WHEN 'f' THEN 'a foreign table: its changes happen on another server'
-            ELSE 'not a table (relkind ' || c.relkind || ')' END;
+            ELSE 'not a table (relkind ' || c.relkind::text || ')' END;
         RETURN NEXT;
         RETURN;
     END IF;
@@ -476,12 +480,12 @@ DECLARE
 BEGIN
     SELECT cl.oid INTO rel FROM pg_catalog.pg_class cl
       JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace
-     WHERE n.nspname = table_schema AND cl.relname = table_name;
+     WHERE n.nspname = p_schema AND cl.relname = p_table;
     IF rel IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'undefined_table',
-            MESSAGE = pg_catalog.format('table %I.%I does not exist', table_schema, table_name);
+            MESSAGE = pg_catalog.format('table %I.%I does not exist', p_schema, p_table);
     END IF;
-    INSERT INTO {S}.watched AS w (schema_name, table_name, mode) VALUES (table_schema, table_name, want)
+    INSERT INTO {S}.watched AS w (schema_name, table_name, mode) VALUES (p_schema, p_table, want)
         ON CONFLICT ON CONSTRAINT watched_pkey DO UPDATE SET mode = EXCLUDED.mode
         WHERE w.mode IS DISTINCT FROM EXCLUDED.mode;
     RETURN QUERY SELECT * FROM {S}.watch_relation(rel, durable);
@@ -490,7 +494,7 @@ END
         )
         return self._function(
             "watch_table",
-            "table_schema text, table_name text, durable boolean DEFAULT false",
+            "p_schema text, p_table text, durable boolean DEFAULT false",
             "TABLE(kind text, name text, action text, reason text)",
             body,
         )
@@ -541,16 +545,16 @@ END
 DECLARE
     rel oid;
     tg text;
-    label text := pg_catalog.format('%I.%I', table_schema, table_name);
+    label text := pg_catalog.format('%I.%I', p_schema, p_table);
 BEGIN
-    DELETE FROM {S}.watched w WHERE w.schema_name = table_schema AND w.table_name = table_name;
-    IF EXISTS (SELECT FROM {S}.watched w WHERE w.schema_name = table_schema AND w.table_name = '') THEN
+    DELETE FROM {S}.watched w WHERE w.schema_name = p_schema AND w.table_name = p_table;
+    IF EXISTS (SELECT FROM {S}.watched w WHERE w.schema_name = p_schema AND w.table_name = '') THEN
         -- The schema stays watched: remember that this one table is not.
-        INSERT INTO {S}.watched (schema_name, table_name, mode) VALUES (table_schema, table_name, 'excluded');
+        INSERT INTO {S}.watched (schema_name, table_name, mode) VALUES (p_schema, p_table, 'excluded');
     END IF;
     SELECT cl.oid INTO rel FROM pg_catalog.pg_class cl
       JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace
-     WHERE n.nspname = table_schema AND cl.relname = table_name;
+     WHERE n.nspname = p_schema AND cl.relname = p_table;
     FOREACH tg IN ARRAY ARRAY[{row_name}, {trunc_name}] LOOP
         kind := 'trigger'; name := tg || ' on ' || label; reason := NULL;
         IF rel IS NOT NULL AND EXISTS (SELECT FROM pg_catalog.pg_trigger t
@@ -569,7 +573,7 @@ END
         )
         return self._function(
             "unwatch_table",
-            "table_schema text, table_name text",
+            "p_schema text, p_table text",
             "TABLE(kind text, name text, action text, reason text)",
             body,
         )
