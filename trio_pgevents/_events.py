@@ -3,7 +3,8 @@
 Events are built on the hot path (one per notification), so they are tuple
 subclasses created with ``tuple.__new__``: measured in ``benchmarks/`` that is
 the cheapest immutable object Python offers (a frozen dataclass costs ~4x
-more). Fields are read through ``operator.itemgetter`` properties.
+more). Fields are read through the C accessor ``collections.namedtuple`` uses
+(``_tuplegetter``; ~2x faster than a ``property(itemgetter(i))``).
 
 Layout of every event tuple: ``(channel, payload, pid, source, *extra)``.
 """
@@ -15,6 +16,14 @@ from datetime import datetime
 from functools import cached_property
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
+
+try:  # the C field accessor namedtuple uses: one descriptor call per field read
+    from _collections import _tuplegetter  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - other Pythons
+
+    def _tuplegetter(index: int, doc: str) -> Any:
+        return property(itemgetter(index), doc=doc)
+
 
 __all__ = [
     "Event",
@@ -56,10 +65,10 @@ class Event(tuple[Any, ...]):
             """Which database the event came from (URL, password hidden)."""
 
     else:
-        channel = property(itemgetter(0), doc="The NOTIFY channel the event arrived on.")
-        payload = property(itemgetter(1), doc="The NOTIFY payload, exactly as sent.")
-        pid = property(itemgetter(2), doc="Backend process id of the sender.")
-        source = property(itemgetter(3), doc="Which database (URL, password hidden).")
+        channel = _tuplegetter(0, "The NOTIFY channel the event arrived on.")
+        payload = _tuplegetter(1, "The NOTIFY payload, exactly as sent.")
+        pid = _tuplegetter(2, "Backend process id of the sender.")
+        source = _tuplegetter(3, "Which database (URL, password hidden).")
 
     def __new__(cls, channel: str, payload: str, pid: int, source: str) -> Event:
         return _new(cls, (channel, payload, pid, source))
@@ -262,10 +271,10 @@ class StreamGap(Event):
             """True if missed events were re-read (durable mode): nothing lost."""
 
     else:
-        disconnected_at = property(itemgetter(4), doc="When the connection was found dead.")
-        reconnected_at = property(itemgetter(5), doc="When listening resumed.")
-        reason = property(itemgetter(6), doc="Why the connection was considered lost.")
-        replayed = property(itemgetter(7), doc="True if missed events were re-read.")
+        disconnected_at = _tuplegetter(4, "When the connection was found dead.")
+        reconnected_at = _tuplegetter(5, "When listening resumed.")
+        reason = _tuplegetter(6, "Why the connection was considered lost.")
+        replayed = _tuplegetter(7, "True if missed events were re-read.")
 
     def __new__(
         cls,
@@ -305,7 +314,7 @@ class Overflow(Event):
             """How many events were discarded."""
 
     else:
-        dropped = property(itemgetter(4), doc="How many events were discarded.")
+        dropped = _tuplegetter(4, "How many events were discarded.")
 
     def __new__(cls, source: str, dropped: int) -> Overflow:
         return _new(cls, ("", "", 0, source, dropped))

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 
 from . import _connection as conn_mod
 from ._buffer import EventBuffer
+from ._consumer import NotifyBatch
 from ._decode import Decoder
 from ._errors import (
     ConnectError,
@@ -32,14 +33,13 @@ from ._errors import (
     StreamGapError,
     TrioPgEventsError,
 )
-from ._events import Event, Notification, StreamGap
+from ._events import StreamGap
 from ._options import StreamOptions
 
 __all__ = ["Listener"]
 
 logger = logging.getLogger("trio_pgevents")
 
-_new = tuple.__new__
 _DB_ERRORS = (psycopg2.Error, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.InterfaceError, OSError)
 
 
@@ -257,23 +257,10 @@ class Listener:
     async def _drain(self, conn: Any) -> None:
         notifies = conn.notifies
         conn.notifies = []
-        source = self.source
-        decoders = self._decoders_for()
-        if decoders is None:
-            batch: list[Event] = [_new(Notification, (n.channel, n.payload, n.pid, source)) for n in notifies]
-        else:
-            get = decoders.get
-            batch = []
-            append = batch.append
-            for n in notifies:
-                channel = n.channel
-                decoder = get(channel)
-                if decoder is None:
-                    append(_new(Notification, (channel, n.payload, n.pid, source)))
-                else:
-                    append(decoder(channel, n.payload, n.pid, source))
         self.last_event_at = time.time()
-        await self._buffer.put(batch)
+        # Queued as psycopg2's Notify objects; the consumer builds the events
+        # when it takes the batch (see NotifyBatch: keeps the GC quiet).
+        await self._buffer.put(NotifyBatch(notifies, self.source, self._decoders_for()))
 
     # ---- commands on the listening connection -----------------------------
 
