@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 import random
 import signal
@@ -24,52 +23,13 @@ import trio_pgevents
 from trio_pgevents import (
     ConfigurationError,
     DurableStream,
+    Installer,
     RowChange,
     StreamGap,
     open_durable_stream,
 )
 
 from .conftest import Query, run_sql
-
-# The outbox SQL exactly as the installer brief specifies it; used only when the
-# installer (trio_pgevents._installer) is not available yet.
-_FALLBACK_SQL = """
-CREATE SCHEMA IF NOT EXISTS {s};
-CREATE TABLE IF NOT EXISTS {s}.events (
-  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-  txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-  channel text NOT NULL,
-  payload jsonb NOT NULL,
-  created_at timestamptz NOT NULL DEFAULT clock_timestamp()
-);
-CREATE INDEX IF NOT EXISTS events_txid_id ON {s}.events (txid, id);
-CREATE TABLE IF NOT EXISTS {s}.consumers (name text PRIMARY KEY, last_txid xid8 NOT NULL DEFAULT '0',
-  last_id bigint NOT NULL DEFAULT 0, created_at timestamptz NOT NULL DEFAULT now(),
-  updated_at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE IF NOT EXISTS {s}.dead_letters (consumer text NOT NULL, event_id bigint NOT NULL,
-  txid xid8 NOT NULL, channel text NOT NULL, payload jsonb NOT NULL, error text NOT NULL,
-  attempts int NOT NULL, failed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (consumer, event_id));
-CREATE OR REPLACE FUNCTION {s}.durable_row() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  INSERT INTO {s}.events (channel, payload) VALUES (TG_ARGV[0], json_build_object(
-    'v', 1, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
-    'session_user', session_user, 'method', TG_OP,
-    'old_data', CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN row_to_json(OLD) END,
-    'new_data', CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN row_to_json(NEW) END,
-    'query', current_query(), 'truncated', false)::jsonb);
-  PERFORM pg_notify(TG_ARGV[0] || '.durable', pg_current_xact_id()::text);
-  RETURN NULL;
-END $$;
-"""
-
-
-def _installer_class() -> Any:
-    try:
-        module = importlib.import_module("trio_pgevents._installer")
-    except ImportError:
-        return None
-    installer = getattr(module, "Installer", None)
-    return installer if hasattr(installer, "delete_acknowledged") else None
 
 
 @dataclass
@@ -117,24 +77,9 @@ def outbox(pg_url: str, pg_dsn: str, unique: Callable[[str], str]) -> Outbox:
             sql.Identifier(table)
         ),
     )
-    installer_cls = _installer_class()
-    if installer_cls is not None:
-        installer = installer_cls(pg_url, schema=schema, channel=channel)
-        installer.install(durable=True)
-        installer.watch_table(table, durable=True)
-    else:
-        conn = psycopg2.connect(pg_dsn)
-        try:
-            with conn, conn.cursor() as cursor:
-                cursor.execute(sql.SQL(_FALLBACK_SQL).format(s=sql.Identifier(schema)))
-                cursor.execute(
-                    sql.SQL(
-                        "CREATE TRIGGER durable AFTER INSERT OR UPDATE OR DELETE ON {} "
-                        "FOR EACH ROW EXECUTE FUNCTION {}.durable_row({})"
-                    ).format(sql.Identifier(table), sql.Identifier(schema), sql.Literal(channel))
-                )
-        finally:
-            conn.close()
+    installer = Installer(pg_url, schema=schema, channel=channel)
+    installer.install(durable=True)
+    installer.watch_table(table, durable=True)
     return Outbox(pg_url, pg_dsn, schema, channel, table)
 
 
@@ -358,6 +303,47 @@ async def test_many_consumers_each_get_every_event(outbox: Outbox) -> None:
         assert results[name] == list(range(300)), name
     # The writer's cost does not depend on the number of consumers: one row per change.
     assert outbox.count("events") == 300
+
+
+# ---- retention ---------------------------------------------------------------------------
+
+
+async def test_retention_never_deletes_unacked_events(outbox: Outbox) -> None:
+    installer = Installer(outbox.url, schema=outbox.schema, channel=outbox.channel)
+    await outbox.ainsert(*range(10))
+    async with open_durable_stream(outbox.url, "fast", **outbox.opts()) as events:
+        await take(events, 10)
+    async with open_durable_stream(outbox.url, "slow", **outbox.opts(ack_every=1)) as events:
+        await take(events, 3)  # closing normally: the third counts as processed
+    deleted = await trio.to_thread.run_sync(installer.delete_acknowledged, 2)  # small batches
+    assert deleted == 3  # only what the slowest consumer acknowledged
+    assert outbox.count() == 7
+    async with open_durable_stream(outbox.url, "slow", **outbox.opts()) as events:
+        assert ns(await take(events, 7)) == list(range(3, 10))
+    assert await trio.to_thread.run_sync(installer.delete_acknowledged) == 7
+    assert outbox.count() == 0
+
+
+async def test_retention_loop_of_the_stream(outbox: Outbox) -> None:
+    installer = Installer(outbox.url, schema=outbox.schema, channel=outbox.channel)
+    async with open_durable_stream(outbox.url, "behind", **outbox.opts()):
+        pass  # registered at the start, acknowledges nothing
+    options = outbox.opts(auto_ack=False, retention_interval=0.05)
+    async with open_durable_stream(outbox.url, "ahead", **options) as events:
+        await outbox.ainsert(*range(5))
+        got = await take(events, 5)
+        await events.ack(got[-1])
+        # Retention runs (several rounds) but "behind" has acknowledged nothing.
+        runs = events.statistics().retention_runs
+        await wait_for(lambda: events.statistics().retention_runs >= runs + 3)
+        assert outbox.count() == 5
+        assert events.statistics().retention_deleted == 0
+        # Dropping the consumer that holds retention back lets the loop delete.
+        assert await trio.to_thread.run_sync(installer.drop_consumer, "behind")
+        await wait_for(lambda: events.statistics().retention_deleted == 5)
+        assert outbox.count() == 0
+    names = [c.name for c in await trio.to_thread.run_sync(installer.list_consumers)]
+    assert names == ["ahead"]
 
 
 # ---- connection loss -------------------------------------------------------------------

@@ -22,7 +22,6 @@ its position reached the database gets that event again when it restarts.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import inspect
 import json
 import logging
@@ -52,6 +51,7 @@ from ._errors import (
     TrioPgEventsError,
 )
 from ._events import Event, RowChange, SchemaChange, StreamGap
+from ._installer import Installer
 from ._stream import EventStream, _sole_exception, connect_event_stream
 
 __all__ = ["DurableStatistics", "DurableStream", "Position", "open_durable_stream"]
@@ -122,6 +122,10 @@ class DurableStatistics:
     position_stores: int
     #: Events moved to the dead-letter table since the stream opened.
     dead_lettered: int
+    #: Retention rounds run by this stream (``retention_interval``).
+    retention_runs: int
+    #: Events deleted by this stream's retention rounds.
+    retention_deleted: int
     #: Events waiting in the buffer now.
     buffered: int
 
@@ -226,6 +230,8 @@ class DurableStream(BufferedStream):
         self._reads = 0
         self._stores = 0
         self._dead_lettered = 0
+        self._retention_runs = 0
+        self._retention_deleted = 0
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -625,9 +631,7 @@ class DurableStream(BufferedStream):
                 await self.ack(event)
 
     async def _retention_loop(self, interval: float) -> None:
-        # The installer owns the retention SQL (imported late: it imports more).
-        installer_cls: Any = importlib.import_module("trio_pgevents._installer").Installer
-        installer = installer_cls(self.engine, schema=self.schema, channel=self.channel)
+        installer = Installer(self.engine, schema=self.schema, channel=self.channel)
         batch_size = self._retention_batch_size
         while True:
             await trio.sleep(interval)
@@ -636,6 +640,8 @@ class DurableStream(BufferedStream):
             except (TrioPgEventsError, *_DB_ERRORS) as exc:
                 logger.warning("retention on %s failed (will retry): %s", self.source, exc)
                 continue
+            self._retention_runs += 1
+            self._retention_deleted += deleted
             if deleted:
                 logger.info("retention deleted %d acknowledged event(s) on %s", deleted, self.source)
 
@@ -657,6 +663,8 @@ class DurableStream(BufferedStream):
             reads=self._reads,
             position_stores=self._stores,
             dead_lettered=self._dead_lettered,
+            retention_runs=self._retention_runs,
+            retention_deleted=self._retention_deleted,
             buffered=len(self._buffer) + len(self._batch) - self._pos,
         )
 
