@@ -192,7 +192,7 @@ def test_row_events_for_every_method(
     for p in (ins, upd, dele, trunc):
         assert list(p)[:2] == ["v", "kind"]
         assert (p["v"], p["kind"], p["table_schema"], p["table_name"]) == (1, "row", schema, "orders")
-        assert p["session_user"] == "postgres" or p["session_user"]
+        assert p["session_user"] == run_sql(pg_dsn, "SELECT session_user")[0][0]
         assert p["truncated"] is False
         assert set(p) >= {
             "table_schema",
@@ -306,7 +306,8 @@ def test_column_types_and_key_types(
     run_sql(pg_dsn, f"INSERT INTO {ident(schema, 'composite')} VALUES ('k', 2, 'v')")
     run_sql(pg_dsn, f"INSERT INTO {ident(schema, 'nokey')} VALUES ('no key')")
     run_sql(pg_dsn, f"INSERT INTO {ident(schema, 'serial')} (v) VALUES ('s')")
-    types, composite, nokey, serial = events.payloads(4)
+    raw = [n.payload for n in events.wait(4)]
+    types, composite, nokey, serial = (json.loads(r) for r in raw)
     row = types["new_data"]
     assert row["id"] == "6f1c1a9e-8c1c-4f43-9d2a-2b1c1d1e1f10"
     assert row["j"] == {"a": [1, 2]}
@@ -316,7 +317,7 @@ def test_column_types_and_key_types(
     assert row["b"] == "\\x00ff"
     assert row["ts"].startswith("2024-01-02T03:04:05")
     assert row["d"] == "2024-02-29"
-    assert str(row["n"]) == "1.2345678901234567e+19" or row["n"] == 12345678901234567890.0123456789
+    assert '"n":12345678901234567890.0123456789,' in raw[0]  # numeric keeps every digit in the JSON text
     assert row["f"] == 1.5
     assert row["flag"] is True
     assert row["big"] == 9223372036854775807
@@ -401,7 +402,7 @@ def test_watch_schema_skips_views_and_foreign_tables(
         run_sql(pg_dsn, f"CREATE FOREIGN TABLE {ident(schema, 'remote')} (id int) SERVER {ident(server)}")
         report = installer.watch_schema(schema)
         skipped = {a.name: a.reason for a in report.skipped}
-        assert set(skipped) == {ident(schema, n) for n in ("a_view", "mat", "remote")} or len(skipped) == 3
+        assert set(skipped) == {f"{schema}.{n}" for n in ("a_view", "mat", "remote")}
         assert all(skipped.values())
         status = installer.status()
         states = {t.table: (t.state, t.reason) for t in status.tables}
@@ -485,9 +486,7 @@ async def test_default_stream_decodes_row_and_schema_changes(
                 alter = await events.receive()
                 assert isinstance(alter, SchemaChange)
                 assert (alter.command_tag, alter.object_type) == ("ALTER TABLE", "table")
-                assert alter.object_identity == f"{ident(schema)}.items".replace(
-                    '"items"', "items"
-                ) or alter.object_identity.endswith("items")
+                assert alter.object_identity == f"{schema}.items"
                 assert alter.schema_name == schema
                 assert alter.object_name == "items"
                 for key in (
@@ -548,7 +547,7 @@ def test_non_superuser_gets_everything_but_ddl_triggers(
         installer.watch_table("t", user_schema)
         events = listen(installer.channel)
         run_sql(pg_dsn, f"INSERT INTO {ident(user_schema, 't')} VALUES (1)")
-        assert events.payloads(1)[0]["session_user"] == "postgres"
+        assert events.payloads(1)[0]["session_user"] == run_sql(pg_dsn, "SELECT session_user")[0][0]
         assert installer.status().ok
     finally:
         installer.uninstall()
