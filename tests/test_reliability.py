@@ -115,7 +115,8 @@ class FaultFigures:
     kind: str
     #: From the fault (terminate returned / stop began) to the gap's ``disconnected_at``.
     detect: float
-    #: From the server being reachable again to the stream listening again.
+    #: From the server being reachable again (for a fault without an outage:
+    #: from the fault) to the stream listening again.
     reconnect: float
 
 
@@ -134,6 +135,7 @@ class NumberedRun:
     dead_epochs: set[int] = field(default_factory=set)
     figures: list[FaultFigures] = field(default_factory=list)
     uncertain: int = 0
+    next_number: int = 0  # the number being sent now
     done: trio.Event = field(default_factory=trio.Event)
 
     def __post_init__(self) -> None:
@@ -143,7 +145,10 @@ class NumberedRun:
         """Commit ``total`` numbered notifications, one per transaction, riding out outages."""
         conn: Any = None
         try:
-            for number in range(1, self.total + 1):
+            number = 0
+            while number < self.total:  # total may be lowered while running
+                number += 1
+                self.next_number = number
                 async with self._pause:
                     connected, epoch = listener_state(self.stream)
                     must_arrive = connected and epoch not in self.dead_epochs
@@ -200,24 +205,29 @@ class NumberedRun:
     ) -> FaultFigures:
         """Break the listening connection at a quiet point; measure detection and reconnect."""
         async with self._pause:
-            last = self.committed[-1] if self.committed else 0
-            # Everything committed so far must have arrived before the fault.
+            connected, epoch = listener_state(self.stream)
+            assert connected, "the listener should be connected before a fault"
+            # The quiet point: every number this connection must deliver has
+            # arrived (numbers sent while it was down need not).
+            last = max(self.required.get(epoch, [0]))
             await wait_for(
                 lambda: (bool(self.received) and self.received[-1] >= last) or last == 0,
                 10,
                 f"number {last} (committed while connected) to arrive",
             )
-            connected, epoch = listener_state(self.stream)
-            assert connected, "the listener should be connected before a fault"
             self.dead_epochs.add(epoch)
             gaps_before = len(self.gaps)
             fault_wall = datetime.now(UTC)
+            # Without a heal step the server stays reachable: reconnect time
+            # counts from the fault itself.
+            reachable = trio.current_time()
             await break_it()
         # The producer goes on during the outage.
         if heal is not None:
             await trio.sleep(outage)  # the outage itself, not a wait for a condition
-            await heal()
-        reachable = trio.current_time()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(heal)
+                reachable = await self._reachable_since()
         await wait_for(
             lambda: listener_state(self.stream) == (True, epoch + 1), 10, f"reconnect after {kind}"
         )
@@ -228,6 +238,23 @@ class NumberedRun:
         figures = FaultFigures(kind, detect, reconnect)
         self.figures.append(figures)
         return figures
+
+    async def _reachable_since(self) -> float:
+        """Try to connect every 10 ms; the earliest time the server may have been reachable.
+
+        That is the end of the last failed attempt: conservative, so the
+        reconnect time measured from it is never understated.
+        """
+        last_failure = trio.current_time()
+        while True:
+            try:
+                conn = await trio.to_thread.run_sync(self._connect)
+            except psycopg2.OperationalError:
+                last_failure = trio.current_time()
+                await trio.sleep(0.01)  # retry pace
+                continue
+            conn.close()
+            return last_failure
 
     async def finish(self, timeout: float = 30) -> None:
         """Wait for the producer, then for the last required number to arrive."""
@@ -371,7 +398,7 @@ async def test_server_stopped_for_3s_then_started(running: EmbeddedPostgres, nam
     try:
         with trio.fail_after(120):
             async with (
-                open_event_stream(engine, [name], backoff_max=0.5) as stream,
+                open_event_stream(engine, [name]) as stream,  # default backoff
                 trio.open_nursery() as nursery,
             ):
                 run = NumberedRun(stream, running.dsn, name, total=3000)
@@ -798,4 +825,61 @@ async def test_statistics_report_health(running: EmbeddedPostgres, name: str) ->
             assert source.connected
             assert source.reconnects == 1
             assert source.last_gap == gap
+    engine.dispose()
+
+
+async def test_close_while_peer_is_silent_is_bounded_and_leaks_nothing(
+    running: EmbeddedPostgres, name: str
+) -> None:
+    async with trio.open_nursery() as nursery:
+        proxy = TcpProxy(running.host, running.port)
+        port = await nursery.start(proxy.run)
+        engine = engine_for(
+            f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres", name, poolclass=NullPool
+        )
+        with trio.fail_after(10):
+            async with open_event_stream(engine, [name], close_timeout=0.3):
+                assert await backends_named(running.dsn, name) == 1
+                proxy.pause()  # UNLISTEN on close gets no answer
+                started = trio.current_time()
+            closing = trio.current_time() - started
+        assert closing < 1.0
+        proxy.resume()
+        await wait_for(lambda: proxy.open_connections == 0, 5, "listening connection closed")
+        with trio.fail_after(5):
+            while await backends_named(running.dsn, name):
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    engine.dispose()
+
+
+async def test_queue_usage_is_read_and_warned_about(
+    running: EmbeddedPostgres, name: str, log_records: Records
+) -> None:
+    engine = engine_for(running.url, name, poolclass=NullPool)
+    with trio.fail_after(30):
+        # A stalled stream (never read, backpressure) keeps notifications in the
+        # server's queue; a second stream's probe sees the queue filling.
+        async with (
+            open_event_stream(engine, [name], max_buffer_size=10),
+            open_event_stream(
+                engine, [name + "_watch"], probe_interval=0.05, queue_usage_warning=1e-9
+            ) as watch,
+        ):
+            for _ in range(20):  # 80 MB: more than the socket buffers hold
+                await sql_async(
+                    running.dsn,
+                    "SELECT pg_notify(%s, g::text || repeat('x', 4000)) FROM generate_series(1, 1000) g",
+                    (name,),
+                )
+
+            def usage() -> float:
+                return watch.statistics().sources[0].queue_usage or 0.0
+
+            await wait_for(lambda: usage() > 0, 10, "queue usage above 0")
+            await wait_for(
+                lambda: any("notification queue" in m and "full" in m for m in log_records.messages),
+                5,
+                "queue usage warning logged",
+            )
     engine.dispose()

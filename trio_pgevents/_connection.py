@@ -31,6 +31,8 @@ __all__ = [
     "Abandonable",
     "checkout",
     "release",
+    "reset_for_pool",
+    "discard",
     "set_keepalive",
     "shutdown_socket",
 ]
@@ -205,6 +207,17 @@ def checkout(
     return proxy
 
 
+def reset_for_pool(proxy: Any) -> None:
+    """UNLISTEN everything and restore autocommit, so the pool may hand it out again.
+
+    Talks to the server: raises if the connection is broken. Does not close.
+    """
+    dbapi_conn = proxy.dbapi_connection
+    execute(dbapi_conn, "UNLISTEN *")
+    dbapi_conn.notifies.clear()
+    dbapi_conn.autocommit = False
+
+
 def release(proxy: Any, *, broken: bool) -> None:
     """Give a listening connection back: UNLISTEN, restore autocommit, return.
 
@@ -215,14 +228,16 @@ def release(proxy: Any, *, broken: bool) -> None:
         return
     if not broken:
         try:
-            dbapi_conn = proxy.dbapi_connection
-            execute(dbapi_conn, "UNLISTEN *")
-            dbapi_conn.notifies.clear()
-            dbapi_conn.autocommit = False
+            reset_for_pool(proxy)
             proxy.close()
             return
         except Exception:
             pass
+    discard(proxy)
+
+
+def discard(proxy: Any) -> None:
+    """Close the connection and make the pool forget it (never raises)."""
     with contextlib.suppress(Exception):
         proxy.invalidate()
 

@@ -8,7 +8,6 @@ loop is held off by ``_exclusive()``, so the event loop never blocks on I/O.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
@@ -209,23 +208,38 @@ class Listener:
             await self._run_command(conn_mod.unlisten_sql(removed))
 
     async def _close_connection(self, *, broken: bool) -> None:
+        """Give the connection back (reset) or discard it; bounded by ``close_timeout``.
+
+        Two steps so that a silent peer cannot keep it: the reset (UNLISTEN,
+        which needs the server) runs in a thread that never closes the
+        connection, so if it does not finish in time the socket -- still ours --
+        can be shut down to free that thread; then the connection is discarded.
+        """
         proxy, self._proxy = self._proxy, None
         self.connected = False
         if proxy is None:
             return
         with trio.CancelScope(shield=True):
-            # Already closed connections have no fileno: nothing to notify.
-            with contextlib.suppress(ValueError, psycopg2.Error, OSError):
-                fd = proxy.dbapi_connection.fileno()
+            try:
+                fd: int | None = proxy.dbapi_connection.fileno()
+            except (ValueError, psycopg2.Error, OSError, AttributeError):
+                fd = None  # already closed
+            if fd is not None:
                 trio.lowlevel.notify_closing(fd)
-                if broken:
-                    # Unblocks any thread still reading it (an abandoned probe);
-                    # the server sees EOF and ends the backend.
-                    conn_mod.shutdown_socket(fd)
+            reset = False
+            if not broken and fd is not None:
+                with trio.move_on_after(self._options.close_timeout):
+                    error = await trio.to_thread.run_sync(_reset_sync, proxy, abandon_on_cancel=True)
+                    reset = error is None
+            if fd is not None and not reset:
+                # Unblocks any thread still reading it (an abandoned probe or
+                # reset); the server sees EOF and ends the backend.
+                conn_mod.shutdown_socket(fd)
             with trio.move_on_after(self._options.close_timeout):
-                await trio.to_thread.run_sync(
-                    lambda: conn_mod.release(proxy, broken=broken), abandon_on_cancel=True
-                )
+                if reset:
+                    await trio.to_thread.run_sync(proxy.close, abandon_on_cancel=True)
+                else:
+                    await trio.to_thread.run_sync(conn_mod.discard, proxy, abandon_on_cancel=True)
 
     # ---- the hot loop ------------------------------------------------------
 
@@ -338,7 +352,7 @@ class Listener:
             self.queue_usage = usage
             if usage >= self._options.queue_usage_warning:
                 logger.warning(
-                    "notification queue of %s is %.0f%% full: a listener is not reading; "
+                    "notification queue of %s is %.3g%% full: a listener is not reading; "
                     "when it is full every NOTIFYing transaction fails",
                     self.source,
                     usage * 100,
@@ -349,6 +363,14 @@ class Listener:
 
 
 _TIMED_OUT: Any = object()
+
+
+def _reset_sync(proxy: Any) -> BaseException | None:
+    try:
+        conn_mod.reset_for_pool(proxy)
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _execute_sync(conn: Any, statement: sql.Composable | str) -> BaseException | None:

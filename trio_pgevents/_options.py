@@ -42,7 +42,7 @@ class StreamOptions:
     on_gap: GapPolicy = "event"
     reconnect: bool = True
     backoff_initial: float = 0.05
-    backoff_max: float = 1.0
+    backoff_max: float = 0.5
     max_reconnect_attempts: int | None = None
     reconnect_timeout: float | None = None
     probe_interval: float = 10.0

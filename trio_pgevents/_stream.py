@@ -294,7 +294,7 @@ async def open_event_stream(
     on_gap: GapPolicy = "event",
     reconnect: bool = True,
     backoff_initial: float = 0.05,
-    backoff_max: float = 1.0,
+    backoff_max: float = 0.5,
     max_reconnect_attempts: int | None = None,
     reconnect_timeout: float | None = None,
     probe_interval: float = 10.0,
@@ -330,7 +330,8 @@ async def open_event_stream(
         reconnect: reconnect after a lost connection (default) or raise
             :class:`ConnectionLostError`.
         backoff_initial: first delay between reconnect attempts, seconds.
-        backoff_max: largest delay between attempts (jittered), seconds.
+        backoff_max: largest delay between attempts (jittered), seconds; the
+            default keeps reconnecting within 1 s of the server coming back.
         max_reconnect_attempts: give up after this many attempts (None: never).
         reconnect_timeout: give up after this long disconnected (None: never).
         probe_interval: run a liveness probe (and read
