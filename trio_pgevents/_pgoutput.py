@@ -171,11 +171,11 @@ class PgOutputDecoder:
     State (relations seen, the open transaction) lives here, so one decoder
     serves one replication session; make a new one after reconnecting.
 
-    Each event also records, out of sight in its ``__dict__``, the WAL
-    position to confirm once it is processed: the commit LSN of its
-    transaction (so a restart replays that whole transaction) and, for the
-    last event of a transaction once its Commit was decoded, the end of the
-    commit record (so a restart skips the transaction).
+    The last event of each transaction also records, out of sight in its
+    ``__dict__``, the end of the commit record once the Commit is decoded:
+    confirming that position makes a restart skip the transaction, while
+    confirming any other event's commit LSN makes it replay it whole
+    (see :func:`ack_position`).
     """
 
     def __init__(self, channel: str, source: str, encoding: str = "utf-8") -> None:
@@ -183,8 +183,10 @@ class PgOutputDecoder:
         self.source = source
         self.encoding = encoding
         self._relations: dict[int, _Relation] = {}
-        self._txn_head: dict[str, Any] | None = None
-        self._commit_lsn = 0
+        self._in_transaction = False
+        self._lsn_text = ""
+        self._xid = 0
+        self._commit_time = _PG_EPOCH
         self._last: Event | None = None
         #: End LSN of the last transaction whose Commit was decoded.
         self.last_commit_end = 0
@@ -220,12 +222,10 @@ class PgOutputDecoder:
 
     def _begin(self, payload: bytes) -> None:
         final_lsn, timestamp, xid = _BEGIN.unpack_from(payload, 1)
-        self._commit_lsn = final_lsn
-        self._txn_head = {
-            "lsn": format_lsn(final_lsn),
-            "txid": xid,
-            "commit_time": _PG_EPOCH + timedelta(microseconds=timestamp),
-        }
+        self._in_transaction = True
+        self._lsn_text = format_lsn(final_lsn)
+        self._xid = xid
+        self._commit_time = _PG_EPOCH + timedelta(microseconds=timestamp)
         self._last = None
 
     def _commit(self, payload: bytes) -> None:
@@ -235,7 +235,7 @@ class PgOutputDecoder:
             # Processing this event completes the transaction: confirm past it.
             last.__dict__["_ack"] = end_lsn
         self._last = None
-        self._txn_head = None
+        self._in_transaction = False
         self.last_commit_end = end_lsn
         self.transactions += 1
 
@@ -278,19 +278,20 @@ class PgOutputDecoder:
     def _tuple(
         self, payload: bytes, pos: int, relation: _Relation, old: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], int]:
-        (count,) = _INT16.unpack_from(payload, pos)
-        pos += 2
         columns = relation.columns
+        if _INT16.unpack_from(payload, pos)[0] != len(columns):
+            raise ReplicationError(
+                f"pgoutput row of {relation.schema}.{relation.name} does not match its Relation message"
+            )
+        pos += 2
         encoding = self.encoding
         unpack_length = _INT32.unpack_from
         row: dict[str, Any] = {}
-        for index in range(count):
+        for name, convert in columns:
             kind = payload[pos]
-            name, convert = columns[index]
             if kind == 116:  # 't': text value
-                (length,) = unpack_length(payload, pos + 1)
                 start = pos + 5
-                pos = start + length
+                pos = start + unpack_length(payload, pos + 1)[0]
                 text = payload[start:pos].decode(encoding)
                 row[name] = text if convert is None else convert(text)
             elif kind == 110:  # 'n': NULL
@@ -301,9 +302,8 @@ class PgOutputDecoder:
                     row[name] = old[name]
                 pos += 1
             elif kind == 98:  # 'b': binary (only if asked for; we never ask)
-                (length,) = unpack_length(payload, pos + 1)
                 start = pos + 5
-                pos = start + length
+                pos = start + unpack_length(payload, pos + 1)[0]
                 row[name] = bytes(payload[start:pos])
             else:
                 raise ReplicationError(f"unexpected pgoutput tuple column kind {chr(kind)!r}")
@@ -317,10 +317,10 @@ class PgOutputDecoder:
         new_data: dict[str, Any] | None,
         out: list[Event],
     ) -> None:
-        head = self._txn_head
-        if head is None:
+        if not self._in_transaction:
             raise ReplicationError("pgoutput change outside a transaction (no Begin message)")
-        data = {
+        event = _new(RowChange, (self.channel, None, 0, self.source))
+        event.__dict__["data"] = {
             "table_schema": relation.schema,
             "table_name": relation.name,
             "session_user": None,
@@ -328,12 +328,10 @@ class PgOutputDecoder:
             "old_data": old_data,
             "new_data": new_data,
             "query": None,
-            **head,
+            "lsn": self._lsn_text,
+            "txid": self._xid,
+            "commit_time": self._commit_time,
         }
-        event = _new(RowChange, (self.channel, None, 0, self.source))
-        event_dict = event.__dict__
-        event_dict["data"] = data
-        event_dict["_ack"] = self._commit_lsn
         self._last = event
         self.changes += 1
         out.append(event)
@@ -386,9 +384,23 @@ class PgOutputDecoder:
 
 
 def ack_position(event: Event) -> int | None:
-    """The WAL position confirming ``event`` (None for events not from a change stream)."""
+    """The WAL position confirming ``event`` (None for events not from a change stream).
+
+    The end of its transaction's commit record if the decoder saw that this
+    is the transaction's last change, else the commit LSN (which makes a
+    restarted stream replay the transaction).
+    """
     event_dict = getattr(event, "__dict__", None)
     if event_dict is None:
         return None
     position = event_dict.get("_ack")
-    return position if isinstance(position, int) else None
+    if isinstance(position, int):
+        return position
+    data = event_dict.get("data")
+    lsn = data.get("lsn") if isinstance(data, dict) else None
+    if not isinstance(lsn, str) or event[0] is None:
+        return None
+    try:
+        return parse_lsn(lsn)
+    except ValueError:
+        return None
