@@ -23,6 +23,7 @@ import trio_pgevents
 from trio_pgevents import (
     ConfigurationError,
     DurableStream,
+    DurableWorker,
     Installer,
     RowChange,
     StreamGap,
@@ -108,7 +109,7 @@ async def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
 
 
 async def test_public_names() -> None:
-    for name in ("open_durable_stream", "DurableStream", "DurableStatistics"):
+    for name in ("open_durable_stream", "DurableStream", "DurableStatistics", "DurableWorker"):
         assert getattr(trio_pgevents, name).__module__ == "trio_pgevents._durable"
 
 
@@ -403,12 +404,16 @@ async def test_process_retries_then_dead_letters(outbox: Outbox, query: Query) -
             raise ValueError("flaky")
         done.append(n)
 
-    async with open_durable_stream(outbox.url, "worker", **outbox.opts()) as events:
+    async with open_durable_stream(outbox.url, "worker", **outbox.opts(auto_ack=False)) as events:
+        worker = DurableWorker(handler, max_attempts=4, backoff_initial=0.01)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(lambda: events.process(handler, max_attempts=4, backoff_initial=0.01))
+            nursery.start_soon(worker.run, events)
             await wait_for(lambda: done == [1, 3])
-            nursery.cancel_scope.cancel()
+            worker.stop()
         assert events.statistics().dead_lettered == 1
+        assert worker.statistics.succeeded == 2
+        assert worker.statistics.failed == 2 + 4
+        assert worker.statistics.dead_lettered == 1
     assert calls == {1: 3, 2: 4, 3: 1}
     rows = await query(
         sql.SQL("SELECT consumer, payload->'new_data'->>'n', error, attempts FROM {}.dead_letters").format(
@@ -420,6 +425,36 @@ async def test_process_retries_then_dead_letters(outbox: Outbox, query: Query) -
     await outbox.ainsert(4)
     async with open_durable_stream(outbox.url, "worker", **outbox.opts()) as events:
         assert ns(await take(events, 1)) == [4]
+
+
+async def test_worker_stop_finishes_the_running_callback(outbox: Outbox) -> None:
+    await outbox.ainsert(1, 2, 3)
+    started = trio.Event()
+    release = trio.Event()
+    handled: list[int] = []
+
+    async def handler(event: RowChange) -> None:
+        started.set()
+        await release.wait()
+        handled.append(event.new_data["n"])  # type: ignore[index]
+
+    async with open_durable_stream(outbox.url, "stopper", **outbox.opts(auto_ack=False)) as events:
+        worker = DurableWorker(handler, shutdown_timeout=10)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run, events)
+            await started.wait()
+            worker.stop()  # the running callback may finish; no new one starts
+            release.set()
+    assert handled == [1]
+    # The finished event was acknowledged (stored at close); the others come again.
+    async with open_durable_stream(outbox.url, "stopper", **outbox.opts()) as events:
+        assert ns(await take(events, 2)) == [2, 3]
+
+
+async def test_worker_needs_explicit_ack_stream(outbox: Outbox) -> None:
+    async with open_durable_stream(outbox.url, "auto", **outbox.opts()) as events:
+        with pytest.raises(ConfigurationError, match="auto_ack=False"):
+            await DurableWorker(print).run(events)
 
 
 # ---- bad input ---------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from ._connection import KeepaliveSettings as KeepaliveSettings
 from ._decode import decode_trigger_payload as decode_trigger_payload
 from ._durable import DurableStatistics as DurableStatistics
 from ._durable import DurableStream as DurableStream
+from ._durable import DurableWorker as DurableWorker
+from ._durable import DurableWorkerStatistics as DurableWorkerStatistics
 from ._durable import open_durable_stream as open_durable_stream
 from ._embedded import EmbeddedPostgres as EmbeddedPostgres
 from ._errors import ConfigurationError as ConfigurationError

@@ -54,7 +54,14 @@ from ._events import Event, RowChange, SchemaChange, StreamGap
 from ._installer import Installer
 from ._stream import EventStream, _sole_exception, connect_event_stream
 
-__all__ = ["DurableStatistics", "DurableStream", "Position", "open_durable_stream"]
+__all__ = [
+    "DurableStatistics",
+    "DurableStream",
+    "DurableWorker",
+    "DurableWorkerStatistics",
+    "Position",
+    "open_durable_stream",
+]
 
 logger = logging.getLogger("trio_pgevents")
 
@@ -501,8 +508,14 @@ class DurableStream(BufferedStream):
                 break
         return batch
 
-    async def ack(self, event: Event) -> None:
-        """Acknowledge ``event`` and every event before it, and store the position now.
+    async def ack(self, event: Event, *, flush: bool = True) -> None:
+        """Acknowledge ``event`` and every event before it.
+
+        Args:
+            event: an event this stream delivered.
+            flush: store the position now (default). False: store it with the
+                next ``ack_every``/``ack_interval`` round or at close (cheaper
+                per event; after a crash, those events come again).
 
         Raises:
             ConfigurationError: ``event`` did not come from a durable stream.
@@ -516,7 +529,10 @@ class DurableStream(BufferedStream):
         if position > self._acked_pos:
             self._acked_pos = position
             self._unstored += 1
-        await self._store_acked()
+        if flush or self._unstored >= self._ack_every:
+            await self._store_acked()
+        else:
+            await trio.lowlevel.checkpoint()
 
     async def flush(self) -> None:
         """Store the acknowledged position now (normally done every ``ack_every``/``ack_interval``)."""
@@ -589,46 +605,17 @@ class DurableStream(BufferedStream):
         max_attempts: int = 5,
         backoff_initial: float = 0.1,
         backoff_max: float = 10.0,
-    ) -> None:
+    ) -> DurableWorkerStatistics:
         """Call ``handler(event)`` for every data event, until the stream ends.
 
-        ``handler`` may be a plain function or a coroutine function. An event is
-        acknowledged only after ``handler`` returned. If it raises, the event
-        stays unacknowledged and is retried after a jittered exponential
-        backoff; after ``max_attempts`` failures it goes to the dead-letter
-        table with the error text and processing goes on. Control events
-        (:class:`StreamGap`) are logged, not passed to ``handler``.
+        A shortcut for ``DurableWorker(handler, ...).run(stream)``; see
+        :class:`DurableWorker` (retries, dead letters). The stream must have
+        been opened with ``auto_ack=False``.
         """
-        _positive_int("max_attempts", max_attempts)
-        _positive("backoff_initial", backoff_initial)
-        _positive("backoff_max", backoff_max)
-        async for event in self:
-            if not isinstance(event, RowChange):
-                logger.info("durable consumer %r: %r", self.consumer, event)
-                continue
-            delay = backoff_initial
-            for attempt in range(1, max_attempts + 1):
-                try:
-                    result = handler(event)
-                    if inspect.isawaitable(result):
-                        await result
-                    break
-                except Exception as exc:
-                    if attempt == max_attempts:
-                        await self.dead_letter(event, exc, attempt)
-                        break
-                    logger.warning(
-                        "durable consumer %r: handler failed on event %s (attempt %d/%d), retrying: %s",
-                        self.consumer,
-                        event.id,
-                        attempt,
-                        max_attempts,
-                        exc,
-                    )
-                    await trio.sleep(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, backoff_max)
-            if not self._auto_ack:
-                await self.ack(event)
+        worker = DurableWorker(
+            handler, max_attempts=max_attempts, backoff_initial=backoff_initial, backoff_max=backoff_max
+        )
+        return await worker.run(self)
 
     async def _retention_loop(self, interval: float) -> None:
         installer = Installer(self.engine, schema=self.schema, channel=self.channel)
@@ -674,6 +661,175 @@ class DurableStream(BufferedStream):
             f"<DurableStream {state} consumer={self.consumer!r} schema={self.schema!r} "
             f"position={self._stored_pos!r} source={self.source!r}>"
         )
+
+
+@dataclass
+class DurableWorkerStatistics:
+    """Counters of a :class:`DurableWorker` (read them any time)."""
+
+    #: Events read from the stream (control events included).
+    received: int = 0
+    #: Events whose callback returned (then acknowledged).
+    succeeded: int = 0
+    #: Callback calls that raised (each retry counts).
+    failed: int = 0
+    #: Events moved to the dead-letter table after ``max_attempts`` failures.
+    dead_lettered: int = 0
+    #: Callbacks cancelled at shutdown (their events stay unacknowledged).
+    cancelled: int = 0
+    #: Events with no callback (acknowledged and passed over).
+    skipped: int = 0
+
+
+class _SingleHandler:
+    """Adapts one ``handler(event)`` to the router interface the worker uses."""
+
+    def __init__(self, handler: Handler) -> None:
+        self._handler = handler
+
+    def route(self, event: Event) -> Handler | None:
+        return self._handler if isinstance(event, RowChange) else None
+
+    def argument(self, event: Event) -> Any:
+        return event
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(function):
+        return True
+    call = getattr(function, "__call__", None)  # noqa: B004 - the bound method is wanted
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+class DurableWorker:
+    """Calls a callback for each durable event, one at a time, in order; never loses one.
+
+    An event is acknowledged only after its callback returned. A callback
+    that raises leaves the event unacknowledged; it is called again after a
+    jittered exponential backoff (``backoff_initial`` doubling up to
+    ``backoff_max``). After ``max_attempts`` failures the event goes to
+    ``<schema>.dead_letters`` with the error text, is acknowledged, and the
+    worker moves on. Plain functions run in a worker thread; ``async def``
+    callbacks run in the Trio loop.
+
+    Args:
+        handler: ``handler(event)`` for every :class:`RowChange`; or a router
+            object with ``route(event) -> callback | None`` and
+            ``argument(event) -> what the callback gets`` (as the CLI's
+            ``CallbackRouter``).
+        max_attempts: calls per event before it is dead-lettered (>= 1).
+        backoff_initial: first delay before a retry, seconds.
+        backoff_max: largest delay before a retry, seconds.
+        shutdown_timeout: after :meth:`stop`, how long a running callback may
+            take to finish; then it is cancelled and its event stays unacknowledged.
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        max_attempts: int = 5,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 10.0,
+        shutdown_timeout: float = 30.0,
+    ) -> None:
+        _positive_int("max_attempts", max_attempts)
+        _positive("backoff_initial", backoff_initial)
+        _positive("backoff_max", backoff_max)
+        if (
+            isinstance(shutdown_timeout, bool)
+            or not isinstance(shutdown_timeout, (int, float))
+            or not (shutdown_timeout >= 0)
+        ):
+            raise ConfigurationError(f"shutdown_timeout must be a number >= 0, not {shutdown_timeout!r}")
+        if hasattr(handler, "route") and hasattr(handler, "argument"):
+            self.router: Any = handler
+        elif callable(handler):
+            self.router = _SingleHandler(handler)
+        else:
+            raise ConfigurationError(f"handler must be callable or a router, not {handler!r}")
+        self.max_attempts = max_attempts
+        self.backoff_initial = float(backoff_initial)
+        self.backoff_max = float(backoff_max)
+        self.shutdown_timeout = float(shutdown_timeout)
+        self.statistics = DurableWorkerStatistics()
+        self._scope = trio.CancelScope()
+        self._busy = False
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Stop after the running callback (bounded by ``shutdown_timeout``); safe to repeat."""
+        self._stopping = True
+        if self._busy:
+            self._scope.deadline = min(self._scope.deadline, trio.current_time() + self.shutdown_timeout)
+        else:
+            self._scope.cancel()
+
+    async def run(self, stream: DurableStream) -> DurableWorkerStatistics:
+        """Process ``stream`` until it ends or :meth:`stop` is called; return the counters."""
+        if stream._auto_ack:
+            raise ConfigurationError(
+                "a DurableWorker acknowledges itself: open the stream with auto_ack=False"
+            )
+        stats = self.statistics
+        with self._scope:
+            while not self._stopping:
+                try:
+                    event = await stream.receive()
+                except StreamClosedError:
+                    break
+                stats.received += 1
+                callback = self.router.route(event)
+                if callback is None:
+                    stats.skipped += 1
+                    await stream.ack(event, flush=False)
+                    continue
+                self._busy = True
+                try:
+                    done = await self._handle(stream, callback, event)
+                finally:
+                    self._busy = False
+                if not done:
+                    break  # stopping during a retry: the event stays unacknowledged
+                await stream.ack(event, flush=False)
+        return stats
+
+    async def _handle(self, stream: DurableStream, callback: Any, event: Event) -> bool:
+        """Call until success or dead letter (True), or give up because stopping (False)."""
+        stats = self.statistics
+        argument = self.router.argument(event)
+        delay = self.backoff_initial
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                if _is_async(callback):
+                    await callback(argument)
+                else:
+                    await trio.to_thread.run_sync(callback, argument, abandon_on_cancel=True)
+                stats.succeeded += 1
+                return True
+            except trio.Cancelled:
+                stats.cancelled += 1
+                logger.warning("durable consumer %r: callback cancelled at shutdown", stream.consumer)
+                raise
+            except Exception as exc:
+                stats.failed += 1
+                if attempt == self.max_attempts:
+                    await stream.dead_letter(event, exc, attempt)  # type: ignore[arg-type]
+                    stats.dead_lettered += 1
+                    return True
+                logger.warning(
+                    "durable consumer %r: callback failed on event %s (attempt %d/%d), retrying: %s",
+                    stream.consumer,
+                    _position_of(event),
+                    attempt,
+                    self.max_attempts,
+                    exc,
+                )
+            if self._stopping:
+                return False
+            await trio.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, self.backoff_max)
+        return False  # pragma: no cover - the loop always returns
 
 
 def _make_event(row: tuple[Any, ...], source: str) -> Event:
