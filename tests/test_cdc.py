@@ -457,6 +457,37 @@ async def test_reconnect_replays_with_gap(
     assert "lost replication connection" in caplog.text
 
 
+async def test_status_updates_keep_a_backpressured_stream_alive(
+    pg_url: str, query: Query, table: Any, cdc_names: Any
+) -> None:
+    # The server drops a replication client it has not heard from for
+    # wal_sender_timeout (1s here). A consumer that stops reading for 3s
+    # (backpressure: the stream stops reading its socket) must not lose the
+    # connection: status updates go out regardless.
+    url = sqlalchemy.make_url(pg_url).update_query_dict({"options": "-c wal_sender_timeout=1000"})
+    engine = sqlalchemy.create_engine(url, poolclass=NullPool)
+    name = await table("id int PRIMARY KEY, t text")
+    slot, publication = cdc_names()
+    try:
+        async with open_change_stream(
+            engine,
+            slot=slot,
+            publication=publication,
+            tables=[name],
+            max_buffer_size=100,
+            status_interval=0.2,
+        ) as changes:
+            await query(f"INSERT INTO {name} SELECT g, repeat('x', 500) FROM generate_series(1, 20000) AS g")
+            first = await changes.receive()
+            await trio.sleep(3)  # a slow consumer (not waiting for a condition)
+            events = [first, *await take(changes, 19999, timeout=60)]
+            assert not any(isinstance(e, StreamGap) for e in events)
+            assert [e.new_data["id"] for e in events] == list(range(1, 20001))
+            assert changes.reconnects == 0
+    finally:
+        engine.dispose()
+
+
 async def test_status_reports_lag_and_warns(
     pg_engine: Engine, query: Query, table: Any, cdc_names: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

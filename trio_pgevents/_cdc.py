@@ -1089,7 +1089,7 @@ async def open_change_stream(
     _check_identifier("publication", publication)
     if isinstance(tables, str):
         raise ConfigurationError("tables must be a sequence of table names, not a single str")
-    table_list = None if tables is None else [_split_table(t) for t in tables]
+    table_list = None if tables is None else list(dict.fromkeys(_split_table(t) for t in tables))
     if table_list is not None and not table_list:
         raise ConfigurationError("tables must name at least one table (or be None for all tables)")
     if (
