@@ -883,3 +883,17 @@ async def test_queue_usage_is_read_and_warned_about(
                 "queue usage warning logged",
             )
     engine.dispose()
+
+
+async def test_exhausted_pool_is_a_connect_error_not_a_raw_driver_error(
+    running: EmbeddedPostgres, name: str
+) -> None:
+    engine = engine_for(running.url, name, pool_size=1, max_overflow=0, pool_timeout=0.2)
+    try:
+        with trio.fail_after(10):
+            async with open_event_stream(engine, [name]):
+                with pytest.raises(ConnectError, match="QueuePool limit"):
+                    async with open_event_stream(engine, [name]):
+                        pass  # pragma: no cover
+    finally:
+        engine.dispose()

@@ -39,7 +39,14 @@ __all__ = ["Listener"]
 
 logger = logging.getLogger("trio_pgevents")
 
-_DB_ERRORS = (psycopg2.Error, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.InterfaceError, OSError)
+#: Failures of one connect attempt that reconnecting may cure (a full pool too).
+_DB_ERRORS = (
+    psycopg2.Error,
+    sqlalchemy.exc.DBAPIError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    OSError,
+)
 
 
 class _Lost(Exception):
@@ -226,16 +233,18 @@ class Listener:
                 fd = None  # already closed
             if fd is not None:
                 trio.lowlevel.notify_closing(fd)
+            # One close_timeout for both steps (plus a moment to discard).
+            deadline = trio.current_time() + self._options.close_timeout
             reset = False
             if not broken and fd is not None:
-                with trio.move_on_after(self._options.close_timeout):
+                with trio.move_on_at(deadline):
                     error = await trio.to_thread.run_sync(_reset_sync, proxy, abandon_on_cancel=True)
                     reset = error is None
             if fd is not None and not reset:
                 # Unblocks any thread still reading it (an abandoned probe or
                 # reset); the server sees EOF and ends the backend.
                 conn_mod.shutdown_socket(fd)
-            with trio.move_on_after(self._options.close_timeout):
+            with trio.move_on_at(max(deadline, trio.current_time() + 0.1)):
                 if reset:
                     await trio.to_thread.run_sync(proxy.close, abandon_on_cancel=True)
                 else:
