@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +258,50 @@ async def test_bad_settings_exit_2_with_one_line_naming_the_setting(
     assert "secret" not in result.stderr  # the module's password never shows
 
 
+async def test_bad_channel_exits_2_naming_it(pg_url: str) -> None:
+    result = await arun_cli(
+        ["worker", "--settings", SETTINGS, "--database-url", pg_url, "--channel", "x" * 64]
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("trio-pgevents: error: channel name")
+
+
+async def test_listen_into_a_closed_pipe_exits_quietly(pg_url: str, query: Query, unique: Any) -> None:
+    channel = unique("pipe")
+
+    def run() -> tuple[int, str]:
+        process = subprocess.Popen(
+            [CLI, "listen", channel, "--database-url", pg_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            env=_env(),
+        )
+        assert process.stdout is not None
+        assert process.stderr is not None
+        for line in process.stderr:  # wait until it listens
+            if b"listening on" in line:
+                break
+        process.stdout.close()  # like `| head -0`: the reader goes away
+        run_sql_notify()
+        try:
+            status = process.wait(timeout=TIMEOUT)
+        finally:
+            process.kill()
+        err = process.stderr.read().decode()
+        process.stderr.close()
+        return status, err
+
+    def run_sql_notify() -> None:
+        trio.from_thread.run(notify_all, query, channel, ["x"] * 50)
+
+    status, err = await trio.to_thread.run_sync(run)
+    assert status == 0, err
+    assert "Traceback" not in err
+    assert "BrokenPipe" not in err
+
+
 async def test_debug_shows_the_traceback() -> None:
     result = await arun_cli(["worker", "--settings", "tests.cli_settings.broken", "--debug"])
     assert result.returncode == 2
@@ -439,3 +483,260 @@ async def test_listen_stops_on_sigint_with_status_0(start_cli: StartCli, pg_url:
     await proc.wait_for("listening on", where="err")
     proc.send_signal(signal.SIGINT)
     assert await proc.wait() == 0, proc.transcript()
+
+
+# ---- build / status / uninstall (the real installer) ----------------------------------------------------
+
+
+@pytest.fixture
+def installed(pg_url: str, unique: Any) -> Iterator[list[str]]:
+    """Installer options naming a private installer schema and channel; uninstalled at teardown."""
+    options = ["--installer-schema", unique("cli_lib"), "--channel", unique("cli_ch")]
+    yield options
+    result = run_cli(["uninstall", "--yes", "--database-url", pg_url, *options])
+    assert result.returncode == 0, result.stderr
+
+
+def _rows(stdout: str) -> dict[str, tuple[str, str]]:
+    """build/uninstall's table, parsed by its header's columns: name -> (action, reason)."""
+    lines = stdout.splitlines()
+    header = lines[0]
+    name_at, reason_at = header.index("NAME"), header.index("REASON")
+    rows: dict[str, tuple[str, str]] = {}
+    for line in lines[1:]:
+        action = line[: header.index("KIND")].strip()
+        if action in ("installed", "replaced", "unchanged", "removed", "skipped"):
+            rows[line[name_at:reason_at].strip()] = (action, line[reason_at:].strip())
+    return rows
+
+
+def _on(name: str, schema: str, table: str) -> bool:
+    """Does a trigger row's name (``trg on schema.table``, quoted where needed) name this table?"""
+    qualified = name.rpartition(" on ")[2]
+    return qualified.replace('"', "") == f"{schema}.{table}"
+
+
+async def _make_schema(query: Query, schema: str, tables: Sequence[str], *, view: str | None = None) -> None:
+    await query(f'CREATE SCHEMA "{schema}"')
+    for table in tables:
+        await query(f'CREATE TABLE "{schema}"."{table}" (id serial PRIMARY KEY, note text)')
+    if view is not None:
+        await query(f'CREATE VIEW "{schema}"."{view}" AS SELECT 1 AS one')
+
+
+async def _drop_triggers(query: Query, schema: str, table: str) -> int:
+    rows = await query(
+        """SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = %s AND c.relname = %s AND t.tgname LIKE 'trio\\_pgevents\\_%%'""",
+        (schema, table),
+    )
+    for (name,) in rows:
+        await query(f'DROP TRIGGER "{name}" ON "{schema}"."{table}"')
+    return len(rows)
+
+
+async def test_build_is_idempotent_and_status_gates_on_missing_triggers(
+    installed: list[str], pg_url: str, query: Query, unique: Any
+) -> None:
+    schema = unique("Shop Schema")
+    await _make_schema(query, schema, ["orders", "Line Items"], view="summary")
+    db = ["--database-url", pg_url, *installed]
+
+    before = await arun_cli(["status", *db])
+    assert before.returncode == 1, before.stdout  # nothing installed yet: MISSING
+    assert "MISSING" in before.stdout
+
+    first = await arun_cli(["build", "--schema", schema, *db])
+    assert first.returncode == 0, first.stderr
+    rows = _rows(first.stdout)
+    for table in ("orders", "Line Items"):
+        triggers = [(name, row) for name, row in rows.items() if _on(name, schema, table)]
+        assert triggers, first.stdout
+        assert all(action == "installed" for name, (action, _) in triggers), first.stdout
+    assert any(name.endswith("_ddl_end") and action == "installed" for name, (action, _) in rows.items())
+    (view,) = [row for name, row in rows.items() if name.replace('"', "").endswith(f"{schema}.summary")]
+    assert view[0] == "skipped"
+    assert "view" in view[1]  # with its reason
+    assert "installed" in first.stdout.splitlines()[-1]
+
+    second = await arun_cli(["build", "--schema", schema, *db])
+    assert second.returncode == 0, second.stderr
+    assert {action for action, _ in _rows(second.stdout).values()} == {"unchanged", "skipped"}, second.stdout
+
+    ok = await arun_cli(["status", "--json", *db])
+    assert ok.returncode == 0, ok.stdout
+    status = json.loads(ok.stdout)
+    assert status["ok"] is True
+    assert {(t["table"], t["state"]) for t in status["tables"] if t["schema"] == schema} == {
+        ("orders", "INSTALLED"),
+        ("Line Items", "INSTALLED"),
+        ("summary", "SKIPPED"),  # a view: skipped, and not a reason to fail the deploy
+    }
+
+    # auto-rebuild (pg_events' default): a new table in a watched schema gets its triggers at once.
+    await query(f'CREATE TABLE "{schema}".later (id int)')
+    assert (await arun_cli(["status", *db])).returncode == 0
+
+    # Someone drops a table's triggers: status says MISSING and exits 1, build repairs it.
+    assert await _drop_triggers(query, schema, "orders") > 0
+    broken = await arun_cli(["status", *db])
+    assert broken.returncode == 1, broken.stdout
+    assert any(
+        line.startswith(f"{schema}.orders") and "MISSING" in line for line in broken.stdout.splitlines()
+    )
+    assert "NOT OK" in broken.stdout
+    repaired = await arun_cli(["build", "--schema", schema, *db])
+    assert repaired.returncode == 0, repaired.stderr
+    assert any(action in ("installed", "replaced") for action, _ in _rows(repaired.stdout).values())
+    assert (await arun_cli(["status", *db])).returncode == 0
+
+
+async def test_build_without_superuser_skips_ddl_triggers_and_installs_the_rest(
+    installed: list[str], pg_url: str, query: Query, unique: Any
+) -> None:
+    role = unique("cli_app")
+    schema = unique("app_data")
+    await query(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
+    try:
+        await query(f'GRANT CREATE ON DATABASE "{sqlalchemy.make_url(pg_url).database}" TO "{role}"')
+        await query(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"')
+        await query(f'SET ROLE "{role}"; CREATE TABLE "{schema}".items (id int PRIMARY KEY); RESET ROLE')
+        role_url = sqlalchemy.make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+        db = ["--database-url", role_url, *installed]
+        result = await arun_cli(["build", "--schema", schema, *db])
+        assert result.returncode == 0, result.stderr
+        rows = _rows(result.stdout)
+        action, reason = rows["DDL event triggers"]
+        assert action == "skipped"
+        assert "superuser" in reason
+        assert [action for n, (action, _) in rows.items() if _on(n, schema, "items")] == ["installed"] * 2
+        assert "DDL event triggers skipped" in result.stderr
+        status = await arun_cli(["status", "--json", *db])
+        assert status.returncode == 0, status.stdout
+        assert json.loads(status.stdout)["ddl_state"] is None
+    finally:
+        await query(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        uninstall = await arun_cli(["uninstall", "--yes", "--database-url", pg_url, *installed])
+        assert uninstall.returncode == 0, uninstall.stderr
+        await query(f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+
+
+async def test_worker_gets_real_trigger_events_after_build(
+    installed: list[str], start_cli: StartCli, pg_url: str, query: Query, unique: Any
+) -> None:
+    schema = unique("live")
+    await _make_schema(query, schema, ["orders"])
+    built = await arun_cli(["build", "--schema", schema, "--database-url", pg_url, *installed])
+    assert built.returncode == 0, built.stderr
+    channel = installed[installed.index("--channel") + 1]
+    proc = await start_cli(["worker", "--settings", SETTINGS, "--database-url", pg_url, "--channel", channel])
+    await proc.wait_for("worker listening", where="err")
+    await query(f"INSERT INTO \"{schema}\".orders (note) VALUES ('first order')")
+    (data_line,) = await proc.wait_for("first order")
+    assert data_line.startswith("DATA thread=worker type=str ")
+    data = json.loads(data_line.split(" ", 3)[3])
+    # The pg_events keys, all present.
+    assert {"table_schema", "table_name", "session_user", "method", "old_data", "new_data", "query"} <= set(
+        data
+    )
+    assert (data["table_schema"], data["table_name"], data["method"]) == (schema, "orders", "INSERT")
+    assert data["new_data"]["note"] == "first order"
+    await query(f'ALTER TABLE "{schema}".orders ADD COLUMN extra int')
+    (ddl_line,) = await proc.wait_for("ALTER TABLE")
+    assert ddl_line.startswith("ASCHEMA thread=main type=str ")
+    ddl = json.loads(ddl_line.split(" ", 3)[3])
+    assert ddl["command_tag"] == "ALTER TABLE"
+    assert ddl["object_identity"] == f'"{schema}".orders' or ddl["object_identity"] == f"{schema}.orders"
+    proc.send_signal(signal.SIGTERM)
+    assert await proc.wait() == 0, proc.transcript()
+
+
+async def test_uninstall_asks_first_and_refuses_without_a_terminal(
+    installed: list[str], pg_url: str, query: Query, unique: Any
+) -> None:
+    schema = unique("gone")
+    await _make_schema(query, schema, ["t"])
+    db = ["--database-url", pg_url, *installed]
+    assert (await arun_cli(["build", "--schema", schema, *db])).returncode == 0
+
+    refused = await arun_cli(["uninstall", *db])  # stdin is /dev/null: no one to ask
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "trio-pgevents: error: uninstall: refusing without confirmation (stdin is not a terminal): pass --yes"
+    ]
+
+    def answer(text: str) -> subprocess.CompletedProcess[str]:
+        controller, terminal = os.openpty()
+        try:
+            process = subprocess.Popen(
+                [CLI, "uninstall", *db],
+                stdin=terminal,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=ROOT,
+                env=_env(),
+                text=True,
+            )
+            os.write(controller, text.encode())
+            out, err = process.communicate(timeout=TIMEOUT)
+        finally:
+            os.close(controller)
+            os.close(terminal)
+        return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+    declined = await trio.to_thread.run_sync(answer, "n\n")
+    assert declined.returncode == 1
+    assert "[y/N]" in declined.stderr
+    assert (await arun_cli(["status", *db])).returncode == 0  # nothing was removed
+
+    accepted = await trio.to_thread.run_sync(answer, "y\n")
+    assert accepted.returncode == 0, accepted.stderr
+    removed = _rows(accepted.stdout)
+    assert any(
+        name == f"triggers on {schema}.t" and action == "removed" for name, (action, _) in removed.items()
+    )
+    after = await arun_cli(["status", *db])
+    assert after.returncode == 1
+    assert "MISSING" in after.stdout
+    remaining = await query(
+        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND NOT t.tgisinternal",
+        (schema,),
+    )
+    assert remaining == [(0,)]
+
+
+async def test_default_schemas_are_the_user_schemas(pg_url: str, query: Query, unique: Any) -> None:
+    from trio_pgevents._cli import _schemas
+
+    schema = unique("mine")
+    await _make_schema(query, schema, ["a", "b"])
+    engine = sqlalchemy.create_engine(pg_url)
+    try:
+        found = dict(await trio.to_thread.run_sync(_schemas, engine, None, "pgevents"))
+    finally:
+        engine.dispose()
+    assert found[schema] == 2
+    assert "public" in found
+    assert not {"pg_catalog", "information_schema", "pg_toast", "pgevents"} & set(found)
+
+
+# ---- demo --------------------------------------------------------------------------------------------
+
+
+async def test_demo_with_no_arguments_exits_0_in_well_under_a_minute() -> None:
+    started = trio.current_time()
+    result = await arun_cli(["demo"])
+    elapsed = trio.current_time() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert elapsed < 60
+    lines = result.stdout.splitlines()
+    assert sum(1 for line in lines if line.strip().startswith("INSERT")) == 120
+    assert any(line.strip().startswith("DDL") and "CREATE TABLE public.demo_orders" in line for line in lines)
+    summary = "\n".join(lines[lines.index("summary") :])
+    assert "events/s" in summary
+    assert "p50" in summary
+    assert "p99" in summary
+    assert "\x1b[" not in result.stdout  # no colour when not on a terminal
+    assert "embedded PostgreSQL stopped and its directory removed" in result.stdout

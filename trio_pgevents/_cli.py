@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import sqlalchemy
 import trio
@@ -26,11 +28,14 @@ from sqlalchemy.pool import NullPool
 
 from ._connection import as_engine
 from ._decode import decode_trigger_payload
-from ._errors import ConfigurationError, TrioPgEventsError
+from ._errors import ConfigurationError, InsufficientPrivilegeError, TrioPgEventsError
 from ._events import Event, Overflow, RowChange, SchemaChange, StreamGap
 from ._settings import DATABASE_URL, Settings, load_settings
 from ._stream import open_event_stream
 from ._worker import CallbackRouter, Dispatcher
+
+if TYPE_CHECKING:
+    from ._installer import InstallAction, Installer, InstallStatus
 
 __all__ = ["main", "build_parser"]
 
@@ -39,6 +44,8 @@ logger = logging.getLogger("trio_pgevents.cli")
 PROG = "trio-pgevents"
 DEFAULT_CHANNEL = "pgevents"
 CONNECT_TIMEOUT = 10
+#: ``build`` shows a progress bar (on a terminal) from this many tables on.
+PROGRESS_THRESHOLD = 20
 
 
 class CommandError(TrioPgEventsError):
@@ -65,6 +72,17 @@ def _bool_arg(text: str) -> bool:
     if value in ("n", "no", "f", "false", "off", "0"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive_int(text)
 
 
 def _positive_int(text: str) -> int:
@@ -255,12 +273,259 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return trio.run(_run_listen, args, settings, sys.stdout)
 
 
+# ---- installer commands: build, status, uninstall -----------------------------------------------------
+
+
+def _format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _installer(args: argparse.Namespace, engine: Engine) -> Installer:
+    from ._installer import Installer  # imported when needed: listen/worker do not need it
+
+    return Installer(engine, schema=args.installer_schema, channel=args.channel)
+
+
+_USER_SCHEMAS = """
+SELECT n.nspname,
+       (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p'))
+FROM pg_namespace n
+WHERE n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> 'information_schema' AND n.nspname <> %(own)s
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d  -- schemas created by extensions
+                  WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
+ORDER BY n.nspname
+"""
+
+_SCHEMA_TABLES = """
+SELECT n.nspname, count(c.oid)
+FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p')
+WHERE n.nspname = ANY(%(names)s)
+GROUP BY n.nspname
+"""
+
+
+def _schemas(engine: Engine, wanted: Sequence[str] | None, own: str) -> list[tuple[str, int]]:
+    """(schema, number of tables) for the chosen schemas, or for every user schema."""
+    with engine.connect() as connection:
+        cursor = connection.connection.cursor()
+        if wanted:
+            cursor.execute(_SCHEMA_TABLES, {"names": list(wanted)})
+            found = {name: int(count) for name, count in cursor.fetchall()}
+            missing = [name for name in wanted if name not in found]
+            if missing:
+                raise ConfigurationError(f"--schema: no such schema: {', '.join(map(repr, missing))}")
+            return [(name, found[name]) for name in dict.fromkeys(wanted)]
+        cursor.execute(_USER_SCHEMAS, {"own": own})
+        return [(name, int(count)) for name, count in cursor.fetchall()]
+
+
+class _Progress:
+    """A progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, total: int, unit: str) -> None:
+        self.total = total
+        self.unit = unit
+        self.done = 0
+        self.enabled = sys.stderr.isatty() and total > 0
+
+    def show(self, label: str) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / self.total)
+        bar = "#" * filled + "." * (width - filled)
+        sys.stderr.write(f"\r[{bar}] {self.done}/{self.total} {self.unit}  {label[:40]:<40}")
+        sys.stderr.flush()
+
+    def advance(self, amount: int, label: str) -> None:
+        self.done += amount
+        self.show(label)
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 100 + "\r")
+            sys.stderr.flush()
+
+
+def _print_actions(actions: Sequence[InstallAction], out: TextIO) -> None:
+    rows = [(a.action, a.kind, a.name, a.reason or "") for a in actions]
+    out.write(_format_table(("ACTION", "KIND", "NAME", "REASON"), rows) + "\n")
+    counts = {name: sum(1 for a in actions if a.action == name) for name in _ACTIONS}
+    out.write(", ".join(f"{n} {name}" for name, n in counts.items() if n or name != "removed") + "\n")
+
+
+_ACTIONS = ("installed", "replaced", "unchanged", "removed", "skipped")
+
+
+def _merge(actions: list[InstallAction], more: Sequence[InstallAction]) -> None:
+    """Add ``more`` to ``actions``; a repeat of an object counts only if it did something."""
+    index = {(a.kind, a.name): i for i, a in enumerate(actions)}
+    for action in more:
+        i = index.get((action.kind, action.name))
+        if i is None:
+            index[(action.kind, action.name)] = len(actions)
+            actions.append(action)
+        elif actions[i].action == "unchanged" and action.action != "unchanged":
+            actions[i] = action
+
+
+async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from ._installer import InstallAction
+
+    engine = await _connect(args, settings)
+    try:
+        installer = _installer(args, engine)
+        actions: list[InstallAction] = []
+        # First what any role may install, so the report shows it even if DDL triggers are denied.
+        _merge(actions, (await installer.aio.install(durable=args.durable)).actions)
+        if not args.no_ddl:
+            try:
+                report = await installer.aio.install(
+                    ddl=True, auto_rebuild=args.auto_rebuild, durable=args.durable
+                )
+            except InsufficientPrivilegeError as exc:
+                logger.warning("DDL event triggers skipped: %s", exc)
+                _merge(actions, [InstallAction("event_trigger", "DDL event triggers", "skipped", str(exc))])
+            else:
+                _merge(actions, report.actions)
+        schemas = await trio.to_thread.run_sync(_schemas, engine, args.schema, args.installer_schema)
+        total_tables = sum(count for _, count in schemas)
+        progress = _Progress(total_tables, "tables")
+        progress.enabled = progress.enabled and total_tables >= PROGRESS_THRESHOLD
+        try:
+            for name, count in schemas:
+                progress.show(f"schema {name} ({count} tables)")
+                report = await installer.aio.watch_schema(name, durable=args.durable)
+                _merge(actions, report.actions)
+                progress.advance(count, f"schema {name} done")
+        finally:
+            progress.close()
+    finally:
+        engine.dispose()
+    logger.info("built in %s: %d schema(s), %d table(s)", settings.safe_url, len(schemas), total_tables)
+    _print_actions(actions, out)
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """``build``: install the trigger function, watch every table, add DDL triggers where permitted."""
+    settings = _settings(args)
+    return trio.run(_run_build, args, settings, sys.stdout)
+
+
+def status_to_json(status: InstallStatus) -> dict[str, Any]:
+    """The installer's status as a JSON-ready dict (``status --json``)."""
+    data = dataclasses.asdict(status)
+    data["ok"] = status.ok
+    return data
+
+
+async def _run_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    engine = await _connect(args, settings)
+    try:
+        status = await _installer(args, engine).aio.status()
+    finally:
+        engine.dispose()
+    if args.json:
+        out.write(json.dumps(status_to_json(status), default=str) + "\n")
+    else:
+        for label, state in (
+            ("functions", status.function_state),
+            ("ddl triggers", status.ddl_state),
+            ("auto-rebuild", status.auto_rebuild_state),
+            ("durable", status.durable_state),
+        ):
+            out.write(f"{label:<14}{state or 'not installed'}\n")
+        rows = [
+            (f"{t.schema}.{t.table}", t.state, "yes" if t.durable else "no", t.reason or "")
+            for t in status.tables
+        ]
+        if rows:
+            out.write(_format_table(("TABLE", "STATE", "DURABLE", "REASON"), rows) + "\n")
+        else:
+            out.write("no watched tables\n")
+        out.write(("ok" if status.ok else "NOT OK: something is OUTDATED or MISSING (run build)") + "\n")
+    return 0 if status.ok else 1
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``status``: what is installed; exit status 1 when something is OUTDATED or MISSING."""
+    settings = _settings(args)
+    return trio.run(_run_status, args, settings, sys.stdout)
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        raise ExitStatus(2, "uninstall: refusing without confirmation (stdin is not a terminal): pass --yes")
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline().strip().lower()
+    return answer in ("y", "yes")
+
+
+async def _run_uninstall(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    engine = await _connect(args, settings)
+    try:
+        installer = _installer(args, engine)
+        report = await installer.aio.uninstall()
+    finally:
+        engine.dispose()
+    _print_actions(report.actions, out)
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    """``uninstall``: remove everything trio_pgevents installed (asks first; ``--yes`` skips)."""
+    settings = _settings(args)
+    if not args.yes and not _confirm(
+        f"Remove every trigger, function and table trio_pgevents installed in {settings.safe_url}?"
+    ):
+        print("uninstall: cancelled, nothing changed", file=sys.stderr)
+        return 1
+    return trio.run(_run_uninstall, args, settings, sys.stdout)
+
+
+# ---- demo ----------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``demo``: an embedded Postgres, a table, triggers, a writer, live events and a summary."""
+    from ._demo import DemoOptions
+    from ._demo import main as demo_main
+
+    options = DemoOptions(rows=args.rows, rate=args.rate, burst=args.burst, timeout=args.timeout)
+    return demo_main(options)
+
+
 # ---- the parser ----------------------------------------------------------------------------------
 
 
-def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    group = common.add_argument_group("common options")
+def _describe(command: Callable[..., Any]) -> str:
+    return (command.__doc__ or "").replace("``", "")
+
+
+def _log_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("logging")
+    group.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="logging level (default INFO); logs go to stderr",
+    )
+    group.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    return parent
+
+
+def _db_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False, parents=[_log_options()])
+    group = parent.add_argument_group("settings")
     group.add_argument(
         "--settings",
         metavar="MODULE",
@@ -271,31 +536,65 @@ def _common_options() -> argparse.ArgumentParser:
         metavar="URL",
         help=f"database URL; overrides ${DATABASE_URL} and the settings module",
     )
+    return parent
+
+
+def _installer_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("installer")
     group.add_argument(
-        "--log-level",
-        default="INFO",
-        type=str.upper,
-        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
-        help="logging level (default INFO); logs go to stderr",
+        "--installer-schema",
+        default="pgevents",
+        metavar="NAME",
+        help="schema holding trio_pgevents' own functions and tables (default 'pgevents')",
     )
-    group.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    return common
+    group.add_argument(
+        "--channel",
+        default=DEFAULT_CHANNEL,
+        metavar="NAME",
+        help=f"NOTIFY channel (default {DEFAULT_CHANNEL!r})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every command and option)."""
-    common = _common_options()
+    db = _db_options()
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="PostgreSQL change events for Trio: install triggers, run callbacks, listen.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
+    build = sub.add_parser(
+        "build",
+        parents=[db],
+        help="install triggers on every table (idempotent)",
+        description=_describe(cmd_build),
+    )
+    build.add_argument(
+        "--schema",
+        action="append",
+        metavar="NAME",
+        help="schema whose tables to watch; repeatable (default: every user schema)",
+    )
+    build.add_argument(
+        "--auto-rebuild",
+        type=_bool_arg,
+        default=True,
+        metavar="true|false",
+        help="new tables in watched schemas get triggers automatically (needs superuser; default true)",
+    )
+    build.add_argument("--no-ddl", action="store_true", help="do not install DDL event triggers")
+    build.add_argument(
+        "--durable", action="store_true", help="durable (outbox) triggers instead of NOTIFY only"
+    )
+    _installer_options(build)
+    build.set_defaults(func=cmd_build)
+
     worker = sub.add_parser(
         "worker",
-        parents=[common],
+        parents=[db],
         help="listen and call the settings' callbacks",
-        description=cmd_worker.__doc__,
+        description=_describe(cmd_worker),
     )
     worker.add_argument(
         "--callback-arg",
@@ -327,11 +626,52 @@ def build_parser() -> argparse.ArgumentParser:
     worker.set_defaults(func=cmd_worker)
 
     listen = sub.add_parser(
-        "listen", parents=[common], help="print each event as one JSON line", description=cmd_listen.__doc__
+        "listen", parents=[db], help="print each event as one JSON line", description=_describe(cmd_listen)
     )
     listen.add_argument("channels", nargs="+", metavar="CHANNEL", help="channels to listen on")
     listen.add_argument("--count", type=_positive_int, metavar="N", help="exit after N events")
     listen.set_defaults(func=cmd_listen)
+
+    status = sub.add_parser(
+        "status",
+        parents=[db],
+        help="what is installed (exit 1 if OUTDATED/MISSING)",
+        description=_describe(cmd_status),
+    )
+    status.add_argument("--json", action="store_true", help="print the status as JSON")
+    _installer_options(status)
+    status.set_defaults(func=cmd_status)
+
+    uninstall = sub.add_parser(
+        "uninstall",
+        parents=[db],
+        help="remove everything trio_pgevents installed",
+        description=_describe(cmd_uninstall),
+    )
+    uninstall.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    _installer_options(uninstall)
+    uninstall.set_defaults(func=cmd_uninstall)
+
+    demo = sub.add_parser(
+        "demo",
+        parents=[_log_options()],
+        help="see it work: embedded Postgres, triggers, live events",
+        description=_describe(cmd_demo),
+    )
+    demo.add_argument("--rows", type=_positive_int, default=120, help="rows written one by one (default 120)")
+    demo.add_argument(
+        "--rate", type=_positive_float, default=80.0, help="statements per second while pacing (default 80)"
+    )
+    demo.add_argument(
+        "--burst",
+        type=int,
+        default=5000,
+        help="rows then inserted in one transaction (default 5000; 0: none)",
+    )
+    demo.add_argument(
+        "--timeout", type=_non_negative_float, default=40.0, help="give up waiting after SECONDS (default 40)"
+    )
+    demo.set_defaults(func=cmd_demo)
     return parser
 
 
@@ -339,6 +679,13 @@ def _fail(message: str, status: int) -> int:
     line = " ".join(message.split())  # one line, always
     print(f"{PROG}: error: {line}", file=sys.stderr)
     return status
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups (nurseries wrap errors)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -352,20 +699,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except ExitStatus as exc:
-        if exc.message:
-            return _fail(exc.message, exc.status)
-        return exc.status
-    except ConfigurationError as exc:
-        if args.debug:
-            traceback.print_exc()
-        return _fail(str(exc), 2)
-    except TrioPgEventsError as exc:
-        if args.debug:
-            traceback.print_exc()
-        return _fail(str(exc), 1)
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # Piped into `head` or similar: the reader went away; that is not an error.
-        return 0
+    except BaseException as raised:
+        exc = _leaf(raised)
+        if isinstance(exc, ExitStatus):
+            return _fail(exc.message, exc.status) if exc.message else exc.status
+        if isinstance(exc, TrioPgEventsError):
+            if args.debug:
+                traceback.print_exception(raised)
+            return _fail(str(exc), 2 if isinstance(exc, ConfigurationError) else 1)
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        if isinstance(exc, BrokenPipeError):
+            # Piped into `head` or similar: the reader went away; that is not an error.
+            # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+            with contextlib.suppress(OSError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        raise
