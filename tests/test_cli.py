@@ -327,7 +327,8 @@ async def test_worker_calls_sync_and_async_callbacks_with_json_payloads(
     start_cli: StartCli, pg_url: str, query: Query, unique: Any
 ) -> None:
     table = unique("orders")
-    proc = await start_cli(["worker", "--settings", SETTINGS, "--database-url", pg_url])
+    # pg_events accepted "module.settings.py" for a dotted path too.
+    proc = await start_cli(["worker", "--settings", f"{SETTINGS}.py", "--database-url", pg_url])
     await proc.wait_for("worker listening on pgevents", where="err")
     row, ddl = row_payload(table, 1), ddl_payload(table)
     await notify_all(query, "pgevents", [row, ddl])
@@ -416,6 +417,11 @@ async def test_sigterm_during_busy_worker_finishes_callbacks_and_leaves_no_backe
     ends = {line.split(" ", 3)[3] for line in proc.out if line.startswith("END ")}
     assert starts == ends, proc.transcript()  # every running callback finished
     assert 3 <= len(ends) < total  # ...and reading stopped: the rest were not started
+    running = peak = 0
+    for line in proc.out:
+        running += line.startswith("START ") - line.startswith("END ")
+        peak = max(peak, running)
+    assert peak == 3  # --concurrency 3: never more at once
     assert any("received SIGTERM" in line for line in proc.err)
     with trio.fail_after(TIMEOUT):
         while await backends(query, app) != 0:
@@ -560,8 +566,10 @@ async def test_build_is_idempotent_and_status_gates_on_missing_triggers(
     assert "view" in view[1]  # with its reason
     assert "installed" in first.stdout.splitlines()[-1]
 
-    second = await arun_cli(["build", "--schema", schema, *db])
+    assert "INFO trio_pgevents.cli: built in" in first.stderr
+    second = await arun_cli(["build", "--schema", schema, "--log-level", "warning", *db])
     assert second.returncode == 0, second.stderr
+    assert second.stderr == ""  # --log-level WARNING: the INFO summary line is not logged
     assert {action for action, _ in _rows(second.stdout).values()} == {"unchanged", "skipped"}, second.stdout
 
     ok = await arun_cli(["status", "--json", *db])
@@ -705,6 +713,50 @@ async def test_uninstall_asks_first_and_refuses_without_a_terminal(
         (schema,),
     )
     assert remaining == [(0,)]
+
+
+async def test_build_shows_a_progress_bar_on_a_terminal(
+    installed: list[str], pg_url: str, query: Query, unique: Any
+) -> None:
+    schema = unique("many")
+    await _make_schema(query, schema, [f"t{n}" for n in range(25)])
+
+    def run() -> tuple[int, str, str]:
+        controller, terminal = os.openpty()
+        try:
+            process = subprocess.Popen(
+                [CLI, "build", "--schema", schema, "--database-url", pg_url, *installed],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=terminal,
+                cwd=ROOT,
+                env=_env(),
+                text=True,
+            )
+            os.close(terminal)
+            terminal = -1
+            chunks: list[bytes] = []
+            while True:
+                try:
+                    chunk = os.read(controller, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            out, _ = process.communicate(timeout=TIMEOUT)
+        finally:
+            os.close(controller)
+            if terminal != -1:
+                os.close(terminal)
+        return process.returncode, out, b"".join(chunks).decode("utf-8", "replace")
+
+    status, out, err = await trio.to_thread.run_sync(run)
+    assert status == 0, err
+    assert "\r[" in err
+    assert "25/25 tables" in err
+    assert "25/25" not in out  # the bar never pollutes stdout
+    assert len([name for name in _rows(out) if name.endswith("_row on " + schema + ".t0")]) == 1
 
 
 async def test_default_schemas_are_the_user_schemas(pg_url: str, query: Query, unique: Any) -> None:
