@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 import pytest
 import sqlalchemy
 import trio
+
+from trio_pgevents import ConfigurationError, Event, Notification, RowChange, SchemaChange
+from trio_pgevents._worker import CallbackRouter, Dispatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "trio-pgevents")
@@ -362,6 +366,52 @@ async def test_worker_passes_event_objects_and_takes_callables_from_env_and_py_f
     assert await proc.wait() == 0, proc.transcript()
 
 
+async def test_worker_reads_a_database_built_by_pg_events(
+    start_cli: StartCli, pg_url: str, query: Query, unique: Any
+) -> None:
+    # pg_events' own triggers notify on these channels, with its payloads (no "v"/"kind" keys).
+    table = unique("legacy")
+    data = json.dumps(
+        {
+            "table_schema": "public",
+            "table_name": table,
+            "session_user": "app",
+            "method": "UPDATE",
+            "old_data": {"id": 1},
+            "new_data": {"id": 1},
+            "query": "UPDATE ...",
+        }
+    )
+    dropped = json.dumps(
+        {
+            "classid": 1259,
+            "objid": 5,
+            "objsubid": 0,
+            "original": True,
+            "normal": False,
+            "is_temporary": False,
+            "object_type": "table",
+            "schema_name": "public",
+            "object_name": table,
+            "object_identity": f"public.{table}",
+        }
+    )
+    channels = ["pgevents_data_update", "pgevents_table_alter", "pgevents_table_drop"]
+    proc = await start_cli(
+        ["worker", "--settings", SETTINGS, "--database-url", pg_url]
+        + [arg for channel in channels for arg in ("--channel", channel)]
+    )
+    await proc.wait_for("worker listening on pgevents_data_update, pgevents_table_alter", where="err")
+    await notify_all(query, "pgevents_data_update", [data])
+    await notify_all(query, "pgevents_table_drop", [dropped])
+    (data_line,) = await proc.wait_for(f'"table_name": "{table}"')
+    (drop_line,) = await proc.wait_for(f'"object_name": "{table}"')
+    assert data_line == f"DATA thread=worker type=str {data}"
+    assert drop_line == f"ASCHEMA thread=main type=str {dropped}"
+    proc.send_signal(signal.SIGTERM)
+    assert await proc.wait() == 0, proc.transcript()
+
+
 async def test_raising_callback_is_logged_and_worker_goes_on(
     start_cli: StartCli, pg_url: str, query: Query, unique: Any
 ) -> None:
@@ -446,6 +496,50 @@ async def test_shutdown_timeout_cancels_stuck_callbacks(
     assert any("did not finish in 0.5s" in line for line in proc.err), proc.transcript()
 
 
+async def _events(events: Sequence[Event]) -> AsyncIterator[Event]:
+    for event in events:
+        await trio.lowlevel.checkpoint()
+        yield event
+
+
+async def test_dispatcher_in_process_order_threads_and_hook() -> None:
+    seen: list[tuple[str, Any, bool]] = []
+    done: list[tuple[int, bool]] = []
+
+    def sync_cb(payload: Any) -> None:
+        if payload.endswith('"boom"}'):
+            raise RuntimeError("boom")
+        seen.append(("sync", payload, threading.current_thread() is threading.main_thread()))
+
+    async def async_cb(event: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        seen.append(("async", event, threading.current_thread() is threading.main_thread()))
+
+    rows = [RowChange.from_data("c", {"n": n}, 1, "db") for n in range(5)]
+    rows.insert(2, RowChange.from_data("c", {"n": "boom"}, 1, "db"))
+    ddl = SchemaChange.from_data("c", {"command_tag": "ALTER TABLE"}, 1, "db")
+    router = CallbackRouter(sync_cb, async_cb, arg="json")
+    dispatcher = Dispatcher(router, on_done=lambda e, ok: done.append((e.pid, ok)))
+    stats = await dispatcher.run(_events([*rows, Notification("other", "x", 1, "db"), ddl]))
+    # concurrency=1: one at a time, in order; plain functions off the Trio thread.
+    assert [item[1] for item in seen[:-1]] == [r.payload for r in rows if "boom" not in r.payload]
+    assert all(kind == "sync" and not on_main for kind, _, on_main in seen[:-1])
+    assert seen[-1] == ("async", ddl.payload, True)
+    assert (stats.received, stats.succeeded, stats.failed, stats.skipped) == (8, 6, 1, 1)
+    assert [ok for _, ok in done] == [True, True, False, True, True, True, True]
+
+
+async def test_dispatcher_rejects_bad_options() -> None:
+    router = CallbackRouter(None, None)
+    with pytest.raises(ConfigurationError, match="concurrency"):
+        Dispatcher(router, concurrency=0)
+    with pytest.raises(ConfigurationError, match="shutdown_timeout"):
+        Dispatcher(router, shutdown_timeout=-1)
+    with pytest.raises(ConfigurationError, match="callback argument"):
+        CallbackRouter(None, None, arg="xml")  # type: ignore[arg-type]
+    await trio.lowlevel.checkpoint()
+
+
 # ---- listen ------------------------------------------------------------------------------------------
 
 
@@ -482,6 +576,20 @@ async def test_listen_takes_the_url_from_the_environment_over_the_module(
     await notify_all(query, channel, ["hello"])
     assert await proc.wait() == 0, proc.transcript()
     assert json.loads(proc.out[0])["payload"] == "hello"
+
+
+async def test_database_url_option_overrides_the_environment(
+    start_cli: StartCli, pg_url: str, query: Query, unique: Any
+) -> None:
+    channel = unique("override")
+    proc = await start_cli(
+        ["listen", channel, "--count", "1", "--database-url", pg_url],
+        env=_env(PG_EVENTS_DATABASE_URL=BOGUS_URL),
+    )
+    await proc.wait_for("listening on", where="err")
+    await notify_all(query, channel, ["over"])
+    assert await proc.wait() == 0, proc.transcript()
+    assert json.loads(proc.out[0])["payload"] == "over"
 
 
 async def test_listen_stops_on_sigint_with_status_0(start_cli: StartCli, pg_url: str, unique: Any) -> None:
