@@ -598,6 +598,30 @@ def test_auto_rebuild_watches_a_new_table_in_the_same_transaction(
         run_sql(pg_dsn, "DROP TABLE public.not_watched_auto")
 
 
+def test_auto_rebuild_for_tables_created_by_another_role(
+    make_installer: Callable[..., Installer],
+    schema: str,
+    pg_dsn: str,
+    unique: Unique,
+    listen: Callable[..., Listen],
+) -> None:
+    installer = make_installer()
+    installer.watch_schema(schema)
+    installer.install(auto_rebuild=True)
+    role = unique("ddl_role")
+    run_sql(pg_dsn, f"CREATE ROLE {ident(role)}")
+    try:
+        run_sql(pg_dsn, f"GRANT USAGE, CREATE ON SCHEMA {ident(schema)} TO {ident(role)}")
+        # The role has no privilege at all on the library schema.
+        run_sql(pg_dsn, f"SET ROLE {ident(role)}; CREATE TABLE {ident(schema, 'theirs')} (id int)")
+        assert state_in(installer.status(), "theirs", schema) == "INSTALLED"
+        events = listen(installer.channel)
+        run_sql(pg_dsn, f"SET ROLE {ident(role)}; INSERT INTO {ident(schema, 'theirs')} VALUES (1)")
+        assert events.payloads(1)[0]["new_data"] == {"id": 1}
+    finally:
+        run_sql(pg_dsn, f"DROP OWNED BY {ident(role)}; DROP ROLE {ident(role)}")
+
+
 # -- 7. status, idempotence, prune, uninstall -----------------------------------------------------
 
 
