@@ -789,8 +789,6 @@ async def test_cancel_during_probe_returns_promptly_and_closes(running: Embedded
                 proxy.pause()
                 listener = stream._listeners[0]
                 await wait_for(lambda: listener._command_running, 5, "probe in flight")
-                await trio.sleep(0.1)  # the probe is now blocked on the silent peer
-                assert listener._command_running
                 started = trio.current_time()
                 scope.cancel()
                 await trio.sleep_forever()
