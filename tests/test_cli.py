@@ -540,6 +540,26 @@ async def test_dispatcher_rejects_bad_options() -> None:
     await trio.lowlevel.checkpoint()
 
 
+async def test_second_signal_stops_the_worker_at_once(
+    start_cli: StartCli, pg_url: str, query: Query, unique: Any
+) -> None:
+    table = unique("impatient")
+    env = _env(
+        PG_EVENTS_DATA_UPDATE_CALLBACK="tests.cli_settings.callbacks.on_data_slow", CLI_TEST_SLOW="120"
+    )
+    proc = await start_cli(
+        ["worker", "--settings", SETTINGS, "--database-url", pg_url, "--shutdown-timeout", "300"], env=env
+    )
+    await proc.wait_for("worker listening", where="err")
+    await notify_all(query, "pgevents", [row_payload(table, 1)])
+    await proc.wait_for("START ")
+    proc.send_signal(signal.SIGTERM)
+    await proc.wait_for("waiting up to 300s for 1 running callback", where="err")
+    proc.send_signal(signal.SIGINT)
+    assert await proc.wait(timeout=30) == 130, proc.transcript()
+    assert any("received SIGINT again: stopping now" in line for line in proc.err)
+
+
 # ---- listen ------------------------------------------------------------------------------------------
 
 

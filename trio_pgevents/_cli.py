@@ -48,10 +48,6 @@ CONNECT_TIMEOUT = 10
 PROGRESS_THRESHOLD = 20
 
 
-class CommandError(TrioPgEventsError):
-    """A command failed in a way already explained by its message (exit status 1)."""
-
-
 class ExitStatus(Exception):
     """Raised to end a command with a given exit status after printing a message."""
 
@@ -145,17 +141,25 @@ async def _connect(args: argparse.Namespace, settings: Settings) -> Engine:
     return engine
 
 
-async def _watch_signals(receiver: Any, on_first: Callable[[str], None], scope: trio.CancelScope) -> None:
-    """First SIGINT/SIGTERM: graceful stop. Second one: stop now."""
-    first = True
-    async for signum in receiver:
-        name = signal.Signals(signum).name
-        if first:
-            first = False
-            on_first(name)
-        else:
-            logger.warning("received %s again: stopping now", name)
-            scope.cancel()
+class _Signals:
+    """First SIGINT/SIGTERM: graceful stop (``on_first``). Second one: cancel ``scope`` now."""
+
+    def __init__(self, on_first: Callable[[str], None], scope: trio.CancelScope) -> None:
+        self.on_first = on_first
+        self.scope = scope
+        self.forced = False
+
+    async def watch(self, receiver: Any) -> None:
+        first = True
+        async for signum in receiver:
+            name = signal.Signals(signum).name
+            if first:
+                first = False
+                self.on_first(name)
+            else:
+                logger.warning("received %s again: stopping now", name)
+                self.forced = True
+                self.scope.cancel()
 
 
 def _signal_receiver() -> Any:
@@ -180,7 +184,8 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
                     logger.info("received %s: stopping (finishing running callbacks)", name)
                     dispatcher.stop()
 
-                nursery.start_soon(_watch_signals, signals, stop, nursery.cancel_scope)
+                watcher = _Signals(stop, nursery.cancel_scope)
+                nursery.start_soon(watcher.watch, signals)
                 decoders = dict.fromkeys(channels, decode_trigger_payload)
                 async with open_event_stream(engine, channels, decoders=decoders) as stream:
                     logger.info(
@@ -190,10 +195,11 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
                         args.concurrency,
                         "the event object" if args.callback_arg == "event" else "the JSON payload",
                     )
-                    stats = await dispatcher.run(stream)
+                    await dispatcher.run(stream)
                 nursery.cancel_scope.cancel()
         finally:
             engine.dispose()
+    stats = dispatcher.statistics
     logger.info(
         "worker stopped: %d events, %d callbacks ok, %d failed, %d cancelled",
         stats.received,
@@ -201,7 +207,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         stats.failed,
         stats.cancelled,
     )
-    return 0
+    return 130 if watcher.forced else 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -248,7 +254,7 @@ async def _run_listen(args: argparse.Namespace, settings: Settings, out: TextIO)
                     logger.info("received %s: stopping", name)
                     nursery.cancel_scope.cancel()
 
-                nursery.start_soon(_watch_signals, signals, stop, nursery.cancel_scope)
+                nursery.start_soon(_Signals(stop, nursery.cancel_scope).watch, signals)
                 async with open_event_stream(engine, args.channels) as stream:
                     logger.info("listening on %s at %s", ", ".join(args.channels), settings.safe_url)
                     async for batch in stream.batches():
