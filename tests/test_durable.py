@@ -172,6 +172,35 @@ async def test_out_of_order_commit_is_not_skipped(outbox: Outbox) -> None:
         first.close()
 
 
+async def test_writer_that_skipped_its_wakeup_is_read_within_poll_interval(outbox: Outbox) -> None:
+    """Only one transaction at a time NOTIFYs (writer cost); the others are found by polling.
+
+    T_s takes its txid first; T_n writes (and holds the wake-up lock, so it
+    will notify); T_s writes (finds the lock taken: no NOTIFY) and commits.
+    T_s is readable at once (every older transaction is done) but nothing
+    announces it: it arrives by the poll, while T_n is still open.
+    """
+    t_s, t_n = psycopg2.connect(outbox.dsn), psycopg2.connect(outbox.dsn)
+    insert = sql.SQL("INSERT INTO {} (n) VALUES (%s)").format(sql.Identifier(outbox.table))
+    try:
+        async with open_durable_stream(outbox.url, "skip", **outbox.opts(poll_interval=0.5)) as events:
+
+            def step(conn: Any, statement: Any, params: Any = None) -> None:
+                with conn.cursor() as cursor:
+                    cursor.execute(statement, params)
+
+            await trio.to_thread.run_sync(step, t_s, "SELECT pg_current_xact_id()")
+            await trio.to_thread.run_sync(step, t_n, insert, (1,))
+            await trio.to_thread.run_sync(step, t_s, insert, (2,))
+            await trio.to_thread.run_sync(t_s.commit)
+            assert ns(await take(events, 1, timeout=5)) == [2]
+            await trio.to_thread.run_sync(t_n.commit)
+            assert ns(await take(events, 1, timeout=5)) == [1]
+    finally:
+        t_s.close()
+        t_n.close()
+
+
 async def test_rolled_back_transactions_do_not_block_or_appear(outbox: Outbox) -> None:
     conn = psycopg2.connect(outbox.dsn)
     try:

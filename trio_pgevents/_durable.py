@@ -21,7 +21,6 @@ its position reached the database gets that event again when it restarts.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -221,7 +220,6 @@ class DurableStream(BufferedStream):
         self._proxy: Any = None
         self._db_lock = trio.Lock()
         self._wake = trio.Event()
-        self._notified_txid = 0
         self._pending_gaps: list[StreamGap] = []
         self._read_pos: Position = (0, 0)
         self._stored_pos: Position = (0, 0)
@@ -404,36 +402,38 @@ class DurableStream(BufferedStream):
             for event in batch:
                 if isinstance(event, StreamGap):
                     self._pending_gaps.append(event)
-                elif event.channel == self.wake_channel:
-                    # A hand-written NOTIFY has no txid: still a reason to look.
-                    with contextlib.suppress(ValueError):
-                        self._notified_txid = max(self._notified_txid, int(event.payload))
             self._wake.set()
 
     async def _read_loop(self) -> None:
-        fast = 0.005
+        # After any activity (a wake-up, rows read) the table is read again after
+        # 10 ms, 20 ms, 40 ms, ... up to poll_interval. That catches what a
+        # wake-up cannot announce: a transaction whose rows are not below xmin
+        # yet when the wake-up is read (an older one still running), and a
+        # writer that skipped its NOTIFY because another transaction was
+        # notifying at the same moment (the installer lets only one at a time
+        # take the server's NOTIFY lock; see the README's durable section).
+        first = 0.01
+        fast = first
         while True:
+            woken = self._wake.is_set()
             self._wake = trio.Event()  # reset before reading: a wake-up during the read is kept
             gaps, self._pending_gaps = self._pending_gaps, []
-            xmin = await self._catch_up()
+            read_before = self._events_read
+            await self._catch_up()
             for gap in gaps:
                 # The table was re-read after the reconnect: nothing was lost.
                 self._buffer.put_control(
                     StreamGap(gap.source, gap.disconnected_at, gap.reconnected_at, gap.reason, True)
                 )
-            if self._notified_txid >= xmin:
-                # A transaction that woke us is not below xmin yet (an older one is
-                # still running): look again soon, backing off up to poll_interval.
-                delay = fast
-                fast = min(fast * 2, self._poll_interval)
-            else:
-                delay = self._poll_interval
-                fast = 0.005
+            if woken or self._events_read > read_before:
+                fast = first
+            delay = min(fast, self._poll_interval)
+            fast = min(fast * 2, self._poll_interval)
             with trio.move_on_after(delay):
                 await self._wake.wait()
 
-    async def _catch_up(self) -> int:
-        """Read until the table has nothing more below xmin; return the last xmin."""
+    async def _catch_up(self) -> None:
+        """Read until the table has nothing more below xmin (one query per ``batch_size`` rows)."""
         limit = self._batch_size
         read_sql = self._sql_read
         source = self.source
@@ -441,15 +441,11 @@ class DurableStream(BufferedStream):
         while True:
             txid, event_id = self._read_pos
 
-            def work(cursor: Any, txid: int = txid, event_id: int = event_id) -> tuple[list[Any], int]:
-                cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
-                xmin = int(cursor.fetchone()[0])
+            def work(cursor: Any, txid: int = txid, event_id: int = event_id) -> list[Any]:
                 cursor.execute(read_sql, (str(txid), event_id, limit))
-                return cursor.fetchall(), xmin
+                return list(cursor.fetchall())
 
-            rows: list[Any]
-            xmin: int
-            rows, xmin = await self._db(work)
+            rows: list[Any] = await self._db(work)
             self._reads += 1
             if rows:
                 batch = [_make_event(row, source) for row in rows]
@@ -458,7 +454,7 @@ class DurableStream(BufferedStream):
                 self._events_read += len(batch)
                 await self._buffer.put(batch)
             if len(rows) < limit:
-                return xmin
+                return
 
     # ---- acknowledging ---------------------------------------------------------
 
@@ -855,7 +851,7 @@ async def open_durable_stream(
     auto_ack: bool = True,
     ack_every: int = 1000,
     ack_interval: float = 1.0,
-    poll_interval: float = 5.0,
+    poll_interval: float = 1.0,
     start: StartPolicy = "earliest",
     retention_interval: float | None = None,
     retention_batch_size: int = 10000,
@@ -882,8 +878,10 @@ async def open_durable_stream(
         ack_every: with ``auto_ack``, store the position after this many
             processed events (1: before every next event is handed out).
         ack_interval: store an acknowledged position at least this often, seconds.
-        poll_interval: read the table this often even without wake-ups, seconds
-            (covers a writer that does not NOTIFY).
+        poll_interval: read the table at least this often, even without
+            wake-ups, seconds: the bound on delivery delay when a wake-up
+            cannot help (a writer that skipped its NOTIFY while a long
+            transaction was notifying; rows written without the trigger).
         start: where a *new* consumer starts: ``"earliest"`` (every retained
             event) or ``"latest"`` (only transactions that finish from now on).
             An existing consumer always resumes from its stored position.
