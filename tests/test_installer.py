@@ -606,18 +606,31 @@ def test_auto_rebuild_for_tables_created_by_another_role(
     listen: Callable[..., Listen],
 ) -> None:
     installer = make_installer()
+    run_sql(pg_dsn, f"CREATE TABLE {ident(schema, 'ours')} (id int PRIMARY KEY, body text)")
     installer.watch_schema(schema)
-    installer.install(auto_rebuild=True)
+    installer.install(ddl=True, auto_rebuild=True)
     role = unique("ddl_role")
     run_sql(pg_dsn, f"CREATE ROLE {ident(role)}")
     try:
         run_sql(pg_dsn, f"GRANT USAGE, CREATE ON SCHEMA {ident(schema)} TO {ident(role)}")
+        events = listen(installer.channel)
         # The role has no privilege at all on the library schema.
         run_sql(pg_dsn, f"SET ROLE {ident(role)}; CREATE TABLE {ident(schema, 'theirs')} (id int)")
         assert state_in(installer.status(), "theirs", schema) == "INSTALLED"
-        events = listen(installer.channel)
+        run_sql(pg_dsn, f"GRANT INSERT ON {ident(schema, 'ours')} TO {ident(role)}")
         run_sql(pg_dsn, f"SET ROLE {ident(role)}; INSERT INTO {ident(schema, 'theirs')} VALUES (1)")
-        assert events.payloads(1)[0]["new_data"] == {"id": 1}
+        # A big row written by that role is reduced to its key (not an error event).
+        run_sql(
+            pg_dsn,
+            f"SET ROLE {ident(role)}; INSERT INTO {ident(schema, 'ours')} VALUES (2, repeat('z', 9000))",
+        )
+        got = [json.loads(n.payload) for n in events.until_sentinel(pg_dsn)]
+        rows = [p for p in got if p["kind"] == "row"]
+        assert [p["new_data"] for p in rows] == [{"id": 1}, {"id": 2}]
+        assert rows[1]["truncated"] is True
+        assert "error" not in rows[1]
+        # The DDL events arrive too, the role's CREATE TABLE included.
+        assert [p["command_tag"] for p in got if p["kind"] == "ddl"] == ["CREATE TABLE", "GRANT"]
     finally:
         run_sql(pg_dsn, f"DROP OWNED BY {ident(role)}; DROP ROLE {ident(role)}")
 

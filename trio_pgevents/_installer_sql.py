@@ -304,6 +304,11 @@ END
 
     # -- DDL event triggers ------------------------------------------------------------------------
 
+    def _own_trigger_pattern(self) -> str:
+        # LIKE pattern of our table triggers' identities ("<name> on <table>"); "_" escaped.
+        prefix = self.names.row_trigger.rsplit("_", 1)[0] + "_"
+        return prefix.replace("_", "\\_") + "%"
+
     def _ddl_end_function(self) -> Definition:
         body = self._fmt(
             """
@@ -311,6 +316,8 @@ DECLARE
     r record;
 BEGIN
     FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_ddl_commands() LOOP
+        -- Our own triggers (attached by auto-rebuild or watch_*) are not the user's DDL.
+        CONTINUE WHEN r.object_type = 'trigger' AND r.object_identity LIKE {own};
         BEGIN
             PERFORM pg_catalog.pg_notify({channel}, pg_catalog.json_build_object(
                 'v', {version}, 'kind', 'ddl', 'classid', r.classid, 'objid', r.objid,
@@ -327,6 +334,7 @@ END
 """,
             channel=sql.Literal(self.channel),
             version=sql.Literal(FORMAT_VERSION),
+            own=sql.Literal(self._own_trigger_pattern()),
         )
         return self._function("ddl_end", "", "event_trigger", body)
 
@@ -337,6 +345,7 @@ DECLARE
     r record;
 BEGIN
     FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
+        CONTINUE WHEN r.object_type = 'trigger' AND r.object_identity LIKE {own};
         BEGIN
             PERFORM pg_catalog.pg_notify({channel}, pg_catalog.json_build_object(
                 'v', {version}, 'kind', 'ddl', 'classid', r.classid, 'objid', r.objid,
@@ -353,6 +362,7 @@ END
 """,
             channel=sql.Literal(self.channel),
             version=sql.Literal(FORMAT_VERSION),
+            own=sql.Literal(self._own_trigger_pattern()),
         )
         return self._function("sql_drop", "", "event_trigger", body)
 
@@ -652,6 +662,8 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = {name}) THEN
         CREATE SCHEMA {S};
         COMMENT ON SCHEMA {S} IS {comment};
+        -- Writers of watched tables call its functions (the tables stay private).
+        GRANT USAGE ON SCHEMA {S} TO PUBLIC;
     END IF;
 END
 {tag_close}""",
