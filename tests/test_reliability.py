@@ -446,6 +446,8 @@ async def test_silently_dead_peer_is_found_by_the_probe(running: EmbeddedPostgre
                     probe_interval + probe_timeout + 0.5,
                     "half-open connection detected",
                 )
+                # It shut its socket down itself; the silent peer had no part in it.
+                await wait_for(lambda: proxy.clients_closed >= 1, 2, "dead connection closed by the listener")
                 # While the peer stays silent, reconnect attempts hang and are abandoned.
                 await wait_for(lambda: proxy.accepted >= 3, 5, "reconnect attempts")
                 assert not stream.statistics().sources[0].connected
@@ -793,6 +795,7 @@ async def test_cancel_during_probe_returns_promptly_and_closes(running: Embedded
                 scope.cancel()
                 await trio.sleep_forever()
         assert trio.current_time() - started < 1.0
+        await wait_for(lambda: proxy.clients_closed == 1, 2, "connection closed while the peer is silent")
         proxy.resume()
         await wait_for(lambda: proxy.open_connections == 0, 5, "listening connection closed")
         with trio.fail_after(5):
@@ -842,6 +845,7 @@ async def test_close_while_peer_is_silent_is_bounded_and_leaks_nothing(
                 started = trio.current_time()
             closing = trio.current_time() - started
         assert closing < 1.0
+        await wait_for(lambda: proxy.clients_closed == 1, 2, "connection closed while the peer is silent")
         proxy.resume()
         await wait_for(lambda: proxy.open_connections == 0, 5, "listening connection closed")
         with trio.fail_after(5):
@@ -895,3 +899,31 @@ async def test_exhausted_pool_is_a_connect_error_not_a_raw_driver_error(
                         pass  # pragma: no cover
     finally:
         engine.dispose()
+
+
+async def test_listen_to_a_peer_gone_silent_mid_connect_is_abandoned(
+    running: EmbeddedPostgres, name: str
+) -> None:
+    async with trio.open_nursery() as nursery:
+        # The startup handshake completes, then the peer goes silent when LISTEN is sent.
+        proxy = TcpProxy(running.host, running.port, pause_on=b"LISTEN")
+        port = await nursery.start(proxy.run)
+        engine = engine_for(
+            f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres", name, poolclass=NullPool
+        )
+        started = trio.current_time()
+        with trio.fail_after(10), pytest.raises(ConnectError, match=r"connect_timeout=0\.5s"):
+            async with open_event_stream(engine, [name], connect_timeout=0.5):
+                pass  # pragma: no cover
+        assert trio.current_time() - started < 1.5
+        assert not proxy.forwarding  # it really hung on LISTEN
+        # The abandoned thread's socket was shut down: its connection is closed
+        # while the peer is still silent (the thread does not hang on).
+        await wait_for(lambda: proxy.clients_closed == 1, 2, "abandoned connection closed")
+        proxy.resume()
+        await wait_for(lambda: proxy.open_connections == 0, 5, "proxied connection ended")
+        with trio.fail_after(5):
+            while await backends_named(running.dsn, name):
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    engine.dispose()
