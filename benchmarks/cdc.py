@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -85,10 +86,17 @@ def _writer_run(ctx: BenchContext, engine: Any, table: str, script: Path, second
                         consumed += len(batch)
 
             scope = trio.CancelScope()
+            cpu_started = time.process_time()
+            walsender_started = _cpu_seconds(changes.backend_pid)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume, scope)
                 report["tps"] = await trio.to_thread.run_sync(_pgbench, ctx.server.uri, script, seconds)
                 scope.cancel()
+            # Where the stream's cost goes: CPU of this process and of its walsender.
+            report["consumer_cpu_s"] = round(time.process_time() - cpu_started, 2)
+            walsender_now = _cpu_seconds(changes.backend_pid)
+            if walsender_started is not None and walsender_now is not None:
+                report["walsender_cpu_s"] = round(walsender_now - walsender_started, 2)
             written = ctx.server.execute(f"SELECT count(*) FROM {table}")[0][0] - before
             report["consumed_during"] = consumed
             report["written"] = written
@@ -104,14 +112,27 @@ def _writer_run(ctx: BenchContext, engine: Any, table: str, script: Path, second
     return report
 
 
-def _consume_run(engine: Any, slot: str, publication: str, table: str, total: int) -> float:
-    """Seconds to read ``total`` row changes from an existing slot."""
-    elapsed = 0.0
+def _cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) used so far by a local process, from /proc; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _consume_run(engine: Any, slot: str, publication: str, table: str, total: int) -> dict[str, float]:
+    """Read ``total`` row changes from an existing slot: wall seconds and CPU seconds used."""
+    report: dict[str, float] = {}
 
     async def main() -> None:
-        nonlocal elapsed
         started = time.perf_counter()
+        cpu_started = time.process_time()
         async with open_change_stream(engine, slot=slot, publication=publication, tables=[table]) as changes:
+            walsender = changes.backend_pid
+            walsender_started = _cpu_seconds(walsender)
             count = 0
             async for batch in changes.batches():
                 for event in batch:
@@ -119,10 +140,14 @@ def _consume_run(engine: Any, slot: str, publication: str, table: str, total: in
                         count += 1
                 if count >= total:
                     break
-            elapsed = time.perf_counter() - started
+            report["seconds"] = time.perf_counter() - started
+            report["consumer_cpu"] = time.process_time() - cpu_started
+            walsender_now = _cpu_seconds(walsender)
+            if walsender_started is not None and walsender_now is not None:
+                report["walsender_cpu"] = walsender_now - walsender_started
 
     trio.run(main)
-    return elapsed
+    return report
 
 
 def run(ctx: BenchContext) -> list[Result]:
@@ -157,7 +182,8 @@ def _writers(ctx: BenchContext, engine: Any) -> list[Result]:
             ctx.log(
                 f"cdc writers rep {rep + 1}/{reps}: no listener {base[-1]:.0f} tps, "
                 f"change stream {streamed[-1]:.0f} tps (consumed {report['consumed_during']} of "
-                f"{report['written']} during the run, caught up in {report['catch_up_s']:.2f}s)"
+                f"{report['written']} during the run, caught up in {report['catch_up_s']:.2f}s; "
+                f"CPU: consumer {report['consumer_cpu_s']}s, walsender {report.get('walsender_cpu_s')}s)"
             )
     ctx.server.execute(f"DROP TABLE {table}")
     baseline = Result(
@@ -213,17 +239,36 @@ def _throughput(ctx: BenchContext, engine: Any) -> list[Result]:
         finally:
             conn.close()
         rates: list[float] = []
+        cpu_rates: list[float] = []
+        runs: list[dict[str, float]] = []
         for rep, (slot, publication) in enumerate(names):
-            seconds = _consume_run(engine, slot, publication, table, total)
-            rates.append(total / seconds)
+            report = _consume_run(engine, slot, publication, table, total)
+            runs.append(report)
+            rates.append(total / report["seconds"])
+            cpu_rates.append(total / report["consumer_cpu"])
             ctx.log(
-                f"cdc consume rep {rep + 1}/{reps}: {total} changes in {seconds:.2f}s = {rates[-1]:,.0f}/s"
+                f"cdc consume rep {rep + 1}/{reps}: {total} changes in {report['seconds']:.2f}s = "
+                f"{rates[-1]:,.0f}/s; consumer CPU {report['consumer_cpu']:.2f}s "
+                f"({cpu_rates[-1]:,.0f} changes per CPU-second), walsender CPU "
+                f"{report.get('walsender_cpu', float('nan')):.2f}s"
             )
     finally:
         for slot, publication in names:
             drop_change_stream(engine, slot, publication)
         ctx.server.execute(f"DROP TABLE {table}")
     value = median(rates)
+    per_cpu = Result(
+        "cdc",
+        "change events per consumer CPU-second",
+        median(cpu_rates),
+        "ev/s",
+        samples=cpu_rates,
+        note=(
+            "the same runs, divided by the CPU time the consuming process used: its rate on an idle "
+            "core, less sensitive to other load on the machine than the wall-clock figure"
+        ),
+        extra={"runs": runs},
+    )
     result = Result(
         "cdc",
         "change events consumed (batches())",
@@ -237,7 +282,7 @@ def _throughput(ctx: BenchContext, engine: Any) -> list[Result]:
             "slot, timed from opening the stream (connect, START_REPLICATION) to the last event"
         ),
     )
-    return [result]
+    return [result, per_cpu]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -259,6 +259,31 @@ async def test_decoder_old_rows_and_toast(
     assert events[-1].lsn == events[-2].lsn
 
 
+async def test_decoder_rejects_rows_that_do_not_match_the_relation(
+    pg_dsn: str, query: Query, unique: Callable[[str], str]
+) -> None:
+    name = unique("cdc_bad")
+    publication = unique("cdc_pub")
+    slot = unique("cdc_slot")
+    await query(f"CREATE TABLE {name} (id int PRIMARY KEY, t text)")
+    await query(f"CREATE PUBLICATION {publication} FOR TABLE {name}")
+    try:
+        messages = await trio.to_thread.run_sync(
+            captured_messages, pg_dsn, slot, publication, [f"INSERT INTO {name} VALUES (1, 'a')"]
+        )
+    finally:
+        await query(f"DROP PUBLICATION {publication}")
+    assert [chr(m[0]) for m in messages] == ["B", "R", "I", "C"]
+    assert decode(messages)[0].new_data == {"id": 1, "t": "a"}
+    insert = bytearray(messages[2])
+    assert insert[5:8] == b"N\x00\x02"  # 'N', then the column count
+    insert[7] = 3
+    with pytest.raises(ReplicationError, match=f"row of public.{name} does not match"):
+        decode([messages[0], messages[1], bytes(insert)])
+    with pytest.raises(ReplicationError, match="before its Relation message"):
+        decode([messages[0], messages[2]])
+
+
 async def test_lsn_text_round_trip() -> None:
     for value in (0, 0x16B3748, (0xAB << 32) | 0xCDEF0123, (1 << 64) - 1):
         assert parse_lsn(format_lsn(value)) == value
@@ -375,6 +400,18 @@ async def test_commit_order_values_and_types(
         assert event.pid == 0
         assert event.source == pg_engine.url.render_as_string(hide_password=True)
         assert event.table_schema == "public"
+
+
+async def test_schema_change_mid_stream(pg_engine: Engine, query: Query, table: Any, cdc_names: Any) -> None:
+    name = await table()
+    slot, publication = cdc_names()
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=[name]) as changes:
+        await query(f"INSERT INTO {name} VALUES (1, 'a')")
+        await query(f"ALTER TABLE {name} ADD COLUMN amount numeric, DROP COLUMN name")
+        await query(f"INSERT INTO {name} VALUES (2, 2.5)")
+        first, second = await take(changes, 2)
+    assert first.new_data == {"id": 1, "name": "a"}
+    assert second.new_data == {"id": 2, "amount": Decimal("2.5")}
 
 
 async def test_batches_and_receive(pg_engine: Engine, query: Query, table: Any, cdc_names: Any) -> None:

@@ -140,10 +140,84 @@ def converter_for_type(type_oid: int) -> Converter | None:
     return _CONVERTERS.get(type_oid)
 
 
+#: Converters that accept the raw bytes of the text form (no decode needed).
+_BYTES_OK: frozenset[Converter] = frozenset({int, float})
+
+RowParser = Callable[[bytes, int, "dict[str, Any] | None"], "tuple[dict[str, Any], int]"]
+
+
+def _other_kind(payload: bytes, pos: int, row: dict[str, Any], name: str, old: dict[str, Any] | None) -> int:
+    """A TupleData column that is not a text value: NULL, unchanged TOAST, binary."""
+    kind = payload[pos]
+    if kind == 110:  # 'n': NULL
+        row[name] = None
+        return pos + 1
+    if kind == 117:  # 'u': unchanged TOASTed value, not sent: known only from the old row
+        if old is not None and name in old:
+            row[name] = old[name]
+        return pos + 1
+    if kind == 98:  # 'b': binary (only if asked for; we never ask)
+        start = pos + 5
+        length: int = _INT32.unpack_from(payload, pos + 1)[0]
+        row[name] = bytes(payload[start : start + length])
+        return start + length
+    raise ReplicationError(f"unexpected pgoutput tuple column kind {chr(kind)!r}")
+
+
+def _compile_row_parser(
+    schema: str, table: str, columns: list[tuple[str, Converter | None]], encoding: str
+) -> RowParser:
+    """A TupleData parser specialised for one relation's columns.
+
+    The per-row work is the hot path of a change stream; unrolling the column
+    loop (no per-column tuple unpacking, branch on the converter at compile
+    time, ints and floats parsed from bytes without decoding) makes it about a
+    third cheaper. Column names and converters are passed in the namespace,
+    never formatted into the source.
+    """
+    namespace: dict[str, Any] = {
+        "unpack": _INT32.unpack_from,
+        "unpack16": _INT16.unpack_from,
+        "other": _other_kind,
+        "enc": encoding,
+        "count": len(columns),
+        "Error": ReplicationError,
+        "mismatch": f"pgoutput row of {schema}.{table} does not match its Relation message",
+    }
+    lines = [
+        "def parse(payload, pos, old):",
+        "    if unpack16(payload, pos)[0] != count:",
+        "        raise Error(mismatch)",
+        "    pos += 2",
+        "    row = {}",
+    ]
+    for index, (name, convert) in enumerate(columns):
+        namespace[f"n{index}"] = name
+        namespace[f"c{index}"] = convert
+        if convert is None:
+            value = "payload[start:pos].decode(enc)"
+        elif convert in _BYTES_OK:
+            value = f"c{index}(payload[start:pos])"
+        else:
+            value = f"c{index}(payload[start:pos].decode(enc))"
+        lines += [
+            "    if payload[pos] == 116:",
+            "        start = pos + 5",
+            "        pos = start + unpack(payload, pos + 1)[0]",
+            f"        row[n{index}] = {value}",
+            "    else:",
+            f"        pos = other(payload, pos, row, n{index}, old)",
+        ]
+    lines.append("    return row, pos")
+    exec(compile("\n".join(lines), f"<pgoutput row parser for {schema}.{table}>", "exec"), namespace)
+    parser: RowParser = namespace["parse"]
+    return parser
+
+
 class _Relation:
     """What a Relation message told us about a table."""
 
-    __slots__ = ("columns", "key_names", "name", "oid", "schema")
+    __slots__ = ("columns", "key_names", "name", "oid", "parse", "schema")
 
     def __init__(
         self,
@@ -152,11 +226,13 @@ class _Relation:
         name: str,
         columns: list[tuple[str, Converter | None]],
         key_names: list[str],
+        encoding: str,
     ) -> None:
         self.oid = oid
         self.schema = schema
         self.name = name
         self.columns = columns
+        self.parse = _compile_row_parser(schema, name, columns, encoding)
         self.key_names = key_names
 
 
@@ -262,7 +338,7 @@ class PgOutputDecoder:
             columns.append((column, _CONVERTERS.get(type_oid)))
             if flags & 1:
                 keys.append(column)
-        self._relations[oid] = _Relation(oid, schema or "pg_catalog", name, columns, keys)
+        self._relations[oid] = _Relation(oid, schema or "pg_catalog", name, columns, keys, self.encoding)
 
     def _relation_for(self, payload: bytes) -> _Relation:
         (oid,) = _RELATION_HEAD.unpack_from(payload, 1)
@@ -278,36 +354,7 @@ class PgOutputDecoder:
     def _tuple(
         self, payload: bytes, pos: int, relation: _Relation, old: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], int]:
-        columns = relation.columns
-        if _INT16.unpack_from(payload, pos)[0] != len(columns):
-            raise ReplicationError(
-                f"pgoutput row of {relation.schema}.{relation.name} does not match its Relation message"
-            )
-        pos += 2
-        encoding = self.encoding
-        unpack_length = _INT32.unpack_from
-        row: dict[str, Any] = {}
-        for name, convert in columns:
-            kind = payload[pos]
-            if kind == 116:  # 't': text value
-                start = pos + 5
-                pos = start + unpack_length(payload, pos + 1)[0]
-                text = payload[start:pos].decode(encoding)
-                row[name] = text if convert is None else convert(text)
-            elif kind == 110:  # 'n': NULL
-                row[name] = None
-                pos += 1
-            elif kind == 117:  # 'u': unchanged TOASTed value, not sent
-                if old is not None and name in old:
-                    row[name] = old[name]
-                pos += 1
-            elif kind == 98:  # 'b': binary (only if asked for; we never ask)
-                start = pos + 5
-                pos = start + unpack_length(payload, pos + 1)[0]
-                row[name] = bytes(payload[start:pos])
-            else:
-                raise ReplicationError(f"unexpected pgoutput tuple column kind {chr(kind)!r}")
-        return row, pos
+        return relation.parse(payload, pos, old)
 
     def _event(
         self,
