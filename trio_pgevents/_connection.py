@@ -7,9 +7,11 @@ thread by the callers (``trio.to_thread``), never on the event loop.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import threading
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,6 +19,7 @@ import psycopg2
 import psycopg2.extensions
 import sqlalchemy
 from psycopg2 import sql
+from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
@@ -173,20 +176,51 @@ class _Abandoned(Exception):
     """Internal: the thread learnt that nobody waits for its connection any more."""
 
 
+# libpq's own connect_timeout for the connections a listener makes (and only
+# those): set per thread around ``engine.raw_connection()``, read by a
+# ``do_connect`` hook. It bounds how long an abandoned attempt's thread can
+# stay blocked on a peer that accepted TCP but never answers.
+_thread_state = threading.local()
+_hooked_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_hook_lock = threading.Lock()
+
+
+def _apply_connect_timeout(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    timeout = getattr(_thread_state, "connect_timeout", None)
+    if timeout is not None and "connect_timeout" not in cparams:
+        # libpq takes whole seconds and treats anything under 2 as 2.
+        cparams["connect_timeout"] = max(2, math.ceil(timeout))
+
+
+def _hook_connect_timeout(engine: Engine) -> None:
+    with _hook_lock:
+        if engine not in _hooked_engines:
+            event.listen(engine, "do_connect", _apply_connect_timeout)
+            _hooked_engines.add(engine)
+
+
 def checkout(
     engine: Engine,
     channels: Iterable[str],
     keepalive: KeepaliveSettings | None,
     handoff: Abandonable | None = None,
+    connect_timeout: float | None = None,
 ) -> Any:
     """Take a raw connection from ``engine``, make it autocommit, LISTEN.
 
     Returns SQLAlchemy's pool proxy (``.dbapi_connection`` is the psycopg2
     connection). On failure the connection is invalidated and the error raised.
     With ``handoff``, the socket is registered so an abandoning caller can
-    unblock a LISTEN stuck on a dead peer.
+    unblock a LISTEN stuck on a dead peer. ``connect_timeout`` (unless the
+    engine sets its own) is passed to libpq for a new connection.
     """
-    proxy = engine.raw_connection()
+    if connect_timeout is not None:
+        _hook_connect_timeout(engine)
+        _thread_state.connect_timeout = connect_timeout
+    try:
+        proxy = engine.raw_connection()
+    finally:
+        _thread_state.connect_timeout = None
     try:
         dbapi_conn = proxy.dbapi_connection
         if not isinstance(dbapi_conn, psycopg2.extensions.connection):

@@ -184,10 +184,11 @@ class Listener:
         handoff = conn_mod.Abandonable()
         channels = self._listened
 
-        def work() -> Any:
-            return handoff.deliver(conn_mod.checkout(self.engine, channels, keepalive, handoff))
-
         timeout = self._options.connect_timeout
+
+        def work() -> Any:
+            return handoff.deliver(conn_mod.checkout(self.engine, channels, keepalive, handoff, timeout))
+
         proxy = None
         try:
             with trio.move_on_after(timeout):
@@ -257,11 +258,21 @@ class Listener:
         conn = proxy.dbapi_connection
         fd = conn.fileno()
         wait_readable = trio.lowlevel.wait_readable
+        checkpoint = trio.lowlevel.checkpoint
+        more = False  # the last poll read notifications: more are probably waiting
         while True:
             if trio.current_time() >= self._next_probe:
                 await self._probe(conn, fd)
-            with trio.move_on_at(self._next_probe):
-                await wait_readable(fd)
+            if more:
+                # Under a flood the next data is usually there already: yield
+                # (the consumer runs) and poll without blocking. Cheaper per
+                # batch than a cancel scope plus an epoll registration
+                # (measured: benchmarks/throughput.py); an empty poll costs
+                # one recv() and sends us back to waiting.
+                await checkpoint()
+            else:
+                with trio.move_on_at(self._next_probe):
+                    await wait_readable(fd)
             while self._command_running:
                 await self._command_done.wait()
             try:
@@ -273,9 +284,12 @@ class Listener:
                     await self._drain(conn)
                 raise _Lost(" ".join(str(exc).split()) or type(exc).__name__) from exc
             if conn.notifies:
+                more = True
                 await self._drain(conn)
-            elif conn.closed:
-                raise _Lost("connection closed")
+            else:
+                more = False
+                if conn.closed:
+                    raise _Lost("connection closed")
 
     async def _drain(self, conn: Any) -> None:
         notifies = conn.notifies
