@@ -930,3 +930,44 @@ async def test_listen_to_a_peer_gone_silent_mid_connect_is_abandoned(
                 await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
     engine.dispose()
+
+
+async def test_reconnect_timeout_gives_up(running: EmbeddedPostgres, name: str) -> None:
+    engine = engine_for(running.url, name, poolclass=NullPool)
+
+    async def body() -> None:
+        async with open_event_stream(engine, [name], reconnect_timeout=0.5, backoff_max=0.1) as stream:
+            await trio.to_thread.run_sync(running.stop)
+            await stream.receive()
+
+    try:
+        with trio.fail_after(30), pytest.raises(ConnectionLostError, match="could not reconnect"):
+            await body()
+    finally:
+        engine.dispose()
+
+
+async def test_one_source_reconnects_while_the_other_keeps_flowing(
+    running: EmbeddedPostgres, name: str
+) -> None:
+    async with trio.open_nursery() as nursery:
+        proxy = TcpProxy(running.host, running.port)
+        port = await nursery.start(proxy.run)
+        direct = engine_for(running.url, name, poolclass=NullPool)
+        proxied = engine_for(
+            f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres", name, poolclass=NullPool
+        )
+        with trio.fail_after(20):
+            async with open_event_stream([direct, proxied], [name]) as stream:
+                proxied_source = stream.sources[1]
+                proxy.drop_all()
+                gap = await stream.receive()
+                assert isinstance(gap, StreamGap)
+                assert gap.source == proxied_source
+                assert stream.statistics().sources[0].reconnects == 0
+                await sql_async(running.dsn, "SELECT pg_notify(%s, 'both')", (name,))
+                events = [await stream.receive(), await stream.receive()]
+                assert sorted(e.source for e in events) == sorted(stream.sources)
+        nursery.cancel_scope.cancel()
+    direct.dispose()
+    proxied.dispose()
