@@ -576,6 +576,7 @@ async def test_crash_consumer_sigkill_at_random_points(outbox: Outbox, tmp_path:
     transactions: list[int] = []
     producer = threading.Thread(target=lambda: transactions.append(_produce(outbox, CRASH_ROWS, 11)))
     kills = 0
+    at_kill: list[int] = []  # deliveries so far at each kill: kills land mid-stream
     with trio.fail_after(90):
         producer.start()
         try:
@@ -593,6 +594,7 @@ async def test_crash_consumer_sigkill_at_random_points(outbox: Outbox, tmp_path:
                     if proc.stderr:
                         proc.stderr.close()
                 kills += 1
+                at_kill.append(len(_received(output)))
         finally:
             await trio.to_thread.run_sync(producer.join)
         # The last run consumes to the end.
@@ -612,8 +614,9 @@ async def test_crash_consumer_sigkill_at_random_points(outbox: Outbox, tmp_path:
     duplicates = len(received) - len(counts)
     print(
         f"\ncrash test: {CRASH_ROWS} rows in {transactions[0]} transactions, {kills} SIGKILLs, "
-        f"{len(received)} deliveries, {duplicates} duplicates"
+        f"{len(received)} deliveries, {duplicates} duplicates; deliveries at each kill: {at_kill}"
     )
+    assert len(set(at_kill)) > 1  # the consumer made progress between kills
     assert set(counts) == set(range(CRASH_ROWS))  # every row's event, at least once
     # Per-event ack: only the event being processed at a kill can come again.
     assert duplicates <= kills + 1

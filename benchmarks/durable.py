@@ -1,0 +1,187 @@
+"""Durable mode: what it costs the writers, compared with the other trigger styles.
+
+``python -m benchmarks.durable`` (alone) or ``python -m benchmarks --only durable``.
+
+Writer TPS of ``pgbench -n -c 16 -j 2 -T 10`` running a single-row INSERT
+script against four identical tables (``id bigserial PRIMARY KEY, v int, t
+text``), all in one run, repetitions interleaved (a, b, c, d, a, b, ...) so
+machine drift hits every case alike:
+
+(a) no trigger;
+(b) a pg_events-style row trigger: ``pg_notify(ch, row_to_json(NEW)::text || current_query())``;
+(c) our notify mode: ``Installer.watch_table(t)``;
+(d) our durable mode: ``Installer.watch_table(t, durable=True)`` (outbox row + one
+    wake-up NOTIFY per transaction).
+
+Ratios are to (a). Targets: (d) >= 0.6x (a), and (d) better than (b).
+Nobody listens or consumes during the runs (the same for every case), so the
+figure is the trigger's cost alone. Without ``--dsn`` the benchmark starts
+its own embedded server with ``fsync=on`` (commits really reach the disk, as
+in production); ``--fsync off`` measures the CPU cost alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from psycopg2 import sql
+
+from trio_pgevents._embedded import _bin_dir
+
+from ._common import BenchContext, Result, Server, median, open_server, unique_name, with_ratio
+
+__all__ = ["main", "run"]
+
+_TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+CASES = {
+    "a": "(a) no trigger",
+    "b": "(b) pg_events-style pg_notify(row_to_json(NEW) || current_query())",
+    "c": "(c) trio_pgevents notify mode",
+    "d": "(d) trio_pgevents durable mode",
+}
+
+_PG_EVENTS_TRIGGER = """
+CREATE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify({channel}, row_to_json(NEW)::text || current_query());
+  RETURN NULL;
+END $$;
+CREATE TRIGGER pg_events_style AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {fn}();
+"""
+
+
+def _pgbench(uri: str, script: Path, seconds: int, clients: int = 16, threads: int = 2) -> float:
+    """Run pgbench; return its TPS (without initial connection time)."""
+    command = [str(_bin_dir() / "pgbench"), "-n", "-c", str(clients), "-j", str(threads)]
+    command += ["-T", str(seconds), "-f", str(script), uri]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 120)
+    match = _TPS.search(result.stdout)
+    if result.returncode != 0 or match is None:
+        raise RuntimeError(f"pgbench failed ({result.returncode}): {result.stdout}\n{result.stderr}")
+    return float(match.group(1))
+
+
+def _setup(server: Server, tables: dict[str, str], schema: str, channel: str) -> None:
+    for table in tables.values():
+        server.execute(
+            sql.SQL("CREATE TABLE {} (id bigserial PRIMARY KEY, v int, t text)").format(sql.Identifier(table))
+        )
+    server.execute(
+        sql.SQL(_PG_EVENTS_TRIGGER).format(
+            fn=sql.Identifier(tables["b"] + "_fn"),
+            channel=sql.Literal(channel + "_b"),
+            table=sql.Identifier(tables["b"]),
+        )
+    )
+    installer_cls: Any = importlib.import_module("trio_pgevents._installer").Installer
+    installer = installer_cls(server.sa_url, schema=schema, channel=channel)
+    installer.install(durable=True)
+    installer.watch_table(tables["c"])
+    installer.watch_table(tables["d"], durable=True)
+
+
+def _teardown(server: Server, tables: dict[str, str], schema: str, channel: str) -> None:
+    installer_cls: Any = importlib.import_module("trio_pgevents._installer").Installer
+    installer_cls(server.sa_url, schema=schema, channel=channel).uninstall()
+    for table in tables.values():
+        server.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
+    server.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(sql.Identifier(tables["b"] + "_fn")))
+    server.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+def measure(server: Server, *, seconds: int, reps: int, log: Any) -> list[Result]:
+    """The four cases on ``server``, ``reps`` interleaved repetitions each."""
+    fsync = server.execute("SHOW fsync")[0][0]
+    tables = {key: unique_name(f"bench_dur_{key}") for key in CASES}
+    schema, channel = unique_name("bench_dur_s"), unique_name("bench_dur_ch")
+    samples: dict[str, list[float]] = {key: [] for key in CASES}
+    _setup(server, tables, schema, channel)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            scripts = {}
+            for key, table in tables.items():
+                scripts[key] = Path(tmp) / f"insert_{key}.sql"
+                scripts[key].write_text(f"INSERT INTO {table} (v, t) VALUES (1, 'x');\n")
+                scripts[key].chmod(0o644)
+            for rep in range(reps):
+                for key in CASES:
+                    samples[key].append(_pgbench(server.uri, scripts[key], seconds))
+                log(
+                    f"durable writers rep {rep + 1}/{reps}: "
+                    + ", ".join(f"{key}={samples[key][-1]:.0f}" for key in CASES)
+                    + " tps"
+                )
+        events = server.execute(sql.SQL("SELECT count(*) FROM {}.events").format(sql.Identifier(schema)))
+        rows_d = server.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(tables["d"])))
+    finally:
+        _teardown(server, tables, schema, channel)
+    note = (
+        f"pgbench -n -c 16 -j 2 -T {seconds}, single-row INSERT (id bigserial, v int, t text), "
+        f"fsync={fsync}, nobody listening; one outbox row per INSERT in (d) "
+        f"({events[0][0]} events for {rows_d[0][0]} rows)"
+    )
+    results = {
+        key: Result("durable", f"writers {label}", median(samples[key]), "tps", samples=samples[key])
+        for key, label in CASES.items()
+    }
+    base = results["a"]
+    base.note = note
+    with_ratio(results["b"], base)
+    with_ratio(results["c"], base)
+    with_ratio(results["d"], base, target=0.6)
+    d_beats_b = results["d"].value > results["b"].value
+    results["d"].met = bool(results["d"].met) and d_beats_b
+    results["d"].target = ">= 0.6x and > (b)"
+    results["d"].extra = {"d_over_b": results["d"].value / results["b"].value, "fsync": fsync}
+    return list(results.values())
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    """The writer-cost figures; on an own fsync=on server unless ``--dsn`` was given."""
+    seconds = ctx.scale(10, 5)
+    reps = max(1, min(ctx.reps, 1 if ctx.quick else 3))
+    if ctx.dsn is not None:
+        return measure(ctx.server, seconds=seconds, reps=reps, log=ctx.log)
+    with open_server(None, settings={"fsync": "on", "full_page_writes": "on"}) as server:
+        ctx.log(f"durable writers on their own server: {server.description}")
+        return measure(server, seconds=seconds, reps=reps, log=ctx.log)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the durable writer benchmark alone and print the table."""
+    from .__main__ import format_table
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.durable", description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="pgbench -T per run (default 10)")
+    parser.add_argument("--reps", type=int, default=1, help="interleaved repetitions (median reported)")
+    parser.add_argument("--fsync", choices=["on", "off"], default="on", help="embedded server's fsync")
+    parser.add_argument("--dsn", default=None, help="server to use (default: an embedded one)")
+    args = parser.parse_args(argv)
+
+    def log(message: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+    settings = None if args.dsn else {"fsync": args.fsync, "full_page_writes": args.fsync}
+    with open_server(args.dsn, settings=settings) as server:
+        log(f"server: {server.description}")
+        results = measure(server, seconds=args.seconds, reps=args.reps, log=log)
+    print(f"python -m benchmarks.durable {' '.join(argv if argv is not None else sys.argv[1:])}".strip())
+    print(f"server: {server.description}")
+    print(format_table(results))
+    for result in results:
+        if result.note:
+            print(f"  {result.case}: {result.note}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
