@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg2
 import psycopg2.extensions
@@ -35,6 +35,8 @@ from trio_pgevents import EmbeddedPostgres
 
 __all__ = [
     "BenchContext",
+    "Clock",
+    "Figures",
     "Producer",
     "Result",
     "Server",
@@ -122,6 +124,29 @@ def rss_bytes() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Figures(NamedTuple):
+    """What one timed run gives: wall-clock rate and this process's CPU cost."""
+
+    #: events per second of wall-clock time.
+    rate: float
+    #: CPU time of this process (all threads) per event, in nanoseconds.
+    cpu_ns: float
+
+
+class Clock:
+    """Wall clock and process CPU time, started on creation."""
+
+    def __init__(self) -> None:
+        self._cpu = time.process_time()
+        self._wall = time.perf_counter()
+
+    def stop(self, events: int) -> Figures:
+        """Figures for ``events`` handled since the clock started."""
+        wall = time.perf_counter() - self._wall
+        cpu = time.process_time() - self._cpu
+        return Figures(events / wall, cpu / events * 1e9)
 
 
 # ---- the server ---------------------------------------------------------------------------------
@@ -377,7 +402,7 @@ def _notify_series(
     return {}
 
 
-def _run_sql(conn: Any, statements: list[str]) -> dict[str, Any]:
+def _run_sql(conn: Any, statements: list[str | sql.Composable]) -> dict[str, Any]:
     with conn.cursor() as cur:
         for statement in statements:
             cur.execute(statement)
