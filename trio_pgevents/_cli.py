@@ -173,6 +173,8 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
     router = CallbackRouter(
         settings.data_update_callback, settings.db_schema_update_callback, arg=args.callback_arg
     )
+    if args.consumer is not None:
+        return await _run_durable_worker(args, settings, router)
     dispatcher = Dispatcher(router, concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout)
     channels = list(dict.fromkeys(args.channel or [DEFAULT_CHANNEL]))
     with _signal_receiver() as signals:
@@ -205,6 +207,50 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         stats.received,
         stats.succeeded,
         stats.failed,
+        stats.cancelled,
+    )
+    return 130 if watcher.forced else 0
+
+
+async def _run_durable_worker(args: argparse.Namespace, settings: Settings, router: CallbackRouter) -> int:
+    """``worker --consumer NAME``: read the durable outbox; retry, then dead-letter, failing events."""
+    from ._durable import DurableWorker, open_durable_stream
+
+    worker = DurableWorker(router, max_attempts=args.max_attempts, shutdown_timeout=args.shutdown_timeout)
+    channel = (args.channel or [DEFAULT_CHANNEL])[0]
+    with _signal_receiver() as signals:
+        engine = await _connect(args, settings)
+        try:
+            async with trio.open_nursery() as nursery:
+
+                def stop(name: str) -> None:
+                    logger.info("received %s: stopping (finishing the running callback)", name)
+                    worker.stop()
+
+                watcher = _Signals(stop, nursery.cancel_scope)
+                nursery.start_soon(watcher.watch, signals)
+                async with open_durable_stream(
+                    engine, args.consumer, schema=args.installer_schema, channel=channel, auto_ack=False
+                ) as stream:
+                    logger.info(
+                        "worker consuming %s.events as durable consumer %r at %s (one at a time, "
+                        "up to %d attempts)",
+                        args.installer_schema,
+                        args.consumer,
+                        settings.safe_url,
+                        args.max_attempts,
+                    )
+                    await worker.run(stream)
+                nursery.cancel_scope.cancel()
+        finally:
+            engine.dispose()
+    stats = worker.statistics
+    logger.info(
+        "worker stopped: %d events, %d callbacks ok, %d failed attempts, %d dead-lettered, %d cancelled",
+        stats.received,
+        stats.succeeded,
+        stats.failed,
+        stats.dead_lettered,
         stats.cancelled,
     )
     return 130 if watcher.forced else 0
@@ -628,6 +674,27 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME",
         help=f"channel to listen on (default {DEFAULT_CHANNEL!r}, the installer's); repeatable",
+    )
+    durable = worker.add_argument_group("durable mode (tables built with --durable)")
+    durable.add_argument(
+        "--consumer",
+        metavar="NAME",
+        help="read the durable outbox as this named consumer: nothing is lost across restarts; "
+        "callbacks run one at a time, in order; an event is acknowledged after its callback returned",
+    )
+    durable.add_argument(
+        "--max-attempts",
+        type=_positive_int,
+        default=5,
+        metavar="N",
+        help="with --consumer: calls per event (with backoff) before it goes to the dead-letter table "
+        "(default 5)",
+    )
+    durable.add_argument(
+        "--installer-schema",
+        default="pgevents",
+        metavar="NAME",
+        help="with --consumer: the installer's schema holding the outbox (default 'pgevents')",
     )
     worker.set_defaults(func=cmd_worker)
 
