@@ -1,0 +1,139 @@
+"""The stream's hot path: events built on delivery, the listener's flood path, benchmark helpers."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from typing import Any
+
+import trio
+from psycopg2.extensions import Notify
+from sqlalchemy.engine import Engine
+
+from benchmarks import throughput
+from benchmarks.__main__ import format_table
+from benchmarks._common import Producer, Result, _as_uri, percentile, with_ratio
+from tests.conftest import Query
+from trio_pgevents import Notification, RowChange, decode_trigger_payload, open_event_stream
+from trio_pgevents._consumer import NotifyBatch
+
+ROW = '{"v" : 1, "kind" : "row", "table_schema" : "public", "table_name" : "t", "method" : "INSERT"}'
+
+
+def test_notify_batch_builds_events_in_order() -> None:
+    batch = NotifyBatch([Notify(7, "a", "1"), Notify(8, "b", "2")], "src", None)
+    events = batch.events()
+    assert events == [Notification("a", "1", 7, "src"), Notification("b", "2", 8, "src")]
+    assert all(type(e) is Notification for e in events)
+
+
+def test_notify_batch_decodes_per_channel() -> None:
+    batch = NotifyBatch(
+        [Notify(1, "rows", ROW), Notify(2, "plain", ROW), Notify(3, "rows", "hand-written")],
+        "src",
+        {"rows": decode_trigger_payload},
+    )
+    first, second, third = batch.events()
+    assert type(first) is RowChange
+    assert first.method == "INSERT"
+    assert type(second) is Notification  # no decoder for that channel
+    assert type(third) is Notification  # not the installer's format
+    assert third.payload == "hand-written"
+
+
+def test_notify_batch_slices_stay_batches() -> None:
+    # The drop-oldest policy slices queued batches.
+    batch = NotifyBatch([Notify(i, "c", str(i)) for i in range(5)], "src", None)
+    tail = batch[2:]
+    assert type(tail) is NotifyBatch
+    assert [e.payload for e in tail.events()] == ["2", "3", "4"]
+    assert tail.events()[0].source == "src"
+    assert batch[0].payload == "0"  # single items are the Notify objects
+
+
+def _live_notifications() -> int:
+    return sum(1 for obj in gc.get_objects() if type(obj) is Notification)
+
+
+async def test_buffered_notifications_are_not_events_yet(
+    pg_engine: Engine, query: Query, unique: Callable[[str], str]
+) -> None:
+    channel = unique("lazy")
+    async with open_event_stream(pg_engine, [channel]) as events:
+        await query("SELECT pg_notify(%s, g::text) FROM generate_series(1, 3000) g", (channel,))
+        with trio.fail_after(10):
+            while events.statistics().buffered < 3000:
+                await trio.sleep(0.01)
+        # Buffered, but no event object (GC-tracked) exists yet.
+        assert _live_notifications() == 0
+        received = [await events.receive() for _ in range(3000)]
+    assert [e.payload for e in received] == [str(i) for i in range(1, 3001)]
+    assert all(type(e) is Notification for e in received)
+
+
+async def test_idle_after_a_flood_still_receives(
+    pg_engine: Engine, query: Query, unique: Callable[[str], str]
+) -> None:
+    # After a poll that read notifications the listener polls without
+    # waiting; an empty poll must send it back to waiting on the socket.
+    channel = unique("flood")
+    async with open_event_stream(pg_engine, [channel]) as events:
+        await query("SELECT pg_notify(%s, g::text) FROM generate_series(1, 20000) g", (channel,))
+        got = 0
+        with trio.fail_after(20):
+            async for batch in events.batches():
+                got += len(batch)
+                if got == 20000:
+                    break
+        await trio.sleep(0.2)  # let the listener go idle (nothing is expected here)
+        await query("SELECT pg_notify(%s, 'late')", (channel,))
+        with trio.fail_after(5):
+            late = await events.receive()
+    assert late.payload == "late"
+    assert events.statistics().buffered == 0
+
+
+async def test_cancelled_receive_keeps_statistics_sane(
+    pg_engine: Engine, query: Query, unique: Callable[[str], str]
+) -> None:
+    channel = unique("stats")
+    async with open_event_stream(pg_engine, [channel]) as events:
+        await query("SELECT pg_notify(%s, 'one')", (channel,))
+        with trio.fail_after(5):
+            assert (await events.receive()).payload == "one"
+        with trio.move_on_after(0.05):
+            await events.receive()  # nothing comes: cancelled while waiting
+        assert events.statistics().buffered == 0
+        await query("SELECT pg_notify(%s, 'two')", (channel,))
+        with trio.fail_after(5):
+            assert (await events.receive()).payload == "two"
+
+
+def test_benchmark_helpers() -> None:
+    assert percentile([float(x) for x in range(1, 101)], 50) == 50
+    assert percentile([float(x) for x in range(1, 101)], 99) == 99
+    base = Result("b", "raw", 100.0, "ev/s")
+    ours = with_ratio(Result("b", "ours", 70.0, "ev/s"), base, target=0.6)
+    assert ours.ratio is not None
+    assert abs(ours.ratio - 0.7) < 1e-9
+    assert ours.met is True
+    slow = with_ratio(
+        Result("b", "slow", 2.0, "ms"), Result("b", "fast", 1.0, "ms"), target=1.5, higher_is_better=False
+    )
+    assert slow.met is False
+    table = format_table([base, ours, slow])
+    assert "0.70x" in table
+    assert "NO" in table
+    assert _as_uri("host=127.0.0.1 port=5 user=u dbname=d") == "postgresql://u@127.0.0.1:5/d"
+    assert _as_uri("postgresql+psycopg2://u@h:5/d") == "postgresql://u@h:5/d"
+
+
+def test_throughput_clients_receive_everything(pg_url: str) -> None:
+    # Each trio client of the throughput benchmark, on a small run: it returns
+    # only after reading every notification (or would hang: bounded below).
+    uri = _as_uri(pg_url)
+    with Producer(uri) as producer:
+        for client in (throughput.RAW, throughput.STREAM_FOR, throughput.STREAM_BATCHES):
+            figures: Any = throughput.measure(uri, producer, client, 5_000)
+            assert figures.rate > 0
+            assert figures.cpu_ns > 0
