@@ -12,14 +12,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 import sqlalchemy
 import trio
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("trio_pgevents.cli")
+
+T = TypeVar("T")
 
 PROG = "trio-pgevents"
 DEFAULT_CHANNEL = "pgevents"
@@ -398,6 +401,23 @@ class _Progress:
         self.done += amount
         self.show(label)
 
+    async def while_waiting(self, label: str, work: Callable[[], Awaitable[T]]) -> T:
+        """Run ``work``; meanwhile redraw the bar with the time spent, so a long step shows life."""
+        if not self.enabled:
+            return await work()
+        started = trio.current_time()
+        async with trio.open_nursery() as nursery:
+
+            async def tick() -> None:
+                while True:
+                    self.show(f"{label} {trio.current_time() - started:.1f}s")
+                    await trio.sleep(0.2)  # a display refresh rate, not a wait for a condition
+
+            nursery.start_soon(tick)
+            result = await work()
+            nursery.cancel_scope.cancel()
+        return result
+
     def close(self) -> None:
         if self.enabled:
             sys.stderr.write("\r" + " " * 100 + "\r")
@@ -451,8 +471,10 @@ async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) 
         progress.enabled = progress.enabled and total_tables >= PROGRESS_THRESHOLD
         try:
             for name, count in schemas:
-                progress.show(f"schema {name} ({count} tables)")
-                report = await installer.aio.watch_schema(name, durable=args.durable)
+                report = await progress.while_waiting(
+                    f"schema {name} ({count} tables)",
+                    functools.partial(installer.aio.watch_schema, name, durable=args.durable),
+                )
                 _merge(actions, report.actions)
                 progress.advance(count, f"schema {name} done")
         finally:
