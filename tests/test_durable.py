@@ -486,6 +486,71 @@ async def test_worker_needs_explicit_ack_stream(outbox: Outbox) -> None:
             await DurableWorker(print).run(events)
 
 
+_WORKER_SETTINGS = """
+import os
+
+OUT = os.environ["DURABLE_TEST_OUT"]
+
+
+def on_data(event):
+    n = event.new_data["n"]
+    if n == 2:
+        raise RuntimeError("two is broken")
+    with open(OUT, "a") as handle:
+        handle.write(f"{n}\\n")
+
+
+def on_schema(event):
+    pass
+
+
+PG_EVENTS_DATA_UPDATE_CALLBACK = on_data
+PG_EVENTS_DB_SCHEMA_UPDATE_CALLBACK = on_schema
+"""
+
+
+async def test_cli_worker_consumer(outbox: Outbox, tmp_path: Path, query: Query) -> None:
+    """``trio-pgevents worker --consumer``: every event once, failures dead-lettered, resumes."""
+    settings = tmp_path / "durable_settings.py"
+    settings.write_text(_WORKER_SETTINGS)
+    out = tmp_path / "handled.txt"
+    cli = str(Path(sys.executable).parent / "trio-pgevents")
+    args = [cli, "worker", "--settings", str(settings), "--database-url", outbox.url]
+    args += ["--callback-arg", "event", "--consumer", "cli", "--max-attempts", "2"]
+    args += ["--installer-schema", outbox.schema, "--channel", outbox.channel]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG_EVENTS_")}
+    env["DURABLE_TEST_OUT"] = str(out)
+
+    def handled() -> list[int]:
+        return [int(x) for x in out.read_text().split()] if out.exists() else []
+
+    async def run_worker(until: Callable[[], bool]) -> str:
+        proc = await trio.lowlevel.open_process(
+            args, env=env, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+        )
+        try:
+            await wait_for(until, timeout=30)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            with trio.fail_after(30):
+                status = await proc.wait()
+        assert proc.stderr is not None
+        err = (await proc.stderr.receive_some(1 << 20)).decode()
+        await proc.stderr.aclose()
+        assert status == 0, err
+        return err
+
+    await outbox.ainsert(1, 2, 3)
+    err = await run_worker(lambda: handled() == [1, 3] and outbox.count("dead_letters") == 1)
+    assert "durable consumer 'cli'" in err
+    rows = await query(
+        sql.SQL("SELECT event_id, error, attempts FROM {}.dead_letters").format(sql.Identifier(outbox.schema))
+    )
+    assert [(r[1], r[2]) for r in rows] == [("RuntimeError: two is broken", 2)]
+    await outbox.ainsert(4)
+    await run_worker(lambda: handled() == [1, 3, 4])  # nothing handled twice
+
+
 # ---- bad input ---------------------------------------------------------------------------
 
 
