@@ -1,35 +1,37 @@
 """A durable consumer for the crash test: killed with SIGKILL and started again.
 
-``python tests/durable_crash_consumer.py URL SCHEMA CHANNEL CONSUMER OUTPUT ACK_EVERY``
+``python tests/durable_crash_consumer.py URL SCHEMA CHANNEL CONSUMER OUTPUT MODE``
 
-Appends the ``n`` column of every event it receives to OUTPUT (one line per
-event, written with ``os.write`` on an ``O_APPEND`` file so a line is either
-fully there or not at all), then asks for the next event, which acknowledges
-the previous one. Runs until killed.
+MODE ``ack``: appends the ``n`` column of every event to the file OUTPUT (one
+line per event, ``os.write`` on an ``O_APPEND`` file: a line is either fully
+there or not at all), then asks for the next event, which acknowledges the
+previous one (``ack_every=1``: stored before the next event is handed out).
+
+MODE ``tx``: inserts ``n`` into the table OUTPUT and stores the position in the
+same transaction (``ack_in_transaction``): exactly-once.
+
+Writes ``started`` (file) once the stream is open, then runs until killed.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
+import psycopg2
 import trio
+from psycopg2 import sql
 
-from trio_pgevents import RowChange, open_durable_stream
+from trio_pgevents import DurableStream, RowChange, open_durable_stream
+from trio_pgevents._testing import libpq_dsn
 
 
-async def main(url: str, schema: str, channel: str, consumer: str, output: str, ack_every: int) -> None:
+async def by_file(url: str, schema: str, channel: str, consumer: str, output: str) -> None:
     fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        async with open_durable_stream(
-            url,
-            consumer,
-            schema=schema,
-            channel=channel,
-            ack_every=ack_every,
-            batch_size=500,
-            poll_interval=0.5,
-        ) as events:
+        options: dict[str, Any] = {"ack_every": 1, "batch_size": 500}
+        async with open_durable_stream(url, consumer, schema=schema, channel=channel, **options) as events:
             os.write(fd, b"started\n")
             async for event in events:
                 if isinstance(event, RowChange) and event.new_data is not None:
@@ -38,6 +40,36 @@ async def main(url: str, schema: str, channel: str, consumer: str, output: str, 
         os.close(fd)
 
 
+async def by_transaction(url: str, schema: str, channel: str, consumer: str, table: str) -> None:
+    conn = psycopg2.connect(libpq_dsn(url))
+    insert = sql.SQL("INSERT INTO {} (n) VALUES (%s)").format(sql.Identifier(table))
+    try:
+
+        def record(stream: DurableStream, event: RowChange) -> None:
+            assert event.new_data is not None
+            with conn, conn.cursor() as cursor:  # one transaction: the effect and the position
+                cursor.execute(insert, (event.new_data["n"],))
+                stream.ack_in_transaction(cursor, event)
+
+        async with open_durable_stream(
+            url, consumer, schema=schema, channel=channel, auto_ack=False, batch_size=500
+        ) as events:
+            await trio.to_thread.run_sync(record_start, conn, table)
+            async for event in events:
+                if isinstance(event, RowChange) and event.new_data is not None:
+                    await trio.to_thread.run_sync(record, events, event)
+    finally:
+        conn.close()
+
+
+def record_start(conn: Any, table: str) -> None:
+    with conn, conn.cursor() as cursor:
+        cursor.execute(sql.SQL("INSERT INTO {} (n) VALUES (-1)").format(sql.Identifier(table)))
+
+
 if __name__ == "__main__":
-    url, schema, channel, consumer, output, ack_every = sys.argv[1:7]
-    trio.run(main, url, schema, channel, consumer, output, int(ack_every))
+    url, schema, channel, consumer, output, mode = sys.argv[1:7]
+    if mode == "tx":
+        trio.run(by_transaction, url, schema, channel, consumer, output)
+    else:
+        trio.run(by_file, url, schema, channel, consumer, output)

@@ -588,9 +588,6 @@ async def test_missing_tables_named(pg_url: str, unique: Callable[[str], str]) -
 
 # ---- the crash test ----------------------------------------------------------------------
 
-CRASH_ROWS = 20_000
-CRASH_KILLS = 6
-
 
 def _produce(outbox: Outbox, total: int, seed: int) -> int:
     """Insert ``total`` rows in mixed single-row and multi-row transactions; return #transactions."""
@@ -612,77 +609,111 @@ def _produce(outbox: Outbox, total: int, seed: int) -> int:
     return transactions
 
 
-def _received(path: Path) -> list[int]:
-    if not path.exists():
-        return []
-    return [int(line) for line in path.read_text().split() if line.isdigit()]
+class _Received:
+    """What the crash consumer recorded: lines of a file (mode ack) or rows of a table (mode tx)."""
+
+    def __init__(self, mode: str, outbox: Outbox, tmp_path: Path, unique: Callable[[str], str]) -> None:
+        self.mode = mode
+        self.dsn = outbox.dsn
+        if mode == "tx":
+            self.target = unique("received")
+            run_sql(self.dsn, f'CREATE TABLE "{self.target}" (n int NOT NULL)')
+        else:
+            self.target = str(tmp_path / "received.txt")
+
+    def _all(self) -> list[int]:
+        if self.mode == "tx":
+            return [row[0] for row in run_sql(self.dsn, f'SELECT n FROM "{self.target}"')]
+        path = Path(self.target)
+        if not path.exists():
+            return []
+        return [-1 if line == "started" else int(line) for line in path.read_text().split()]
+
+    def starts(self) -> int:
+        return self._all().count(-1)
+
+    def values(self) -> list[int]:
+        return [n for n in self._all() if n >= 0]
 
 
-async def test_crash_consumer_sigkill_at_random_points(outbox: Outbox, tmp_path: Path) -> None:
-    """SIGKILL the consumer at random points while 20,000 rows are written; nothing is lost.
+@pytest.mark.parametrize(
+    ("mode", "rows", "kills"),
+    [("ack", 20_000, 6), ("tx", 5_000, 5)],
+    ids=["ack-per-event", "ack-in-transaction"],
+)
+async def test_crash_consumer_sigkill_at_random_points(
+    outbox: Outbox, tmp_path: Path, unique: Callable[[str], str], mode: str, rows: int, kills: int
+) -> None:
+    """SIGKILL the consumer at random points while rows are written; nothing is lost.
 
-    The consumer acks per event (``ack_every=1``): the position is stored
-    before the next event is handed out. A kill after an event was recorded
-    but before its position was stored makes that one event come again, so
-    duplicates are at most one per kill.
+    ``ack``: the consumer appends each event to a file and acks per event
+    (``ack_every=1``: the position is stored before the next event is handed
+    out). A kill after an event was recorded but before its position was
+    stored makes that one event come again: at most one duplicate per kill.
+
+    ``tx``: the consumer records each event in a table and stores the position
+    in the same transaction (``ack_in_transaction``): no duplicates at all.
     """
     rng = random.Random(7)
-    output = tmp_path / "received.txt"
+    received = _Received(mode, outbox, tmp_path, unique)
     script = Path(__file__).with_name("durable_crash_consumer.py")
-    args = [sys.executable, str(script), outbox.url, outbox.schema, outbox.channel, "crash", str(output), "1"]
+    args = [sys.executable, str(script), outbox.url, outbox.schema, outbox.channel, "crash"]
+    args += [received.target, mode]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
 
     def spawn() -> subprocess.Popen[bytes]:
         return subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
-    def starts() -> int:
-        return output.read_text().count("started") if output.exists() else 0
+    async def stop(proc: subprocess.Popen[bytes]) -> None:
+        proc.send_signal(signal.SIGKILL)
+        await trio.to_thread.run_sync(proc.wait)
+        if proc.stderr:
+            proc.stderr.close()
+
+    def error(proc: subprocess.Popen[bytes]) -> str:
+        return proc.stderr.read().decode() if proc.stderr else ""
 
     transactions: list[int] = []
-    producer = threading.Thread(target=lambda: transactions.append(_produce(outbox, CRASH_ROWS, 11)))
-    kills = 0
+    producer = threading.Thread(target=lambda: transactions.append(_produce(outbox, rows, 11)))
+    done_kills = 0
     at_kill: list[int] = []  # deliveries so far at each kill: kills land mid-stream
     with trio.fail_after(90):
         producer.start()
         try:
-            for _ in range(CRASH_KILLS):
+            for _ in range(kills):
                 proc = spawn()
                 try:
-                    expected_starts = kills + 1
-                    while starts() < expected_starts and proc.poll() is None:
+                    while received.starts() <= done_kills and proc.poll() is None:
                         await trio.sleep(0.02)
-                    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                    assert proc.poll() is None, error(proc)
                     await trio.sleep(rng.uniform(0.05, 1.0))  # a random point while consuming
                 finally:
-                    proc.send_signal(signal.SIGKILL)
-                    await trio.to_thread.run_sync(proc.wait)
-                    if proc.stderr:
-                        proc.stderr.close()
-                kills += 1
-                at_kill.append(len(_received(output)))
+                    await stop(proc)
+                done_kills += 1
+                at_kill.append(len(received.values()))
         finally:
             await trio.to_thread.run_sync(producer.join)
         # The last run consumes to the end.
         proc = spawn()
         try:
-            while len(set(_received(output))) < CRASH_ROWS and proc.poll() is None:
+            while len(set(received.values())) < rows and proc.poll() is None:
                 await trio.sleep(0.05)
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert proc.poll() is None, error(proc)
         finally:
-            proc.send_signal(signal.SIGKILL)
-            await trio.to_thread.run_sync(proc.wait)
-            if proc.stderr:
-                proc.stderr.close()
+            await stop(proc)
 
-    received = _received(output)
-    counts = Counter(received)
-    duplicates = len(received) - len(counts)
+    values = received.values()
+    counts = Counter(values)
+    duplicates = len(values) - len(counts)
     print(
-        f"\ncrash test: {CRASH_ROWS} rows in {transactions[0]} transactions, {kills} SIGKILLs, "
-        f"{len(received)} deliveries, {duplicates} duplicates; deliveries at each kill: {at_kill}"
+        f"\ncrash test ({mode}): {rows} rows in {transactions[0]} transactions, {done_kills} SIGKILLs, "
+        f"{len(values)} deliveries, {duplicates} duplicates; deliveries at each kill: {at_kill}"
     )
+    assert set(counts) == set(range(rows))  # every row's event, at least once
     assert len(set(at_kill)) > 1  # the consumer made progress between kills
-    assert set(counts) == set(range(CRASH_ROWS))  # every row's event, at least once
-    # Per-event ack: only the event being processed at a kill can come again.
-    assert duplicates <= kills + 1
-    assert all(c <= 2 for c in counts.values())
+    if mode == "tx":
+        assert duplicates == 0  # effect and position commit together
+    else:
+        # Per-event ack: only the event being processed at a kill can come again.
+        assert duplicates <= done_kills + 1
+        assert all(c <= 2 for c in counts.values())

@@ -530,6 +530,28 @@ class DurableStream(BufferedStream):
         else:
             await trio.lowlevel.checkpoint()
 
+    def ack_in_transaction(self, cursor: Any, event: Event) -> None:
+        """Store ``event`` as processed inside the caller's own transaction (exactly-once).
+
+        Runs the position UPDATE on ``cursor`` (a psycopg2 cursor on the same
+        database, inside the transaction that applies the event's effect) and
+        does not commit. If that transaction commits, effect and position are
+        stored together: after a crash the event is neither lost nor repeated.
+        If it rolls back, neither is. Blocking: call it where the transaction
+        runs (e.g. in ``trio.to_thread.run_sync``). Open the stream with
+        ``auto_ack=False``; the stream never moves a stored position backwards.
+
+        Raises:
+            ConfigurationError: ``event`` did not come from a durable stream.
+        """
+        position = _position_of(event)
+        if position is None:
+            raise ConfigurationError(
+                f"ack_in_transaction() needs an event read from a durable stream, not {event!r}"
+            )
+        txid = str(position[0])
+        cursor.execute(self._sql_store, (txid, position[1], self.consumer, txid, position[1]))
+
     async def flush(self) -> None:
         """Store the acknowledged position now (normally done every ``ack_every``/``ack_interval``)."""
         await self._store_acked()
