@@ -386,6 +386,7 @@ async def test_commit_order_values_and_types(
         ("TRUNCATE", name, None, None),
     ]
     assert type(events[0].new_data["amount"]) is Decimal
+    assert len(set(events)) == len(events)  # distinct changes are distinct events
     # Transactions: the multi-statement one shares one lsn and txid; lsn grows in commit order.
     groups = [events[0:1], events[1:2], events[2:6], events[6:8], events[8:10], events[10:11]]
     for group in groups:
@@ -488,6 +489,11 @@ async def test_reconnect_replays_with_gap(
         assert gap.replayed is True
         # Not acknowledged: the slot replays it after the reconnect.
         assert replayed.new_data == event.new_data == {"id": 1, "name": "a"}
+        # The same change: equal and hashing alike, unlike a different change.
+        assert replayed == event
+        assert hash(replayed) == hash(event)
+        assert fresh != event
+        assert len({event, replayed, fresh}) == 2
         assert fresh.new_data == {"id": 2, "name": "b"}
         assert changes.reconnects == 1
         assert changes.backend_pid != old_pid

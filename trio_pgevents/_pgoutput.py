@@ -14,6 +14,11 @@ Each event carries pg_events' keys (``table_schema``, ``table_name``,
 - ``txid``: the 32-bit transaction id (``xid``) of its transaction,
 - ``commit_time``: the commit timestamp, an aware ``datetime`` in UTC.
 
+Two events are equal (and hash alike) when they are the same change: same
+slot, database, commit LSN and position in the transaction — so a change
+replayed after a reconnect or restart equals its first delivery, which makes
+duplicates easy to drop.
+
 Column values arrive as text and are converted by the column's type OID:
 
 ==========================================  =======================================
@@ -263,6 +268,7 @@ class PgOutputDecoder:
         self._lsn_text = ""
         self._xid = 0
         self._commit_time = _PG_EPOCH
+        self._position = 0
         self._last: Event | None = None
         #: End LSN of the last transaction whose Commit was decoded.
         self.last_commit_end = 0
@@ -302,6 +308,7 @@ class PgOutputDecoder:
         self._lsn_text = format_lsn(final_lsn)
         self._xid = xid
         self._commit_time = _PG_EPOCH + timedelta(microseconds=timestamp)
+        self._position = 0
         self._last = None
 
     def _commit(self, payload: bytes) -> None:
@@ -366,7 +373,11 @@ class PgOutputDecoder:
     ) -> None:
         if not self._in_transaction:
             raise ReplicationError("pgoutput change outside a transaction (no Begin message)")
-        event = _new(RowChange, (self.channel, None, 0, self.source))
+        # (commit LSN, position in the transaction) names the change: a replayed
+        # change compares equal to (and hashes like) the original delivery.
+        position = self._position
+        self._position = position + 1
+        event = _new(RowChange, (self.channel, None, 0, self.source, self._lsn_text, position))
         event.__dict__["data"] = {
             "table_schema": relation.schema,
             "table_name": relation.name,
