@@ -16,16 +16,19 @@ from typing import Any
 
 import psycopg2
 import pytest
+import sqlalchemy
 import trio
 from psycopg2 import sql
 
 import trio_pgevents
 from trio_pgevents import (
     ConfigurationError,
+    ConnectError,
     DurableStream,
     DurableWorker,
     Installer,
     RowChange,
+    StreamClosedError,
     StreamGap,
     open_durable_stream,
 )
@@ -577,6 +580,43 @@ async def test_bad_consumer_name(pg_url: str) -> None:
     with pytest.raises(ConfigurationError, match="consumer"):
         async with open_durable_stream(pg_url, ""):
             pass  # pragma: no cover
+
+
+async def test_unreachable_server_is_a_connect_error(outbox: Outbox) -> None:
+    url = sqlalchemy.make_url(outbox.url).set(port=1).render_as_string(hide_password=False)
+    with pytest.raises(ConnectError, match="durable consumer 'x'"):
+        async with open_durable_stream(url, "x", **outbox.opts()):
+            pass  # pragma: no cover
+
+
+async def test_ack_in_transaction_and_closed_stream(outbox: Outbox) -> None:
+    await outbox.ainsert(1, 2)
+    conn = psycopg2.connect(outbox.dsn)
+    try:
+        async with open_durable_stream(outbox.url, "txn", **outbox.opts(auto_ack=False)) as events:
+            got = await take(events, 2)
+
+            def rolled_back() -> None:
+                with conn.cursor() as cursor:
+                    events.ack_in_transaction(cursor, got[1])
+                conn.rollback()
+
+            def committed() -> None:
+                with conn, conn.cursor() as cursor:
+                    events.ack_in_transaction(cursor, got[0])
+
+            await trio.to_thread.run_sync(rolled_back)
+            assert await stored_position(outbox, "txn") == (0, 0)  # rolled back: not stored
+            await trio.to_thread.run_sync(committed)
+            assert await stored_position(outbox, "txn") == (got[0].txid, got[0].id)
+            with conn.cursor() as cursor, pytest.raises(ConfigurationError, match="durable stream"):
+                events.ack_in_transaction(cursor, trio_pgevents.Notification("x", "y", 0, "z"))
+        with pytest.raises(StreamClosedError):
+            await events.ack(got[1])
+    finally:
+        conn.close()
+    async with open_durable_stream(outbox.url, "txn", **outbox.opts()) as events:
+        assert ns(await take(events, 1)) == [2]
 
 
 async def test_missing_tables_named(pg_url: str, unique: Callable[[str], str]) -> None:
