@@ -154,21 +154,17 @@ class SqlBuilder:
         body = self._fmt(
             """
 DECLARE
-    old_j json;
-    new_j json;
-    q text := {query};
     payload text;
 BEGIN
-    IF TG_LEVEL = 'ROW' THEN
-        IF TG_OP <> 'INSERT' THEN old_j := pg_catalog.row_to_json(OLD); END IF;
-        IF TG_OP <> 'DELETE' THEN new_j := pg_catalog.row_to_json(NEW); END IF;
-    END IF;
+    -- One expression on the hot path. OLD is NULL for INSERT, NEW for DELETE, both for
+    -- TRUNCATE (statement level), and row_to_json(NULL) is NULL.
     payload := pg_catalog.json_build_object(
         'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
-        'session_user', session_user, 'method', TG_OP, 'old_data', old_j, 'new_data', new_j,
-        'query', q, 'truncated', false)::text;
+        'session_user', session_user, 'method', TG_OP, 'old_data', pg_catalog.row_to_json(OLD),
+        'new_data', pg_catalog.row_to_json(NEW), 'query', {query}, 'truncated', false)::text;
     IF pg_catalog.octet_length(payload) > {limit} THEN
-        payload := {S}.fit_payload(TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, TG_RELID, old_j, new_j, q);
+        payload := {S}.fit_payload(TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, TG_RELID,
+                                   pg_catalog.row_to_json(OLD), pg_catalog.row_to_json(NEW), {query});
     END IF;
     PERFORM pg_catalog.pg_notify({channel}, payload);
     RETURN NULL;
