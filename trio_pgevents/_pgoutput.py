@@ -50,7 +50,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -73,6 +73,8 @@ _COLUMN_TAIL = struct.Struct(">Ii")  # type OID, type modifier
 
 #: Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC).
 _PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_PG_EPOCH_UNIX = 946_684_800
+_fromtimestamp = datetime.fromtimestamp
 
 
 def format_lsn(lsn: int) -> str:
@@ -283,14 +285,14 @@ class PgOutputDecoder:
         kind = payload[0]
         if kind == 73:  # 'I'
             self._insert(payload, out)
-        elif kind == 85:  # 'U'
-            self._update(payload, out)
-        elif kind == 68:  # 'D'
-            self._delete(payload, out)
         elif kind == 66:  # 'B'
             self._begin(payload)
         elif kind == 67:  # 'C'
             self._commit(payload)
+        elif kind == 85:  # 'U'
+            self._update(payload, out)
+        elif kind == 68:  # 'D'
+            self._delete(payload, out)
         elif kind == 82:  # 'R'
             self._relation(payload)
         elif kind == 84:  # 'T'
@@ -307,7 +309,9 @@ class PgOutputDecoder:
         self._in_transaction = True
         self._lsn_text = format_lsn(final_lsn)
         self._xid = xid
-        self._commit_time = _PG_EPOCH + timedelta(microseconds=timestamp)
+        # Exact to the microsecond until 2106 (float spacing < 0.5 us), and a
+        # few times cheaper than epoch + timedelta: this runs per transaction.
+        self._commit_time = _fromtimestamp(timestamp / 1e6 + _PG_EPOCH_UNIX, UTC)
         self._position = 0
         self._last = None
 
@@ -395,9 +399,11 @@ class PgOutputDecoder:
         out.append(event)
 
     def _insert(self, payload: bytes, out: list[Event]) -> None:
-        relation = self._relation_for(payload)
+        relation = self._relations.get(_RELATION_HEAD.unpack_from(payload, 1)[0])
+        if relation is None:
+            relation = self._relation_for(payload)  # raises
         # payload[5] is 'N'
-        new, _ = self._tuple(payload, 6, relation)
+        new, _ = relation.parse(payload, 6, None)
         self._event(relation, "INSERT", None, new, out)
 
     def _key_only(self, relation: _Relation, row: dict[str, Any]) -> dict[str, Any]:
