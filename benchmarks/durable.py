@@ -14,6 +14,7 @@ machine drift hits every case alike:
     wake-up NOTIFY per transaction).
 
 Ratios are to (a). Targets: (d) >= 0.6x (a), and (d) better than (b).
+A second figure: how fast a durable consumer reads a pre-filled outbox.
 Nobody listens or consumes during the runs (the same for every case), so the
 figure is the trigger's cost alone. Without ``--dsn`` the benchmark starts
 its own embedded server with ``fsync=on`` (commits really reach the disk, as
@@ -145,15 +146,77 @@ def measure(server: Server, *, seconds: int, reps: int, log: Any) -> list[Result
     return list(results.values())
 
 
+def measure_reading(server: Server, *, total: int, reps: int, log: Any) -> Result:
+    """Events/s a durable consumer reads (``batches()``, auto-ack) from a pre-filled outbox."""
+    import trio
+
+    from trio_pgevents import Installer, open_durable_stream
+
+    table, schema, channel = (
+        unique_name("bench_dur_r"),
+        unique_name("bench_dur_rs"),
+        unique_name("bench_dur_rc"),
+    )
+    server.execute(
+        sql.SQL("CREATE TABLE {} (id bigint PRIMARY KEY, v int, t text)").format(sql.Identifier(table))
+    )
+    installer = Installer(server.sa_url, schema=schema, channel=channel)
+    installer.install(durable=True)
+    installer.watch_table(table, durable=True)
+    rates: list[float] = []
+    try:
+        for start in range(1, total + 1, 1000):
+            server.execute(
+                sql.SQL(
+                    "INSERT INTO {} SELECT g, g %% 1000, 'row-' || g FROM generate_series(%s, %s) g"
+                ).format(sql.Identifier(table)),
+                (start, min(total, start + 999)),
+            )
+
+        async def consume(consumer: str) -> float:
+            started = time.perf_counter()
+            count = 0
+            async with open_durable_stream(server.sa_url, consumer, schema=schema, channel=channel) as events:
+                async for batch in events.batches():
+                    count += len(batch)
+                    if count >= total:
+                        break
+            return time.perf_counter() - started
+
+        for rep in range(reps):
+            seconds = trio.run(consume, f"reader{rep}")
+            rates.append(total / seconds)
+            log(f"durable read rep {rep + 1}/{reps}: {total} events in {seconds:.2f}s = {rates[-1]:,.0f}/s")
+    finally:
+        installer.uninstall()
+        server.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
+        server.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    return Result(
+        "durable",
+        "durable consumer read rate (batches(), auto-ack)",
+        median(rates),
+        "ev/s",
+        samples=rates,
+        note=(
+            f"{total} INSERT events (1000-row transactions, 3 columns) already in the outbox; timed from "
+            "opening the stream (register, LISTEN) to the last event; batch_size=1000, each a new consumer"
+        ),
+    )
+
+
 def run(ctx: BenchContext) -> list[Result]:
-    """The writer-cost figures; on an own fsync=on server unless ``--dsn`` was given."""
+    """The writer-cost figures (own fsync=on server unless ``--dsn``), then the read rate."""
     seconds = ctx.scale(10, 5)
     reps = max(1, min(ctx.reps, 1 if ctx.quick else 3))
+    total = ctx.scale(100_000, 20_000)
     if ctx.dsn is not None:
-        return measure(ctx.server, seconds=seconds, reps=reps, log=ctx.log)
-    with open_server(None, settings={"fsync": "on", "full_page_writes": "on"}) as server:
-        ctx.log(f"durable writers on their own server: {server.description}")
-        return measure(server, seconds=seconds, reps=reps, log=ctx.log)
+        results = measure(ctx.server, seconds=seconds, reps=reps, log=ctx.log)
+    else:
+        with open_server(None, settings={"fsync": "on", "full_page_writes": "on"}) as server:
+            ctx.log(f"durable writers on their own server: {server.description}")
+            results = measure(server, seconds=seconds, reps=reps, log=ctx.log)
+    results.append(measure_reading(ctx.server, total=total, reps=reps, log=ctx.log))
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=1, help="interleaved repetitions (median reported)")
     parser.add_argument("--fsync", choices=["on", "off"], default="on", help="embedded server's fsync")
     parser.add_argument("--dsn", default=None, help="server to use (default: an embedded one)")
+    parser.add_argument("--read-events", type=int, default=100_000, help="events for the read-rate figure")
     args = parser.parse_args(argv)
 
     def log(message: str) -> None:
@@ -174,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     with open_server(args.dsn, settings=settings) as server:
         log(f"server: {server.description}")
         results = measure(server, seconds=args.seconds, reps=args.reps, log=log)
+        results.append(measure_reading(server, total=args.read_events, reps=args.reps, log=log))
     print(f"python -m benchmarks.durable {' '.join(argv if argv is not None else sys.argv[1:])}".strip())
     print(f"server: {server.description}")
     print(format_table(results))
