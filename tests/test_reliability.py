@@ -11,12 +11,13 @@ number is *required* when the listener reported itself connected (LISTEN
 done) on connection *epoch* ``e`` (= reconnect count) and the fault injector
 had not yet broken epoch ``e``. The injector breaks a connection only at a
 quiet point: it pauses the producer between transactions, waits until the
-consumer has received the last committed number (if it never does, that is a
-loss while connected and the test fails), marks the epoch dead, then
-terminates the backend / stops the server and lets the producer go on at
-once. Postgres itself drops what a terminated backend had not yet sent, so
-the quiet point is what makes the definition sound: no required notification
-is in flight when a connection is broken. The producer keeps sending during
+consumer has received the last number required of the current connection
+(if it never does, that is a loss while connected and the test fails),
+marks the epoch dead, then terminates the backend / stops the server /
+silences the proxy, and lets the producer go on at once. A backend that is
+terminated may drop what it had not sent yet, so the quiet point is what
+makes the definition sound: no required notification is in flight when a
+connection is broken. The producer keeps sending during
 the outage and the reconnect; those numbers are not required, but if they
 arrive they must still be in order.
 
@@ -386,8 +387,9 @@ async def test_terminate_backend_five_times_under_10000_notifications(
                 await run.finish()
                 nursery.cancel_scope.cancel()
         run.check(faults=5)
-        assert run.required_count > 9000
+        assert run.required_count > 5000, run.required_count  # most were sent while connected
         assert stream.statistics().reconnects == 5
+        assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]  # every connection came back
         assert all("terminat" in gap.reason for _, gap in run.gaps), [g.reason for _, g in run.gaps]
     finally:
         engine.dispose()
