@@ -387,6 +387,11 @@ async def test_commit_order_values_and_types(
     ]
     assert type(events[0].new_data["amount"]) is Decimal
     assert len(set(events)) == len(events)  # distinct changes are distinct events
+    commit_times = [e.data["commit_time"] for e in events]
+    assert commit_times == sorted(commit_times)
+    server_now = (await query("SELECT now()"))[0][0]
+    assert all(abs((server_now - t).total_seconds()) < 60 for t in commit_times)
+    assert all(t.utcoffset() is not None for t in commit_times)
     # Transactions: the multi-statement one shares one lsn and txid; lsn grows in commit order.
     groups = [events[0:1], events[1:2], events[2:6], events[6:8], events[8:10], events[10:11]]
     for group in groups:
