@@ -699,6 +699,29 @@ async def test_wal_level_replica_is_a_clear_error() -> None:
         await trio.to_thread.run_sync(server.cleanup)
 
 
+async def test_failed_slot_creation_leaves_no_publication() -> None:
+    # Only one slot allowed, and it is taken: creating ours fails after the
+    # publication was created, which must then be dropped again.
+    server = EmbeddedPostgres(settings={"max_replication_slots": "1"})
+    await trio.to_thread.run_sync(server.start)
+    try:
+        await trio.to_thread.run_sync(
+            run_sql, server.dsn, "SELECT pg_create_logical_replication_slot('taken', 'pgoutput')"
+        )
+        await trio.to_thread.run_sync(run_sql, server.dsn, "CREATE TABLE t (id int PRIMARY KEY)")
+        engine = sqlalchemy.create_engine(server.url, poolclass=NullPool)
+        try:
+            with pytest.raises(ReplicationError, match="could not create replication slot 'mine'"):
+                async with open_change_stream(engine, slot="mine", publication="mine_pub", tables=["t"]):
+                    pass
+        finally:
+            engine.dispose()
+        rows = await trio.to_thread.run_sync(run_sql, server.dsn, "SELECT pubname FROM pg_publication")
+        assert rows == []
+    finally:
+        await trio.to_thread.run_sync(server.cleanup)
+
+
 # ---------------------------------------------------------------------------
 # kill -9 and resume: at-least-once, nothing lost
 # ---------------------------------------------------------------------------
