@@ -40,7 +40,7 @@ from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
 from ._buffer import EventBuffer
-from ._connection import as_engine, describe_source, validate_channel
+from ._connection import KeepaliveSettings, as_engine, describe_source, set_keepalive, validate_channel
 from ._consumer import BufferedStream
 from ._errors import (
     ConfigurationError,
@@ -301,12 +301,17 @@ class DurableStream(BufferedStream):
 
     async def _connect(self) -> None:
         engine = self.engine
+        keepalive = self._stream_options.get("keepalive", KeepaliveSettings())
 
         def work() -> Any:
             proxy = engine.raw_connection()
             try:
                 dbapi_conn: Any = proxy.dbapi_connection
                 dbapi_conn.autocommit = True
+                if keepalive is not None:
+                    # A dead server fails a blocked read within the keepalive window,
+                    # instead of hanging the reader (and the stream's close) for hours.
+                    set_keepalive(dbapi_conn.fileno(), keepalive)
             except BaseException:
                 proxy.invalidate()
                 raise
