@@ -18,6 +18,7 @@ import importlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 import traceback
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--reps", type=int, default=None, help="repetitions per figure (median reported)")
     args = parser.parse_args(argv)
+    # A plain SIGTERM (timeout, CI) still stops the embedded servers.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     available = BENCHMARKS + [name for name in OPTIONAL if _load(name) is not None]
     selected = [name.strip() for item in args.only for name in item.split(",") if name.strip()]

@@ -20,7 +20,6 @@ not the trigger's:
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Awaitable, Callable
 
 import psycopg2
@@ -30,7 +29,7 @@ from psycopg2 import sql
 
 from trio_pgevents import RowChange, decode_trigger_payload, open_event_stream
 
-from ._common import BenchContext, Producer, Result, median, unique_name, with_ratio
+from ._common import BenchContext, Clock, Figures, Producer, Result, median, unique_name, with_ratio
 
 __all__ = ["run"]
 
@@ -53,7 +52,7 @@ def _insert_statements(table: str, rows: int) -> list[sql.Composable]:
 
 async def _raw(
     uri: str, channel: str, statements: list[sql.Composable], count: int, producer: Producer, parse: bool
-) -> float:
+) -> Figures:
     conn = psycopg2.connect(uri)
     conn.autocommit = True
     try:
@@ -61,7 +60,7 @@ async def _raw(
             cur.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
         fd = conn.fileno()
         producer.run("sql", statements=statements)
-        first = time.perf_counter()
+        clock = Clock()
         got = 0
         length = 0
         loads = json.loads
@@ -80,20 +79,19 @@ async def _raw(
                     for note in notifies:
                         length += len(note.payload)
                 got += len(notifies)
-        elapsed = time.perf_counter() - first
-        return count / elapsed
+        return clock.stop(count)
     finally:
         conn.close()
 
 
 async def _stream(
     uri: str, channel: str, statements: list[sql.Composable], count: int, producer: Producer, parse: bool
-) -> float:
+) -> Figures:
     engine = sqlalchemy.create_engine(sqlalchemy.make_url(uri).set(drivername="postgresql+psycopg2"))
     try:
         async with open_event_stream(engine, [channel], decoders={channel: decode_trigger_payload}) as events:
             producer.run("sql", statements=statements)
-            first = time.perf_counter()
+            clock = Clock()
             got = 0
             length = 0
             with trio.fail_after(120):
@@ -107,13 +105,12 @@ async def _stream(
                     got += 1
                     if got == count:
                         break
-            elapsed = time.perf_counter() - first
-        return count / elapsed
+            return clock.stop(count)
     finally:
         engine.dispose()
 
 
-Client = Callable[[str, str, list[sql.Composable], int, Producer, bool], Awaitable[float]]
+Client = Callable[[str, str, list[sql.Composable], int, Producer, bool], Awaitable[Figures]]
 CASES: dict[str, tuple[Client, bool]] = {
     "raw loop": (_raw, False),
     "trio_pgevents RowChange (lazy JSON)": (_stream, False),
@@ -150,15 +147,20 @@ def run(ctx: BenchContext) -> list[Result]:
     how = _installer(ctx, table, channel)
     statements = _insert_statements(table, rows)
     samples: dict[str, list[float]] = {name: [] for name in CASES}
+    cpu: dict[str, list[float]] = {name: [] for name in CASES}
     with Producer(ctx.server.uri) as producer:
         for rep in range(ctx.reps):
             names = list(CASES)
             order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
                 client, parse = CASES[name]
-                rate = trio.run(client, ctx.server.uri, channel, statements, rows, producer, parse)
-                samples[name].append(rate)
-                ctx.log(f"decoded rep {rep + 1}/{ctx.reps}: {name}: {rate:,.0f} ev/s")
+                figures = trio.run(client, ctx.server.uri, channel, statements, rows, producer, parse)
+                samples[name].append(figures.rate)
+                cpu[name].append(figures.cpu_ns)
+                ctx.log(
+                    f"decoded rep {rep + 1}/{ctx.reps}: {name}: {figures.rate:,.0f} ev/s, "
+                    f"{figures.cpu_ns:,.0f} ns CPU/event"
+                )
     ctx.server.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(table)))
     ctx.server.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
     note = f"{rows:,} rows inserted in transactions of {ROWS_PER_TRANSACTION:,}; triggers by {how}"
@@ -167,9 +169,21 @@ def run(ctx: BenchContext) -> list[Result]:
         for name, values in samples.items()
     }
     raw, raw_parsed = results["raw loop"], results["raw loop + json.loads"]
+    cpu_rows = []
+    for name, base in (
+        ("trio_pgevents RowChange (lazy JSON)", "raw loop"),
+        ("trio_pgevents RowChange + .new_data", "raw loop + json.loads"),
+    ):
+        row = Result("decoded", f"CPU per event: {name}", median(cpu[name]), "ns", cpu[name])
+        row.baseline = f"CPU per event: {base} (speed ratio: its cost / this cost)"
+        row.ratio = median(cpu[base]) / row.value if row.value else float("nan")
+        cpu_rows.append(row)
+    for name in ("raw loop", "raw loop + json.loads"):
+        cpu_rows.append(Result("decoded", f"CPU per event: {name}", median(cpu[name]), "ns", cpu[name]))
     return [
         raw,
         with_ratio(results["trio_pgevents RowChange (lazy JSON)"], raw),
         raw_parsed,
         with_ratio(results["trio_pgevents RowChange + .new_data"], raw_parsed),
+        *cpu_rows,
     ]

@@ -22,9 +22,9 @@ from typing import Any
 import trio
 
 from ._buffer import EventBuffer
-from ._decode import Decoder
+from ._decode import _ROW_PREFIX, Decoder, decode_trigger_payload
 from ._errors import StreamClosedError
-from ._events import Event, Notification
+from ._events import Event, Notification, RowChange
 
 __all__ = ["BatchIterator", "BufferedStream", "NotifyBatch"]
 
@@ -61,6 +61,13 @@ class NotifyBatch(list[Any]):
             decoder = get(channel)
             if decoder is None:
                 append(_new(Notification, (channel, n.payload, n.pid, source)))
+            elif decoder is decode_trigger_payload:
+                # The installer's format, inlined (one call less per event).
+                payload = n.payload
+                if payload.startswith(_ROW_PREFIX):
+                    append(_new(RowChange, (channel, payload, n.pid, source)))
+                else:
+                    append(decode_trigger_payload(channel, payload, n.pid, source))
             else:
                 append(decoder(channel, n.payload, n.pid, source))
         return batch
