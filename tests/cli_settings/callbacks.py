@@ -8,6 +8,7 @@ the Trio thread, and what they were given.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from typing import Any
@@ -15,12 +16,17 @@ from typing import Any
 import trio
 
 NOT_CALLABLE = 42
+_lock = threading.Lock()
 
 
 def _line(kind: str, argument: Any) -> None:
     thread = "main" if threading.current_thread() is threading.main_thread() else "worker"
     text = argument if isinstance(argument, str) else getattr(argument, "payload", repr(argument))
-    print(f"{kind} thread={thread} type={type(argument).__name__} {text}", flush=True)
+    # One write per line, under a lock: callbacks run in several threads at once, and print()
+    # writes the text and the newline separately (lines would interleave).
+    with _lock:
+        sys.stdout.write(f"{kind} thread={thread} type={type(argument).__name__} {text}\n")
+        sys.stdout.flush()
 
 
 def on_data(payload: Any) -> None:
