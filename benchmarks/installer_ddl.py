@@ -10,8 +10,10 @@ that table. This measures a single-statement, autocommit ``CREATE TABLE``
 - ``with auto-rebuild``: the same DDL, which now also creates two triggers
   and their comments and registers nothing else.
 
-Blocks of each mode alternate (so drift hits both alike); the new tables are
-dropped between blocks, untimed. The figure is the median time per DDL;
+Event triggers are per database, so the two modes live in two identical
+databases on the same server and DDLs alternate between them one by one
+(paired samples under the same machine load, both in steady state); the new
+tables are dropped between blocks, untimed. The figure is the median time per DDL;
 target: with / without <= 1.5x.
 
 Run alone: ``python -m benchmarks.installer_ddl [--dsn URL] [--quick]``
@@ -26,6 +28,8 @@ import sys
 import time
 from typing import Any
 
+import psycopg2
+import sqlalchemy
 from psycopg2 import sql
 
 from trio_pgevents import Installer
@@ -38,39 +42,13 @@ WATCHED_TABLES = 1000
 TARGET = 1.5
 
 
-def _create_block(conn: Any, schema: str, prefix: str, count: int) -> list[float]:
-    """Time ``count`` CREATE TABLEs (each its own transaction); return seconds per DDL."""
-    times = []
-    with conn.cursor() as cur:
-        for i in range(count):
-            statement = sql.SQL(
-                "CREATE TABLE {}.{} (id bigint PRIMARY KEY, name text, at timestamptz)"
-            ).format(sql.Identifier(schema), sql.Identifier(f"{prefix}_{i}"))
-            started = time.perf_counter()
-            cur.execute(statement)
-            times.append(time.perf_counter() - started)
-    return times
-
-
-def _drop_block(conn: Any, schema: str, prefix: str, count: int) -> None:
-    with conn.cursor() as cur:
-        for i in range(count):
-            cur.execute(
-                sql.SQL("DROP TABLE {}.{}").format(sql.Identifier(schema), sql.Identifier(f"{prefix}_{i}"))
-            )
-
-
-def run(ctx: BenchContext) -> list[Result]:
-    """Measure CREATE TABLE with and without auto-rebuild; return both, with the ratio."""
-    server = ctx.server
-    schema = unique_name("bench_ddl")
-    lib = unique_name("bench_ddl_lib")
-    installer = Installer(server.sa_url, schema=lib, channel=unique_name("bench_ddl"))
-    per_block = ctx.scale(50, 20)
-    blocks = max(ctx.reps, 3)
-    conn = server.connect()
+def _prepare(uri: str, schema: str, lib: str, auto_rebuild: bool, log: Any) -> Installer:
+    """In the database at ``uri``: 1,000 tables in ``schema``, all watched."""
+    url = sqlalchemy.make_url(uri).set(drivername="postgresql+psycopg2")
+    installer = Installer(url.render_as_string(hide_password=False), schema=lib, channel=lib)
+    conn = psycopg2.connect(uri)
+    conn.autocommit = True
     try:
-        ctx.log(f"installer_ddl: creating {WATCHED_TABLES} watched tables")
         with conn.cursor() as cur:
             cur.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
             for i in range(WATCHED_TABLES):
@@ -79,39 +57,80 @@ def run(ctx: BenchContext) -> list[Result]:
                         sql.Identifier(schema), sql.Identifier(f"t{i:04d}")
                     )
                 )
-        installer.install()
-        installer.watch_schema(schema)
-        watched = sum(1 for t in installer.status().tables if t.state == "INSTALLED")
-        if watched != WATCHED_TABLES:
-            raise RuntimeError(f"expected {WATCHED_TABLES} watched tables, status shows {watched}")
-        auto_rebuild_trigger = sql.Identifier(
-            next(a.name for a in installer.install(auto_rebuild=True).actions if a.kind == "event_trigger")
+    finally:
+        conn.close()
+    installer.install(auto_rebuild=auto_rebuild)
+    installer.watch_schema(schema)
+    status = installer.status()
+    watched = sum(1 for t in status.tables if t.state == "INSTALLED")
+    if watched != WATCHED_TABLES or (status.auto_rebuild_state == "INSTALLED") != auto_rebuild:
+        raise RuntimeError(
+            f"setup failed: {watched} watched tables, auto-rebuild {status.auto_rebuild_state}"
         )
+    log(f"installer_ddl: {WATCHED_TABLES} watched tables ready (auto-rebuild {auto_rebuild})")
+    return installer
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    """Measure CREATE TABLE with and without auto-rebuild; return both, with the ratio.
+
+    Event triggers are per database, so each mode gets its own database on the
+    same server, set up identically; DDLs alternate between the two (paired
+    samples under the same machine load, both in steady state).
+    """
+    server = ctx.server
+    schema, lib = "bench_ddl", "bench_ddl_lib"
+    databases = {"without": unique_name("bench_ddl_without"), "with": unique_name("bench_ddl_with")}
+    uris = {
+        mode: sqlalchemy.make_url(server.uri).set(database=name).render_as_string(hide_password=False)
+        for mode, name in databases.items()
+    }
+    per_block = ctx.scale(50, 20)
+    blocks = max(ctx.reps, 3)
+    installers: list[Installer] = []
+    conns: dict[str, Any] = {}
+    for name in databases.values():
+        server.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        for mode in ("without", "with"):
+            installers.append(_prepare(uris[mode], schema, lib, mode == "with", ctx.log))
+            conns[mode] = psycopg2.connect(uris[mode])
+            conns[mode].autocommit = True
         samples: dict[str, list[float]] = {"without": [], "with": []}
         block_medians: dict[str, list[float]] = {"without": [], "with": []}
         for block in range(blocks):
-            for mode in ("without", "with") if block % 2 == 0 else ("with", "without"):
-                if mode == "with":
-                    installer.install(auto_rebuild=True)
-                else:
-                    with conn.cursor() as cur:
-                        cur.execute(sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(auto_rebuild_trigger))
-                prefix = f"new_{mode}_{block}"
-                times = _create_block(conn, schema, prefix, per_block)
-                if mode == "with":
-                    # Check the work was really done: every new table has its two triggers.
-                    with conn.cursor() as cur:
+            times: dict[str, list[float]] = {"without": [], "with": []}
+            for i in range(per_block):
+                for mode in ("without", "with") if i % 2 == 0 else ("with", "without"):
+                    statement = sql.SQL(
+                        "CREATE TABLE {}.{} (id bigint PRIMARY KEY, name text, at timestamptz)"
+                    )
+                    with conns[mode].cursor() as cur:
+                        started = time.perf_counter()
                         cur.execute(
-                            "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                            "WHERE c.relnamespace = %s::regnamespace AND c.relname LIKE %s",
-                            (sql.Identifier(schema).as_string(conn), prefix + "\\_%"),
+                            statement.format(sql.Identifier(schema), sql.Identifier(f"new_{block}_{i}"))
                         )
-                        triggers = cur.fetchone()[0]
-                    if triggers != 2 * per_block:
-                        raise RuntimeError(f"auto-rebuild made {triggers} triggers for {per_block} tables")
-                _drop_block(conn, schema, prefix, per_block)
-                samples[mode].extend(times)
-                block_medians[mode].append(median(times) * 1000)
+                        times[mode].append(time.perf_counter() - started)
+            for mode in ("without", "with"):
+                with conns[mode].cursor() as cur:
+                    # Check the work was really done (or not): two triggers per new table with it.
+                    cur.execute(
+                        "SELECT count(*) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                        "WHERE c.relnamespace = %s::regnamespace AND c.relname LIKE %s",
+                        (schema, f"new\\_{block}\\_%"),
+                    )
+                    made = cur.fetchone()[0]
+                    expected = 2 * per_block if mode == "with" else 0
+                    if made != expected:
+                        raise RuntimeError(f"{mode} auto-rebuild: {made} triggers, expected {expected}")
+                    for i in range(per_block):
+                        cur.execute(
+                            sql.SQL("DROP TABLE {}.{}").format(
+                                sql.Identifier(schema), sql.Identifier(f"new_{block}_{i}")
+                            )
+                        )
+                samples[mode].extend(times[mode])
+                block_medians[mode].append(median(times[mode]) * 1000)
         without = Result(
             "installer_ddl",
             f"CREATE TABLE, {WATCHED_TABLES} watched, without auto-rebuild",
@@ -125,18 +144,17 @@ def run(ctx: BenchContext) -> list[Result]:
             median(samples["with"]) * 1000,
             "ms",
             samples=block_medians["with"],
-            note=f"{len(samples['with'])} DDLs per mode in {blocks} alternating blocks",
+            note=f"{len(samples['with'])} DDLs per mode, alternating between two identical databases",
         )
         with_ratio(with_auto, without, target=TARGET, higher_is_better=False)
         return [without, with_auto]
     finally:
-        try:
-            installer.uninstall()
-            with conn.cursor() as cur:
-                cur.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
-        finally:
+        for conn in conns.values():
             conn.close()
+        for installer in installers:
             installer.engine.dispose()
+        for name in databases.values():
+            server.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
 
 
 def main(argv: list[str] | None = None) -> int:

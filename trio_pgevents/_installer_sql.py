@@ -368,7 +368,8 @@ END
 DECLARE
     r record;
     mode text;
-    table_mode text;
+    explicit boolean;
+    label text;
 BEGIN
     FOR r IN
         SELECT c.objid, n.nspname, cl.relname, cl.relispartition
@@ -380,13 +381,23 @@ BEGIN
     LOOP
         -- Whatever happens here, the user's DDL must not fail because of us.
         BEGIN
-            SELECT w.mode INTO table_mode FROM {S}.watched w
-             WHERE w.schema_name = r.nspname AND w.table_name = r.relname;
-            SELECT w.mode INTO mode FROM {S}.watched w
-             WHERE w.schema_name = r.nspname AND w.table_name = '';
-            mode := coalesce(table_mode, CASE WHEN r.relispartition THEN NULL ELSE mode END);
-            IF mode IS NOT NULL AND mode <> 'excluded' THEN
-                PERFORM {S}.watch_relation(r.objid, mode = 'durable');
+            -- The table's own entry (if any) wins over its schema's.
+            SELECT w.mode, w.table_name <> '' INTO mode, explicit FROM {S}.watched w
+             WHERE w.schema_name = r.nspname AND w.table_name IN (r.relname, '')
+             ORDER BY w.table_name DESC LIMIT 1;
+            IF FOUND AND mode <> 'excluded' AND (explicit OR NOT r.relispartition) THEN
+                IF r.relispartition THEN
+                    PERFORM {S}.watch_relation(r.objid, mode = 'durable');
+                ELSE
+                    -- A table just created has no triggers: attach them in one go (this
+                    -- runs inside the user's CREATE TABLE, so it is kept lean).
+                    label := pg_catalog.format('%I.%I', r.nspname, r.relname);
+                    IF mode = 'durable' THEN
+                        EXECUTE pg_catalog.format({durable_script}, label);
+                    ELSE
+                        EXECUTE pg_catalog.format({notify_script}, label);
+                    END IF;
+                END IF;
             END IF;
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'trio_pgevents: could not watch new table %.%: %', r.nspname, r.relname, SQLERRM;
@@ -395,6 +406,8 @@ BEGIN
 END
 """,
             schema=sql.Literal(self.schema),
+            notify_script=sql.Literal(self._attach_script(durable=False)),
+            durable_script=sql.Literal(self._attach_script(durable=True)),
         )
         # SECURITY DEFINER: a role that may create tables in a watched schema but cannot
         # read the registry still gets its new tables watched (the function does nothing else).
@@ -405,6 +418,26 @@ END
             body,
             extra="SECURITY DEFINER SET search_path = pg_catalog, pg_temp ",
         )
+
+    def _attach_script(self, durable: bool) -> str:
+        """A ``format()`` template creating and commenting both triggers on table ``%1$s``.
+
+        The same statements as ``watch_relation`` runs for a table without triggers.
+        """
+        fn = self._fmt("{S}.{fn}()", fn=sql.Identifier("outbox_row" if durable else "notify_row"))
+        statements = []
+        for name, events, level, truncate in (
+            (self.names.row_trigger, _ROW_EVENTS, "ROW", False),
+            (self.names.truncate_trigger, "AFTER TRUNCATE", "STATEMENT", True),
+        ):
+            trigger = self.render(sql.Identifier(name)).replace("%", "%%")
+            comment = self.render(sql.Literal(self.trigger_comment(durable, truncate))).replace("%", "%%")
+            statements.append(
+                f"CREATE TRIGGER {trigger} {events} ON %1$s FOR EACH {level} "
+                f"EXECUTE FUNCTION {fn.replace('%', '%%')}"
+            )
+            statements.append(f"COMMENT ON TRIGGER {trigger} ON %1$s IS {comment}")
+        return "; ".join(statements)
 
     # -- attaching triggers (shared by Python, migrations and auto-rebuild) --------------------------
 
