@@ -307,6 +307,17 @@ async def test_batches_ack_previous_batch(outbox: Outbox) -> None:
     assert await stored_position(outbox, "batches") == (seen[-1].txid, seen[-1].id)
 
 
+async def test_ack_every_counts_events_of_batches(outbox: Outbox) -> None:
+    await outbox.ainsert(*range(30))
+    options = outbox.opts(ack_every=10, batch_size=10, ack_interval=3600)
+    async with open_durable_stream(outbox.url, "counted", **options) as events:
+        batches = events.batches()
+        first = [e for e in await batches.__anext__() if isinstance(e, RowChange)]
+        assert len(first) == 10
+        await batches.__anext__()  # the first batch was processed: 10 events, so stored now
+        assert await stored_position(outbox, "counted") == (first[-1].txid, first[-1].id)
+
+
 async def test_start_latest_skips_existing_events(outbox: Outbox) -> None:
     await outbox.ainsert(1, 2)
     async with open_durable_stream(outbox.url, "latest", **outbox.opts(start="latest")) as events:

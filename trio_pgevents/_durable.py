@@ -227,6 +227,7 @@ class DurableStream(BufferedStream):
         self._unstored = 0
         self._last_store = 0.0
         self._handed: Position | None = None  # last data event handed to the consumer
+        self._handed_count = 0  # events handed out since the last one was marked processed
         self._wake_stream: EventStream | None = None
         self._scope = trio.CancelScope()
         self._finished = trio.Event()
@@ -467,8 +468,9 @@ class DurableStream(BufferedStream):
         handed = self._handed
         if handed is not None and handed > self._acked_pos:
             self._acked_pos = handed
-            self._unstored += 1
+            self._unstored += self._handed_count
         self._handed = None
+        self._handed_count = 0
 
     async def _after_processed(self) -> None:
         self._mark_processed()
@@ -480,6 +482,7 @@ class DurableStream(BufferedStream):
             await self._after_processed()
         event = await super().__anext__()
         self._handed = _position_of(event) or self._handed
+        self._handed_count += 1
         return event
 
     async def receive(self) -> Event:
@@ -488,6 +491,7 @@ class DurableStream(BufferedStream):
             await self._after_processed()
         event = await super().receive()
         self._handed = _position_of(event) or self._handed
+        self._handed_count += 1
         return event
 
     def receive_nowait(self) -> Event:
@@ -496,12 +500,14 @@ class DurableStream(BufferedStream):
             self._mark_processed()
         event = super().receive_nowait()
         self._handed = _position_of(event) or self._handed
+        self._handed_count += 1
         return event
 
     async def _next_batch(self) -> list[Event]:
         if self._auto_ack:
             await self._after_processed()
         batch = await super()._next_batch()
+        self._handed_count += len(batch)
         for event in reversed(batch):
             position = _position_of(event)
             if position is not None:
