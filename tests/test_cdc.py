@@ -505,6 +505,39 @@ async def test_reconnect_replays_with_gap(
     assert "lost replication connection" in caplog.text
 
 
+@pytest.mark.parametrize(
+    ("options", "error"),
+    [
+        ({"reconnect": False}, trio_pgevents.ConnectionLostError),
+        ({"on_gap": "raise"}, trio_pgevents.StreamGapError),
+    ],
+)
+async def test_connection_loss_policies(
+    pg_engine: Engine,
+    query: Query,
+    table: Any,
+    cdc_names: Any,
+    options: dict[str, Any],
+    error: type[Exception],
+) -> None:
+    name = await table()
+    slot, publication = cdc_names()
+
+    async def consume_until_failure() -> None:
+        async with open_change_stream(
+            pg_engine, slot=slot, publication=publication, tables=[name], **options
+        ) as changes:
+            await query("SELECT pg_terminate_backend(%s)", (changes.backend_pid,))
+            async for _ in changes:
+                pass
+
+    with trio.fail_after(30), pytest.raises(error, match="lost"):
+        await consume_until_failure()
+    # The slot was released (and is dropped by the fixture).
+    status = await trio.to_thread.run_sync(change_stream_status, pg_engine, slot)
+    assert status.exists
+
+
 async def test_status_updates_keep_a_backpressured_stream_alive(
     pg_url: str, query: Query, table: Any, cdc_names: Any
 ) -> None:
