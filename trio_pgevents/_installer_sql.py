@@ -7,8 +7,10 @@ now: a different comment means OUTDATED (an upgrade changed the SQL).
 
 Most of the logic that attaches triggers lives in PL/pgSQL functions in the
 library schema (``watch_relation``, ``watch_table``, ``watch_schema``,
-``unwatch_table``): the Python methods, the SQL for migrations and the
-auto-rebuild event trigger all call the same code, so they cannot disagree.
+``unwatch_table``): the Python methods and the SQL for migrations call the
+same code, so they cannot disagree. The auto-rebuild event trigger runs inside
+the user's ``CREATE TABLE``, so for a new table it runs the same statements
+(built once, by :meth:`SqlBuilder._attach_script`) without the checks.
 
 Everything is rendered with a live psycopg2 connection, because identifiers
 and literals are quoted by ``psycopg2.sql`` (which needs the connection's
