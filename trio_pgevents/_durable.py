@@ -101,6 +101,9 @@ def _positive_int(what: str, value: object) -> int:
 
 def _position_of(event: object) -> Position | None:
     if isinstance(event, (RowChange, SchemaChange)):
+        position: Position | None = event.__dict__.get("_position")
+        if position is not None:
+            return position
         data = event.data
         txid, event_id = data.get("txid"), data.get("id")
         if isinstance(txid, int) and isinstance(event_id, int):
@@ -195,7 +198,14 @@ class DurableStream(BufferedStream):
         self._sql_read = sql.SQL(
             # xid8 is read as text (psycopg2 has no type for it). The ORDER BY is
             # qualified: a bare "txid" would sort by the text output column.
-            "SELECT e.id, e.txid::text AS txid_text, e.channel, e.payload FROM {}.{} AS e "
+            # The payload comes as text with "id" and "txid" added, and is parsed
+            # lazily (on first field access): parsing 1000 rows into dicts up front
+            # cost more than the query (allocation and garbage-collector churn).
+            "SELECT e.id, e.txid::text AS txid_text, e.channel, "
+            "((CASE WHEN jsonb_typeof(e.payload) = 'object' THEN e.payload "
+            "ELSE jsonb_build_object('value', e.payload) END) "
+            "|| jsonb_build_object('id', e.id, 'txid', e.txid::text::numeric))::text "
+            "FROM {}.{} AS e "
             "WHERE (e.txid, e.id) > (%s::xid8, %s) AND e.txid < pg_snapshot_xmin(pg_current_snapshot()) "
             "ORDER BY e.txid, e.id LIMIT %s"
         ).format(ident(schema), ident("events"))
@@ -220,6 +230,7 @@ class DurableStream(BufferedStream):
         self._proxy: Any = None
         self._db_lock = trio.Lock()
         self._wake = trio.Event()
+        self._flush_now = trio.Event()
         self._pending_gaps: list[StreamGap] = []
         self._read_pos: Position = (0, 0)
         self._stored_pos: Position = (0, 0)
@@ -475,7 +486,13 @@ class DurableStream(BufferedStream):
     async def _after_processed(self) -> None:
         self._mark_processed()
         if self._unstored >= self._ack_every and not self._closed:
-            await self._store_acked()
+            if self._ack_every == 1:
+                # Per-event acknowledgement: stored before the next event is handed out.
+                await self._store_acked()
+            else:
+                # Stored by the flush task, while the consumer goes on with the next events.
+                self._flush_now.set()
+                await trio.lowlevel.checkpoint()
 
     async def __anext__(self) -> Event:
         if self._auto_ack:
@@ -588,7 +605,9 @@ class DurableStream(BufferedStream):
 
     async def _flush_loop(self) -> None:
         while True:
-            await trio.sleep(self._ack_interval)
+            with trio.move_on_after(self._ack_interval):
+                await self._flush_now.wait()
+            self._flush_now = trio.Event()
             if self._acked_pos > self._stored_pos:
                 await self._store_acked()
 
@@ -861,16 +880,16 @@ class DurableWorker:
         return False  # pragma: no cover - the loop always returns
 
 
+_DDL_MARK = '"kind": "ddl"'
+
+
 def _make_event(row: tuple[Any, ...], source: str) -> Event:
     event_id, txid_text, channel, payload = row
-    data = json.loads(payload) if isinstance(payload, str) else payload
-    if not isinstance(data, dict):
-        data = {"value": data}
-    data["id"] = event_id
-    data["txid"] = int(txid_text)
-    if data.get("kind") == "ddl":
-        return SchemaChange.from_data(channel, data, 0, source)  # type: ignore[no-any-return]
-    return RowChange.from_data(channel, data, 0, source)  # type: ignore[no-any-return]
+    cls = SchemaChange if _DDL_MARK in payload else RowChange
+    event = _new(cls, (channel, payload, 0, source))
+    # Known without parsing the payload: acknowledging needs it for every event.
+    event.__dict__["_position"] = (int(txid_text), event_id)
+    return event
 
 
 @asynccontextmanager
