@@ -448,7 +448,36 @@ def _ensure_publication(
         ) from exc
     except psycopg2.Error as exc:
         raise ReplicationError(f"could not create publication {publication!r}: {exc}".strip()) from exc
+    if tables is None:
+        _warn_keyless_tables(cursor, publication)
     return True
+
+
+_KEYLESS_SQL = """
+SELECT n.nspname, c.relname
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'
+  AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (
+        SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
+ORDER BY 1, 2
+"""
+
+
+def _warn_keyless_tables(cursor: Any, publication: str) -> None:
+    """FOR ALL TABLES includes tables whose UPDATE/DELETE now fail: say which, loudly."""
+    cursor.execute(_KEYLESS_SQL)
+    keyless = [f"{schema}.{table}" for schema, table in cursor.fetchall()]
+    if keyless:
+        shown = ", ".join(keyless[:20]) + (f" and {len(keyless) - 20} more" if len(keyless) > 20 else "")
+        logger.warning(
+            "publication %r publishes all tables, but %d have no primary key or replica identity: "
+            "UPDATE and DELETE on them now fail until set_replica_identity(..., full=True) is "
+            "called for them: %s",
+            publication,
+            len(keyless),
+            shown,
+        )
 
 
 def _check_existing_publication(
