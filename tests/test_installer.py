@@ -541,9 +541,9 @@ def test_non_superuser_gets_everything_but_ddl_triggers(
             None,
             None,
         )
-        assert not run_sql(
-            pg_dsn, "SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'trio_pgevents_%'"
-        )
+        names = object_names(installer.schema)
+        mine = [names.ddl_end_trigger, names.sql_drop_trigger, names.auto_rebuild_trigger]
+        assert run_sql(pg_dsn, "SELECT evtname FROM pg_event_trigger WHERE evtname = ANY (%s)", (mine,)) == []
         installer.watch_table("t", user_schema)
         events = listen(installer.channel)
         run_sql(pg_dsn, f"INSERT INTO {ident(user_schema, 't')} VALUES (1)")
