@@ -137,3 +137,24 @@ def test_throughput_clients_receive_everything(pg_url: str) -> None:
             figures: Any = throughput.measure(uri, producer, client, 5_000)
             assert figures.rate > 0
             assert figures.cpu_ns > 0
+
+
+async def test_probes_during_a_flood_do_not_pull_the_backlog_in(
+    pg_engine: Engine, query: Query, unique: Callable[[str], str]
+) -> None:
+    # A probe is a query; the server answers it only after sending the whole
+    # backlog, which libpq would read at once, past max_buffer_size. While
+    # data flows the listener postpones probes, and any big read is handed
+    # over in pieces: batches stay small, however often probes are due.
+    channel = unique("backlog")
+    total = 100_000
+    async with open_event_stream(pg_engine, [channel], max_buffer_size=1000, probe_interval=0.01) as events:
+        await query("SELECT pg_notify(%s, g::text) FROM generate_series(1, %s) g", (channel, total))
+        sizes: list[int] = []
+        with trio.fail_after(60):
+            async for batch in events.batches():
+                sizes.append(len(batch))
+                await trio.lowlevel.checkpoint()  # a consumer that yields: probes come due mid-flood
+                if sum(sizes) == total:
+                    break
+        assert max(sizes) <= 1024

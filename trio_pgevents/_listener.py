@@ -262,7 +262,15 @@ class Listener:
         more = False  # the last poll read notifications: more are probably waiting
         while True:
             if trio.current_time() >= self._next_probe:
-                await self._probe(conn, fd)
+                if more:
+                    # Data is flowing: the link is alive. A probe now would be
+                    # a query, and the server answers one only after sending
+                    # this listener's whole backlog, which libpq would read
+                    # into memory past max_buffer_size (measured: a 200k-event
+                    # batch, +80 MB RSS, benchmarks/memory.py). Probe when idle.
+                    self._next_probe = trio.current_time() + self._options.probe_interval
+                else:
+                    await self._probe(conn, fd)
             if more:
                 # Under a flood the next data is usually there already: yield
                 # (the consumer runs) and poll without blocking. Cheaper per
@@ -311,9 +319,18 @@ class Listener:
         notifies = conn.notifies
         conn.notifies = []
         self.last_event_at = time.time()
+        source = self.source
+        decoders = self._decoders_for()
         # Queued as psycopg2's Notify objects; the consumer builds the events
         # when it takes the batch (see NotifyBatch: keeps the GC quiet).
-        await self._buffer.put(NotifyBatch(notifies, self.source, self._decoders_for()))
+        if len(notifies) <= 4 * _BATCH_TARGET:
+            await self._buffer.put(NotifyBatch(notifies, source, decoders))
+            return
+        # A command on the connection (LISTEN, a probe) made libpq read a
+        # backlog at once: hand it over in pieces, so the buffer's bound and
+        # the batch size the consumer builds at once still hold.
+        for start in range(0, len(notifies), _BATCH_TARGET):
+            await self._buffer.put(NotifyBatch(notifies[start : start + _BATCH_TARGET], source, decoders))
 
     # ---- commands on the listening connection -----------------------------
 
