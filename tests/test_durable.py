@@ -527,14 +527,14 @@ PG_EVENTS_DB_SCHEMA_UPDATE_CALLBACK = on_schema
 
 
 async def test_cli_worker_consumer(outbox: Outbox, tmp_path: Path, query: Query) -> None:
-    """``trio-pgevents worker --consumer``: every event once, failures dead-lettered, resumes."""
+    """``trio-pgevents worker --consumer``: every event once, failures dead-lettered, resumes, retention."""
     settings = tmp_path / "durable_settings.py"
     settings.write_text(_WORKER_SETTINGS)
     out = tmp_path / "handled.txt"
     cli = str(Path(sys.executable).parent / "trio-pgevents")
     args = [cli, "worker", "--settings", str(settings), "--database-url", outbox.url]
     args += ["--callback-arg", "event", "--consumer", "cli", "--max-attempts", "2"]
-    args += ["--installer-schema", outbox.schema, "--channel", outbox.channel]
+    args += ["--installer-schema", outbox.schema, "--channel", outbox.channel, "--retention-interval", "0.2"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG_EVENTS_")}
     env["DURABLE_TEST_OUT"] = str(out)
 
@@ -565,7 +565,8 @@ async def test_cli_worker_consumer(outbox: Outbox, tmp_path: Path, query: Query)
     )
     assert [(r[1], r[2]) for r in rows] == [("RuntimeError: two is broken", 2)]
     await outbox.ainsert(4)
-    await run_worker(lambda: handled() == [1, 3, 4])  # nothing handled twice
+    # Nothing handled twice; retention deletes what the only consumer acknowledged.
+    await run_worker(lambda: handled() == [1, 3, 4] and outbox.count() == 0)
 
 
 # ---- bad input ---------------------------------------------------------------------------

@@ -233,7 +233,12 @@ async def _run_durable_worker(args: argparse.Namespace, settings: Settings, rout
                 watcher = _Signals(stop, nursery.cancel_scope)
                 nursery.start_soon(watcher.watch, signals)
                 async with open_durable_stream(
-                    engine, args.consumer, schema=args.installer_schema, channel=channel, auto_ack=False
+                    engine,
+                    args.consumer,
+                    schema=args.installer_schema,
+                    channel=channel,
+                    auto_ack=False,
+                    retention_interval=args.retention_interval or None,
                 ) as stream:
                     logger.info(
                         "worker consuming %s.events as durable consumer %r at %s (one at a time, "
@@ -717,6 +722,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="pgevents",
         metavar="NAME",
         help="with --consumer: the installer's schema holding the outbox (default 'pgevents')",
+    )
+    durable.add_argument(
+        "--retention-interval",
+        type=_non_negative_float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --consumer: delete events every registered consumer acknowledged this often "
+        "(default 60; 0: never)",
     )
     worker.set_defaults(func=cmd_worker)
 
