@@ -143,9 +143,7 @@ class SqlBuilder:
         comment = comment_for(create)
         types = ", ".join(_arg_type(arg) for arg in signature.split(",")) if signature else ""
         comment_sql = f"COMMENT ON FUNCTION {qualified}({types}) IS {self.render(sql.Literal(comment))}"
-        return Definition(
-            "function", f"{self.schema}.{name}({signature})", create, comment_sql, comment, name
-        )
+        return Definition("function", f"{self.schema}.{name}({types})", create, comment_sql, comment, name)
 
     # -- the payload ---------------------------------------------------------------------------------
 
@@ -796,8 +794,8 @@ END
 
     def drop_function(self, name: str) -> str:
         """``DROP FUNCTION IF EXISTS`` one of the installer's functions (by its signature)."""
-        signature = self.functions()[name].name.split("(", 1)[1][:-1]
-        types = ", ".join(_arg_type(arg) for arg in signature.split(",")) if signature else ""
+        # Definition names are "<schema>.<function>(<argument types>)".
+        types = self.functions()[name].name[len(f"{self.schema}.{name}(") : -1]
         return self._fmt("DROP FUNCTION IF EXISTS {S}.{fn}(" + types + ")", fn=sql.Identifier(name))
 
     # -- calls -------------------------------------------------------------------------------------
