@@ -130,7 +130,7 @@ def _in_fresh_process(name: str, uri: str, arg: int) -> dict[str, float]:
 
 def run(ctx: BenchContext) -> list[Result]:
     """Full-buffer RSS (default and 8x buffer) and RSS growth over 1M events."""
-    reps = min(ctx.reps, 3)
+    reps = 1 if ctx.quick else min(ctx.reps, 3)
     out: list[Result] = []
     for size in (16_384, 131_072):
         runs = [_in_fresh_process("full", ctx.server.uri, size) for _ in range(reps)]

@@ -181,7 +181,7 @@ def run(ctx: BenchContext) -> list[Result]:
 
 def _measure(ctx: BenchContext, pgbench: str, durable: bool) -> list[Result]:
     seconds = ctx.scale(4, 2)
-    reps = min(ctx.reps, 3)
+    reps = 1 if ctx.quick else min(ctx.reps, 3)
     label = "dsn" if ctx.dsn else ("fsync=on" if durable else "fsync=off")
     samples: dict[str, list[float]] = {mode: [] for mode in MODES}
     with _writer_server(ctx, durable) as server, tempfile.TemporaryDirectory() as tmp:
