@@ -270,11 +270,12 @@ def change_stream_status(
     )
 
 
-def drop_change_stream(engine: Engine | str, slot: str, publication: str) -> None:
+def drop_change_stream(engine: Engine | str, slot: str, publication: str | None) -> None:
     """Drop a change stream's replication slot and publication (each if it exists).
 
     Do this when a change stream is no longer used: its slot keeps WAL on
     the server until dropped. Idempotent. Blocking (use a thread from Trio).
+    ``publication=None`` drops only the slot.
 
     Raises:
         ReplicationError: the slot is in use by a connected consumer (stop it
@@ -282,7 +283,8 @@ def drop_change_stream(engine: Engine | str, slot: str, publication: str) -> Non
     """
     engine = conn_mod.as_engine(engine)
     _check_slot_name(slot)
-    _check_identifier("publication", publication)
+    if publication is not None:
+        _check_identifier("publication", publication)
 
     def work(cursor: Any) -> None:
         # A stream closed a moment ago may still hold the slot until its
@@ -308,6 +310,8 @@ def drop_change_stream(engine: Engine | str, slot: str, publication: str) -> Non
                 raise ReplicationError(f"replication slot {slot!r} is in use: {exc}".strip()) from exc
             except psycopg2.Error as exc:
                 raise ReplicationError(f"could not drop replication slot {slot!r}: {exc}".strip()) from exc
+        if publication is None:
+            return
         try:
             cursor.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
         except psycopg2.Error as exc:

@@ -1,10 +1,13 @@
 """The ``trio-pgevents`` command line (also ``python -m trio_pgevents``).
 
-Commands: ``build``, ``worker``, ``listen``, ``status``, ``uninstall``, ``demo``.
+Commands: ``build``, ``worker``, ``listen``, ``status``, ``uninstall``,
+``drop-change-stream``, ``demo``.
 Settings follow pg_events (see :mod:`trio_pgevents._settings`). Exit status:
 0 success, 1 failure (or ``status`` found something OUTDATED/MISSING),
 2 bad usage or settings (one line naming what was wrong; ``--debug`` adds the
-traceback), 130 interrupted before the command could stop gracefully.
+traceback), 3 ``status`` found a change stream slot past ``--max-slot-lag``
+(or lost) and nothing OUTDATED/MISSING (1 wins when both), 130 interrupted
+before the command could stop gracefully.
 """
 
 from __future__ import annotations
@@ -29,13 +32,14 @@ from sqlalchemy.pool import NullPool
 
 from ._connection import as_engine
 from ._decode import decode_trigger_payload
-from ._errors import ConfigurationError, InsufficientPrivilegeError, TrioPgEventsError
+from ._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError, TrioPgEventsError
 from ._events import Event, Overflow, RowChange, SchemaChange, StreamGap
 from ._settings import DATABASE_URL, Settings, load_settings
 from ._stream import open_event_stream
 from ._worker import CallbackRouter, Dispatcher
 
 if TYPE_CHECKING:
+    from ._cdc import ChangeStreamStatus
     from ._installer import InstallAction, Installer, InstallStatus
 
 __all__ = ["main", "build_parser"]
@@ -49,6 +53,10 @@ DEFAULT_CHANNEL = "pgevents"
 CONNECT_TIMEOUT = 10
 #: ``build`` shows a progress bar (on a terminal) from this many tables on.
 PROGRESS_THRESHOLD = 20
+#: ``status`` exits with this when a change stream slot is past ``--max-slot-lag``.
+EXIT_SLOT_LAG = 3
+#: ``--max-slot-lag`` default: 1 GiB of WAL not yet confirmed by the slot's consumer.
+DEFAULT_MAX_SLOT_LAG = 1 << 30
 
 
 class ExitStatus(Exception):
@@ -102,6 +110,46 @@ def _non_negative_float(text: str) -> float:
     if not value >= 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text}")
     return value
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _byte_size(text: str) -> int:
+    """``--max-slot-lag``: bytes, or with a unit as Postgres counts them (512MB, 1GB, 64kB; x1024)."""
+    value = text.strip().lower().replace(" ", "")
+    number = value.rstrip("kmgtib")
+    unit = value[len(number) :]
+    if unit.endswith("ib"):
+        unit = unit[:-2]
+    elif unit.endswith("b") and unit != "b":
+        unit = unit[:-1]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _SIZE_UNITS or not 0 <= amount < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected bytes, or a size such as 512MB or 1GB, not {text!r}")
+    return int(amount * _SIZE_UNITS[unit])
+
+
+def _human_bytes(amount: int) -> str:
+    """``1610612736`` -> ``1.5 GiB``."""
+    size = float(amount)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{amount} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _slot_name(text: str) -> str:
+    from ._cdc import _check_slot_name
+
+    try:
+        return _check_slot_name(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _settings(args: argparse.Namespace, *, need_callbacks: bool = False) -> Settings:
@@ -498,16 +546,36 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def status_to_json(status: InstallStatus) -> dict[str, Any]:
-    """The installer's status as a JSON-ready dict (``status --json``)."""
+    """The installer's status as a JSON-ready dict (``status --json``).
+
+    ``change_streams`` lists every change stream slot (with ``lag_bytes`` and
+    ``warning``); ``lagging_change_streams`` names those with a warning.
+    """
     data = dataclasses.asdict(status)
     data["ok"] = status.ok
+    data["lagging_change_streams"] = [s.slot for s in status.lagging_change_streams]
     return data
+
+
+def _change_stream_rows(streams: Sequence[ChangeStreamStatus]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for s in streams:
+        lag = "unknown" if s.lag_bytes is None else f"{_human_bytes(s.lag_bytes)} ({s.lag_bytes} bytes)"
+        if s.warning is None:
+            flag = ""
+        elif s.wal_status == "lost":
+            flag = "LOST"
+        else:
+            flag = "LAGGING"
+        active = f"yes (pid {s.active_pid})" if s.active else "no"
+        rows.append((s.slot, active, lag, s.wal_status or "", flag))
+    return rows
 
 
 async def _run_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     engine = await _connect(args, settings)
     try:
-        status = await _installer(args, engine).aio.status()
+        status = await _installer(args, engine).aio.status(lag_warning_bytes=args.max_slot_lag)
     finally:
         engine.dispose()
     if args.json:
@@ -528,19 +596,33 @@ async def _run_status(args: argparse.Namespace, settings: Settings, out: TextIO)
             out.write(_format_table(("TABLE", "STATE", "DURABLE", "REASON"), rows) + "\n")
         else:
             out.write("no watched tables\n")
+        if status.change_streams:
+            out.write("change streams\n")
+            headers = ("SLOT", "ACTIVE", "LAG", "WAL STATUS", "WARNING")
+            out.write(_format_table(headers, _change_stream_rows(status.change_streams)) + "\n")
         out.write(("ok" if status.ok else "NOT OK: something is OUTDATED or MISSING (run build)") + "\n")
-    return 0 if status.ok else 1
+    for lagging in status.lagging_change_streams:
+        hint = f"To drop it: {PROG} drop-change-stream --slot {lagging.slot}"
+        sys.stderr.write(f"{PROG}: WARNING: {lagging.warning} {hint}\n")
+    if not status.ok:
+        return 1
+    return EXIT_SLOT_LAG if status.lagging_change_streams else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """``status``: what is installed; exit status 1 when something is OUTDATED or MISSING."""
+    """``status``: what is installed, and the change stream slots with their lag.
+
+    Exit status 1 when something is OUTDATED or MISSING; else 3 when a change
+    stream slot is past --max-slot-lag (or lost): a slot nobody consumes keeps
+    WAL on the server forever.
+    """
     settings = _settings(args)
     return trio.run(_run_status, args, settings, sys.stdout)
 
 
-def _confirm(question: str) -> bool:
+def _confirm(question: str, command: str = "uninstall") -> bool:
     if not sys.stdin.isatty():
-        raise ExitStatus(2, "uninstall: refusing without confirmation (stdin is not a terminal): pass --yes")
+        raise ExitStatus(2, f"{command}: refusing without confirmation (stdin is not a terminal): pass --yes")
     sys.stderr.write(f"{question} [y/N] ")
     sys.stderr.flush()
     answer = sys.stdin.readline().strip().lower()
@@ -567,6 +649,46 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
         print("uninstall: cancelled, nothing changed", file=sys.stderr)
         return 1
     return trio.run(_run_uninstall, args, settings, sys.stdout)
+
+
+async def _run_drop_change_stream(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    from ._cdc import change_stream_status
+    from ._installer import Installer
+
+    command = "drop-change-stream"
+    engine = await _connect(args, settings)
+    try:
+        found = await trio.to_thread.run_sync(change_stream_status, engine, args.slot)
+        if not found.exists:
+            raise ExitStatus(
+                2, f"{command}: no replication slot {args.slot!r} in {settings.safe_url}; nothing changed"
+            )
+        try:
+            report = await Installer(engine).aio.drop_change_stream(args.slot, args.publication)
+        except ReplicationError as exc:
+            raise ExitStatus(2, f"{command}: {exc}; nothing changed") from exc
+    finally:
+        engine.dispose()
+    _print_actions(report.actions, out)
+    return 0
+
+
+def cmd_drop_change_stream(args: argparse.Namespace) -> int:
+    """``drop-change-stream``: drop a change stream's replication slot (and publication).
+
+    Asks first (``--yes`` skips). A slot nobody consumes keeps WAL forever; a
+    slot in use by a running change stream is refused (exit 2): stop it first.
+    """
+    settings = _settings(args)
+    what = f"replication slot {args.slot!r}" + (
+        f" and publication {args.publication!r}" if args.publication else ""
+    )
+    if not args.yes and not _confirm(
+        f"Drop {what} in {settings.safe_url}? Its consumer cannot resume afterwards.", "drop-change-stream"
+    ):
+        print("drop-change-stream: cancelled, nothing changed", file=sys.stderr)
+        return 1
+    return trio.run(_run_drop_change_stream, args, settings, sys.stdout)
 
 
 # ---- demo ----------------------------------------------------------------------------------------
@@ -747,6 +869,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=_describe(cmd_status),
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
+    status.add_argument(
+        "--max-slot-lag",
+        type=_byte_size,
+        default=DEFAULT_MAX_SLOT_LAG,
+        metavar="BYTES",
+        help="warn (and exit 3) when a change stream slot is more than this far behind: bytes, "
+        "or 512MB, 1GB... (default 1GB)",
+    )
     _installer_options(status)
     status.set_defaults(func=cmd_status)
 
@@ -759,6 +889,21 @@ def build_parser() -> argparse.ArgumentParser:
     uninstall.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
     _installer_options(uninstall)
     uninstall.set_defaults(func=cmd_uninstall)
+
+    drop_stream = sub.add_parser(
+        "drop-change-stream",
+        parents=[db],
+        help="drop a change stream's replication slot and publication",
+        description=_describe(cmd_drop_change_stream),
+    )
+    drop_stream.add_argument(
+        "--slot", required=True, type=_slot_name, metavar="NAME", help="the replication slot to drop"
+    )
+    drop_stream.add_argument(
+        "--publication", metavar="NAME", help="also drop this publication (default: keep publications)"
+    )
+    drop_stream.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+    drop_stream.set_defaults(func=cmd_drop_change_stream)
 
     demo = sub.add_parser(
         "demo",

@@ -12,6 +12,9 @@
 - ``status()`` compares what is in the database with what this version would
   create (hashes in ``COMMENT``\\ s); ``prune()`` removes ORPHANED leftovers;
   ``uninstall()`` removes everything the installer created, nothing else.
+- ``change_streams()`` lists the database's change stream slots (logical
+  replication, ``pgoutput``) with their lag; ``drop_change_stream()`` drops
+  one with its publication (a forgotten slot keeps WAL forever).
 - Every operation runs in one transaction (nothing half done, no window
   where a replaced trigger is missing) under an advisory lock, and each has a
   ``*_sql`` twin returning the SQL for a migration instead of running it.
@@ -24,6 +27,7 @@ worker thread, for Trio code.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable, Iterable
@@ -38,6 +42,8 @@ import trio
 from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
+from . import _cdc
+from ._cdc import DEFAULT_LAG_WARNING_BYTES, ChangeStreamStatus
 from ._connection import MAX_IDENTIFIER_BYTES, as_engine, describe_source, validate_channel
 from ._errors import ConfigurationError, InstallError, InsufficientPrivilegeError
 from ._installer_sql import Definition, SqlBuilder
@@ -161,6 +167,10 @@ class InstallStatus:
         tables: per watched (or orphaned) table.
         auto_rebuild_state: the auto-rebuild event trigger, or ``None``.
         durable_state: the outbox tables and function, or ``None``.
+        change_streams: every change stream slot of the database (see
+            :meth:`Installer.change_streams`). They do not count in
+            :attr:`ok`; :attr:`lagging_change_streams` lists those that need
+            attention.
     """
 
     function_state: ObjectState
@@ -168,6 +178,12 @@ class InstallStatus:
     tables: tuple[TableStatus, ...]
     auto_rebuild_state: ObjectState | None = None
     durable_state: ObjectState | None = None
+    change_streams: tuple[ChangeStreamStatus, ...] = ()
+
+    @property
+    def lagging_change_streams(self) -> tuple[ChangeStreamStatus, ...]:
+        """Change stream slots with a warning: lag past the threshold, or lost."""
+        return tuple(s for s in self.change_streams if s.warning is not None)
 
     @property
     def ok(self) -> bool:
@@ -665,9 +681,16 @@ class Installer:
 
     # -- status, prune, uninstall ----------------------------------------------------------------
 
-    def status(self) -> InstallStatus:
-        """Compare the database with what this version installs (read only)."""
-        return self._run("status", lambda cur, b: self._status(cur, b), lock=False)
+    def status(self, *, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES) -> InstallStatus:
+        """Compare the database with what this version installs (read only).
+
+        The result's ``change_streams`` lists the database's change stream
+        slots; each one more than ``lag_warning_bytes`` behind (default 1 GiB)
+        carries a ``warning`` (also logged at WARNING level).
+        """
+        status = self._run("status", lambda cur, b: self._status(cur, b), lock=False)
+        streams = self.change_streams(lag_warning_bytes=lag_warning_bytes)
+        return dataclasses.replace(status, change_streams=streams)
 
     def _object_state(self, wanted: dict[str, str], current: dict[str, str | None]) -> ObjectState:
         if any(name not in current for name in wanted):
@@ -892,6 +915,127 @@ class Installer:
         """The SQL of ``uninstall()``: works whatever is installed."""
         return self._render(lambda b: b.uninstall_script())
 
+    # -- change streams (logical replication slots) ---------------------------------------------
+
+    def _slot_names(self) -> list[str]:
+        """Logical ``pgoutput`` slots of the current database, by name."""
+
+        def work(cur: _Cursor, b: SqlBuilder) -> list[str]:
+            cur.execute(
+                "SELECT slot_name FROM pg_catalog.pg_replication_slots "
+                "WHERE slot_type = 'logical' AND plugin = 'pgoutput' AND database = current_database() "
+                "ORDER BY slot_name"
+            )
+            return [str(name) for (name,) in cur.fetchall()]
+
+        return self._run("change_streams", work, lock=False)
+
+    def change_streams(
+        self, *, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES
+    ) -> tuple[ChangeStreamStatus, ...]:
+        """Every change stream slot of the database, with its lag.
+
+        Lists the logical replication slots using the ``pgoutput`` plugin in
+        the current database (whoever made them), each as
+        :func:`~trio_pgevents.change_stream_status` reports it. A slot more
+        than ``lag_warning_bytes`` of WAL behind (default 1 GiB), or lost,
+        carries a ``warning``: a slot nobody consumes keeps WAL forever.
+        A slot dropped while listing is left out.
+        """
+        if (
+            not isinstance(lag_warning_bytes, int)
+            or isinstance(lag_warning_bytes, bool)
+            or lag_warning_bytes < 0
+        ):
+            raise ConfigurationError(f"lag_warning_bytes must be an int >= 0, not {lag_warning_bytes!r}")
+        statuses = []
+        for slot in self._slot_names():
+            try:
+                status = _cdc.change_stream_status(self._engine, slot, lag_warning_bytes=lag_warning_bytes)
+            except ConfigurationError:
+                continue  # a name change_stream_status cannot take: not one of ours
+            if status.exists:
+                statuses.append(status)
+        return tuple(statuses)
+
+    def drop_change_stream(self, slot: str, publication: str | None = None) -> InstallReport:
+        """Drop a change stream's replication slot and (if given) its publication.
+
+        Delegates to :func:`~trio_pgevents.drop_change_stream`. Each object is
+        reported ``removed``, or ``unchanged`` when it did not exist.
+
+        Raises:
+            ConfigurationError: a bad name, or ``slot`` is not a change stream
+                slot of this database (another plugin, a physical slot, or
+                another database's): it is left alone.
+            ReplicationError: the slot is in use by a connected consumer (stop
+                it first), or the role may not drop it.
+        """
+        _cdc._check_slot_name(slot)
+        if publication is not None:
+            _cdc._check_identifier("publication", publication)
+
+        def work(cur: _Cursor, b: SqlBuilder) -> tuple[tuple[str, str, str] | None, bool]:
+            cur.execute(
+                "SELECT slot_type::text, coalesce(plugin::text, ''), coalesce(database::text, '') = "
+                "current_database() FROM pg_catalog.pg_replication_slots WHERE slot_name = %s",
+                (slot,),
+            )
+            found = cur.fetchone()
+            cur.execute("SELECT true FROM pg_catalog.pg_publication WHERE pubname = %s", (publication,))
+            return found, cur.fetchone() is not None
+
+        found, publication_exists = self._run("drop_change_stream", work, lock=False)
+        if found is not None and (found[0] != "logical" or found[1] != "pgoutput" or not found[2]):
+            kind, plugin, _ = found
+            raise ConfigurationError(
+                f"replication slot {slot!r} is not a change stream slot of this database "
+                f"({kind} slot{f', plugin {plugin}' if plugin else ''}): not dropping it"
+            )
+        _cdc.drop_change_stream(self._engine, slot, publication)
+        actions = [
+            InstallAction(
+                "slot",
+                slot,
+                "removed" if found else "unchanged",
+                None if found else "no such replication slot",
+            )
+        ]
+        if publication is not None:
+            actions.append(
+                InstallAction(
+                    "publication",
+                    publication,
+                    "removed" if publication_exists else "unchanged",
+                    None if publication_exists else "no such publication",
+                )
+            )
+        return InstallReport(tuple(actions))
+
+    def drop_change_stream_sql(self, slot: str, publication: str | None = None) -> str:
+        """The SQL of ``drop_change_stream(...)``, for a migration.
+
+        It drops the slot if it exists (and fails while a consumer holds it),
+        then the publication if given and it exists.
+        """
+        _cdc._check_slot_name(slot)
+        if publication is not None:
+            _cdc._check_identifier("publication", publication)
+        statements = [
+            sql.SQL(
+                "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots "
+                "WHERE slot_name = {} AND slot_type = 'logical' AND plugin = 'pgoutput' "
+                "AND database = current_database()"
+            ).format(sql.Literal(slot))
+        ]
+        if publication is not None:
+            statements.append(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+        return self._run(
+            "building SQL",
+            lambda cur, b: "".join(s.as_string(cur) + ";\n" for s in statements),
+            lock=False,
+        )
+
     # -- durable mode: consumers and retention ---------------------------------------------------
 
     def _durable_exists(self, cur: _Cursor) -> bool:
@@ -1033,9 +1177,23 @@ class AsyncInstaller:
         """See :meth:`Installer.unwatch_table_sql`."""
         return await self._call(self.installer.unwatch_table_sql, table, schema)
 
-    async def status(self) -> InstallStatus:
+    async def status(self, *, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES) -> InstallStatus:
         """See :meth:`Installer.status`."""
-        return await self._call(self.installer.status)
+        return await self._call(self.installer.status, lag_warning_bytes=lag_warning_bytes)
+
+    async def change_streams(
+        self, *, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES
+    ) -> tuple[ChangeStreamStatus, ...]:
+        """See :meth:`Installer.change_streams`."""
+        return await self._call(self.installer.change_streams, lag_warning_bytes=lag_warning_bytes)
+
+    async def drop_change_stream(self, slot: str, publication: str | None = None) -> InstallReport:
+        """See :meth:`Installer.drop_change_stream`."""
+        return await self._call(self.installer.drop_change_stream, slot, publication)
+
+    async def drop_change_stream_sql(self, slot: str, publication: str | None = None) -> str:
+        """See :meth:`Installer.drop_change_stream_sql`."""
+        return await self._call(self.installer.drop_change_stream_sql, slot, publication)
 
     async def prune(self) -> InstallReport:
         """See :meth:`Installer.prune`."""
