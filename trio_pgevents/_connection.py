@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import select
 import socket
 import threading
 import weakref
@@ -268,6 +269,26 @@ def release(proxy: Any, *, broken: bool) -> None:
         except Exception:
             pass
     discard(proxy)
+
+
+def has_unread_data(fd: int) -> bool:
+    """True if the socket has bytes waiting (e.g. a backlog of notifications).
+
+    Resetting such a connection for the pool would first read the whole
+    backlog (the server answers UNLISTEN only after it), so it is discarded.
+    """
+    try:
+        readable, _, _ = select.select([fd], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
+def queue_usage(engine: Engine) -> float:
+    """``pg_notification_queue_usage()`` read on a separate pooled connection."""
+    with engine.connect() as connection:
+        value = connection.exec_driver_sql("SELECT pg_notification_queue_usage()").scalar()
+    return float(value or 0.0)
 
 
 def discard(proxy: Any) -> None:

@@ -83,9 +83,9 @@ class Listener:
         self._command_running = False
         self._command_done = trio.Event()
         self._next_probe = 0.0
+        self._queue_read_at = -math_inf
         self._listened: list[str] = []  # the channels the current connection LISTENed to
         self._tainted = False  # a thread was abandoned mid-command: do not reuse the connection
-        self.finished = trio.Event()
         # Health, for statistics().
         self.connected = False
         self.reconnects = 0
@@ -114,7 +114,6 @@ class Listener:
                     await self._recover(str(lost.args[0]), lost.__cause__)
         finally:
             await self._close_connection(broken=self._tainted)
-            self.finished.set()
 
     def _describe(self, exc: BaseException) -> str:
         """A driver error as one line, without the password (even if the driver echoed it)."""
@@ -237,7 +236,7 @@ class Listener:
             # One close_timeout for both steps (plus a moment to discard).
             deadline = trio.current_time() + self._options.close_timeout
             reset = False
-            if not broken and fd is not None:
+            if not broken and fd is not None and not conn_mod.has_unread_data(fd):
                 with trio.move_on_at(deadline):
                     error = await trio.to_thread.run_sync(_reset_sync, proxy, abandon_on_cancel=True)
                     reset = error is None
@@ -395,6 +394,41 @@ class Listener:
         """UNLISTEN channels (the shared set is already updated)."""
         await self._run_command(conn_mod.unlisten_sql(channels))
 
+    def _record_queue_usage(self, usage: float) -> None:
+        self.queue_usage = usage
+        self._queue_read_at = trio.current_time()
+        if usage >= self._options.queue_usage_warning:
+            logger.warning(
+                "notification queue of %s is %.3g%% full: a listener is not reading; "
+                "when it is full every NOTIFYing transaction fails",
+                self.source,
+                usage * 100,
+            )
+
+    async def watch_queue(self) -> None:
+        """Read the server's notification queue usage while the listening connection can't.
+
+        The probe reads it when the stream is idle; while notifications flow,
+        or while a slow consumer holds the listener back (exactly when the
+        queue fills), the probe waits. This task then asks on a separate
+        pooled connection, every ``probe_interval``. Runs until cancelled;
+        failures are left to the listener's own fault handling.
+        """
+        interval = self._options.probe_interval
+        while True:
+            await trio.sleep(interval)
+            if trio.current_time() - self._queue_read_at < interval:
+                continue
+            with trio.move_on_after(self._options.probe_timeout):
+                try:
+                    usage = await trio.to_thread.run_sync(
+                        conn_mod.queue_usage, self.engine, abandon_on_cancel=True
+                    )
+                except _DB_ERRORS as exc:
+                    logger.debug("queue usage of %s not read: %s", self.source, self._describe(exc))
+                    continue
+                self._record_queue_usage(usage)
+
     async def _probe(self, conn: Any, fd: int) -> None:
         """Ask the server something cheap: proves the link is alive, reads queue usage."""
         async with self._exclusive():
@@ -405,14 +439,7 @@ class Listener:
                 )
             if isinstance(usage, BaseException):
                 raise _Lost(f"liveness probe failed: {self._describe(usage)}") from usage
-            self.queue_usage = usage
-            if usage >= self._options.queue_usage_warning:
-                logger.warning(
-                    "notification queue of %s is %.3g%% full: a listener is not reading; "
-                    "when it is full every NOTIFYing transaction fails",
-                    self.source,
-                    usage * 100,
-                )
+            self._record_queue_usage(usage)
             if conn.notifies:
                 await self._drain(conn)
         self._next_probe = trio.current_time() + self._options.probe_interval

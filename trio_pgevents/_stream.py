@@ -107,42 +107,65 @@ class EventStream(BufferedStream):
             Listener(engine, self._channels.keys(), self._buffer, options, self._current_decoders)
             for engine in engines
         ]
-        self._scopes: list[trio.CancelScope] = []
+        self._tasks: list[tuple[trio.CancelScope, trio.Event]] = []
         self._closed = False
 
     # ---- lifecycle ----------------------------------------------------------
 
     async def _start(self, nursery: trio.Nursery) -> None:
         for listener in self._listeners:
-            scope = trio.CancelScope()
-            self._scopes.append(scope)
-            await nursery.start(self._run_listener, listener, scope)
+            await nursery.start(self._run_listener, listener, self._track())
+            # Tracked before it is scheduled: aclose() right after this still stops it.
+            nursery.start_soon(self._run_watcher, listener, self._track())
+
+    def _track(self) -> tuple[trio.CancelScope, trio.Event]:
+        """A cancel scope aclose() cancels, and an event it waits for, for one task."""
+        tracked = (trio.CancelScope(), trio.Event())
+        self._tasks.append(tracked)
+        if self._closed:
+            tracked[0].cancel()
+        return tracked
 
     @staticmethod
     async def _run_listener(
-        listener: Listener, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+        listener: Listener,
+        tracked: tuple[trio.CancelScope, trio.Event],
+        *,
+        task_status: trio.TaskStatus[None],
     ) -> None:
-        with scope:
-            await listener.run(task_status=task_status)
+        scope, done = tracked
+        try:
+            with scope:
+                await listener.run(task_status=task_status)
+        finally:
+            done.set()
+
+    @staticmethod
+    async def _run_watcher(listener: Listener, tracked: tuple[trio.CancelScope, trio.Event]) -> None:
+        scope, done = tracked
+        try:
+            with scope:
+                await listener.watch_queue()
+        finally:
+            done.set()
 
     async def aclose(self) -> None:
         """Stop listening, give the connections back, end iteration.
 
         Idempotent. Bounded in time even when cancelled: cleanup is shielded and
-        limited by ``close_timeout`` per connection.
+        limited by ``close_timeout`` per connection. When it returns, none of
+        the stream's tasks is left running.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
             return
         self._closed = True
         self._buffer.close()
-        for scope in self._scopes:
+        for scope, _ in self._tasks:
             scope.cancel()
-        with trio.CancelScope(shield=True):
-            for listener in self._listeners:
-                if self._scopes:
-                    with trio.move_on_after(self._options.close_timeout + 1):
-                        await listener.finished.wait()
+        with trio.CancelScope(shield=True), trio.move_on_after(self._options.close_timeout + 1):
+            for _, done in self._tasks:
+                await done.wait()
 
     # ---- channels ------------------------------------------------------------------
 
