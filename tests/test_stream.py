@@ -375,3 +375,54 @@ async def test_raise_policy_fails_the_stream(pg_engine: Engine, query: Query, un
         async with open_event_stream(pg_engine, [channel], max_buffer_size=10, overflow="raise"):
             await query("SELECT pg_notify(%s, g::text) FROM generate_series(1, 100) g", (channel,))
             await trio.sleep_forever()
+
+
+def test_events_compare_hash_and_pickle_by_content() -> None:
+    import pickle
+
+    from trio_pgevents import RowChange
+
+    a = RowChange.from_data("ch", {"table_name": "t", "new_data": {"id": 1}}, 0, "db")
+    b = RowChange.from_data("ch", {"table_name": "t", "new_data": {"id": 2}}, 0, "db")
+    a_again = RowChange.from_data("ch", {"table_name": "t", "new_data": {"id": 1}}, 0, "db")
+    assert a != b
+    assert hash(a) != hash(b)
+    assert a == a_again
+    assert hash(a) == hash(a_again)
+    restored = pickle.loads(pickle.dumps(b))
+    assert restored == b
+    assert restored.new_data == {"id": 2}
+    note = Notification("ch", "x", 1, "db")
+    assert pickle.loads(pickle.dumps(note)) == note
+    assert note != RowChange("ch", "x", 1, "db")  # same fields, different kind of event
+    with pytest.raises(AttributeError):
+        a.channel = "other"
+
+
+async def test_queue_usage_is_watched_while_the_consumer_holds_the_listener_back(
+    pg_engine: Engine, query: Query, unique: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    channel = unique("queue")
+    async with open_event_stream(
+        pg_engine,
+        [channel],
+        max_buffer_size=10,
+        probe_interval=0.2,
+        queue_usage_warning=1e-9,
+    ) as events:
+        # Far more than the socket buffers hold: the rest waits in the server's queue.
+        await query(
+            "SELECT pg_notify(%s, repeat('x', 500) || g) FROM generate_series(1, 50000) g", (channel,)
+        )
+        with trio.fail_after(20):
+            while not (events.statistics().sources[0].queue_usage or 0) > 0:
+                await trio.sleep(0.05)
+        assert events.statistics().buffered <= 10 + 1024
+        assert "notification queue" in caplog.text
+        # Draining the stream empties the queue again.
+        received = 0
+        with trio.fail_after(60):
+            async for batch in events.batches():
+                received += len(batch)
+                if received == 50000:
+                    break

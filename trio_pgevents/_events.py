@@ -146,6 +146,32 @@ class _DecodedEvent(Event):
     def __repr__(self) -> str:
         return f"{type(self).__name__}(channel={self[0]!r}, data={self.data!r}, source={self[3]!r})"
 
+    # Events built with from_data() hold no payload text in the tuple: compare,
+    # hash and pickle them by their (serialised) data, so two different
+    # changes never compare equal and a pickled event keeps its data.
+    def _identity(self) -> tuple[Any, ...]:
+        return (self[0], self.payload, self[2], self[3], *self[4:])
+
+    def __eq__(self, other: object) -> bool:
+        if type(self) is not type(other):
+            return False
+        assert isinstance(other, _DecodedEvent)
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, *self._identity()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        if self[1] is not None:
+            return (_rebuild, (type(self), tuple(self)))
+        return (_rebuild_from_data, (type(self), tuple(self), self.data))
+
+
+def _rebuild_from_data(cls: type[_DecodedEvent], items: tuple[Any, ...], data: dict[str, Any]) -> Event:
+    event = _new(cls, items)
+    event.__dict__["data"] = data
+    return event
+
 
 class RowChange(_DecodedEvent):
     """A row-level data change, from a trigger (or from logical replication).
