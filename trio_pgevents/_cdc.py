@@ -53,6 +53,7 @@ from ._errors import (
     StreamGapError,
 )
 from ._events import Event, StreamGap
+from ._nursery import open_unwrapping_nursery
 from ._options import GapPolicy, StreamOptions
 from ._pgoutput import PgOutputDecoder, ack_position, format_lsn
 
@@ -1044,20 +1045,6 @@ class ChangeStream(BufferedStream):
         return f"ChangeStream(slot={self.slot!r}, publication={self.publication!r}, source={self.source!r})"
 
 
-def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return leaves[0] if len(leaves) == 1 else None
-
-
 @asynccontextmanager
 async def open_change_stream(
     engine: Engine | str,
@@ -1152,20 +1139,14 @@ async def open_change_stream(
     stream = ChangeStream(
         engine, slot, publication, options, auto_ack=auto_ack, status_interval=status_interval
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            try:
-                await stream._start(nursery)
-            except BaseException:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-                raise
-            try:
-                yield stream
-            finally:
+    async with open_unwrapping_nursery() as nursery:
+        try:
+            await stream._start(nursery)
+        except BaseException:
+            with trio.CancelScope(shield=True):
                 await stream.aclose()
-    except BaseExceptionGroup as group:
-        sole = _sole_exception(group)
-        if sole is None:
             raise
-        raise sole from sole.__cause__
+        try:
+            yield stream
+        finally:
+            await stream.aclose()

@@ -51,7 +51,8 @@ from ._errors import (
 )
 from ._events import Event, RowChange, SchemaChange, StreamGap
 from ._installer import Installer
-from ._stream import EventStream, _sole_exception, connect_event_stream
+from ._nursery import open_unwrapping_nursery
+from ._stream import EventStream, connect_event_stream
 
 __all__ = [
     "DurableStatistics",
@@ -989,19 +990,13 @@ async def open_durable_stream(
         max_buffer_size=buffer_size,
         stream_options=dict(stream_options),
     )
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(stream._run)
-            processed = True
-            try:
-                yield stream
-            except BaseException:
-                processed = False
-                raise
-            finally:
-                await stream.aclose(processed=processed)
-    except BaseExceptionGroup as group:
-        sole = _sole_exception(group)
-        if sole is None:
+    async with open_unwrapping_nursery() as nursery:
+        await nursery.start(stream._run)
+        processed = True
+        try:
+            yield stream
+        except BaseException:
+            processed = False
             raise
-        raise sole from sole.__cause__
+        finally:
+            await stream.aclose(processed=processed)

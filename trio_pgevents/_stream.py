@@ -17,6 +17,7 @@ from ._decode import Decoder
 from ._errors import ConfigurationError
 from ._events import StreamGap
 from ._listener import Listener
+from ._nursery import open_unwrapping_nursery
 from ._options import GapPolicy, StreamOptions
 
 __all__ = [
@@ -293,20 +294,6 @@ async def connect_event_stream(
     return stream
 
 
-def _sole_exception(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    return leaves[0] if len(leaves) == 1 else None
-
-
 @asynccontextmanager
 async def open_event_stream(
     engine: EngineArg | Sequence[EngineArg],
@@ -391,15 +378,9 @@ async def open_event_stream(
     if decoders is not None:
         options["decoders"] = decoders
     stream = _make_stream(engine, channels, options)  # bad arguments fail here, unwrapped
-    try:
-        async with trio.open_nursery() as nursery:
-            await _start(stream, nursery)
-            try:
-                yield stream
-            finally:
-                await stream.aclose()
-    except BaseExceptionGroup as group:
-        sole = _sole_exception(group)
-        if sole is None:
-            raise
-        raise sole from sole.__cause__
+    async with open_unwrapping_nursery() as nursery:
+        await _start(stream, nursery)
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
