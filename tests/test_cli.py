@@ -733,12 +733,16 @@ async def test_build_without_superuser_skips_ddl_triggers_and_installs_the_rest(
 ) -> None:
     role = unique("cli_app")
     schema = unique("app_data")
-    await query(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
+    await query(f"CREATE ROLE \"{role}\" LOGIN NOSUPERUSER PASSWORD 'cli-pw'")
     try:
         await query(f'GRANT CREATE ON DATABASE "{sqlalchemy.make_url(pg_url).database}" TO "{role}"')
         await query(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"')
         await query(f'SET ROLE "{role}"; CREATE TABLE "{schema}".items (id int PRIMARY KEY); RESET ROLE')
-        role_url = sqlalchemy.make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+        role_url = (
+            sqlalchemy.make_url(pg_url)
+            .set(username=role, password="cli-pw")
+            .render_as_string(hide_password=False)
+        )
         db = ["--database-url", role_url, *installed]
         result = await arun_cli(["build", "--schema", schema, *db])
         assert result.returncode == 0, result.stderr
