@@ -217,6 +217,32 @@ def _signal_receiver() -> Any:
     return trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM)
 
 
+async def _serve_until_signalled(
+    args: argparse.Namespace,
+    settings: Settings,
+    on_signal: Callable[[str, trio.CancelScope], None],
+    body: Callable[[Engine], Awaitable[None]],
+) -> bool:
+    """Connect, run ``body(engine)`` while watching SIGINT/SIGTERM, dispose the engine.
+
+    The first signal calls ``on_signal(name, scope)`` (stop gracefully, or cancel
+    ``scope``); a second one cancels at once. Returns True if a second signal
+    forced the stop.
+    """
+    with _signal_receiver() as signals:
+        engine = await _connect(args, settings)
+        try:
+            async with trio.open_nursery() as nursery:
+                scope = nursery.cancel_scope
+                watcher = _Signals(lambda name: on_signal(name, scope), scope)
+                nursery.start_soon(watcher.watch, signals)
+                await body(engine)
+                scope.cancel()
+        finally:
+            engine.dispose()
+    return watcher.forced
+
+
 # ---- worker --------------------------------------------------------------------------------------
 
 
@@ -228,30 +254,24 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         return await _run_durable_worker(args, settings, router)
     dispatcher = Dispatcher(router, concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout)
     channels = list(dict.fromkeys(args.channel or [DEFAULT_CHANNEL]))
-    with _signal_receiver() as signals:
-        engine = await _connect(args, settings)
-        try:
-            async with trio.open_nursery() as nursery:
 
-                def stop(name: str) -> None:
-                    logger.info("received %s: stopping (finishing running callbacks)", name)
-                    dispatcher.stop()
+    def stop(name: str, scope: trio.CancelScope) -> None:
+        logger.info("received %s: stopping (finishing running callbacks)", name)
+        dispatcher.stop()
 
-                watcher = _Signals(stop, nursery.cancel_scope)
-                nursery.start_soon(watcher.watch, signals)
-                decoders = dict.fromkeys(channels, decode_trigger_payload)
-                async with open_event_stream(engine, channels, decoders=decoders) as stream:
-                    logger.info(
-                        "worker listening on %s at %s (concurrency %d, callbacks get %s)",
-                        ", ".join(channels),
-                        settings.safe_url,
-                        args.concurrency,
-                        "the event object" if args.callback_arg == "event" else "the JSON payload",
-                    )
-                    await dispatcher.run(stream)
-                nursery.cancel_scope.cancel()
-        finally:
-            engine.dispose()
+    async def body(engine: Engine) -> None:
+        decoders = dict.fromkeys(channels, decode_trigger_payload)
+        async with open_event_stream(engine, channels, decoders=decoders) as stream:
+            logger.info(
+                "worker listening on %s at %s (concurrency %d, callbacks get %s)",
+                ", ".join(channels),
+                settings.safe_url,
+                args.concurrency,
+                "the event object" if args.callback_arg == "event" else "the JSON payload",
+            )
+            await dispatcher.run(stream)
+
+    forced = await _serve_until_signalled(args, settings, stop, body)
     stats = dispatcher.statistics
     logger.info(
         "worker stopped: %d events, %d callbacks ok, %d failed, %d cancelled",
@@ -260,7 +280,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
         stats.failed,
         stats.cancelled,
     )
-    return 130 if watcher.forced else 0
+    return 130 if forced else 0
 
 
 async def _run_durable_worker(args: argparse.Namespace, settings: Settings, router: CallbackRouter) -> int:
@@ -269,37 +289,30 @@ async def _run_durable_worker(args: argparse.Namespace, settings: Settings, rout
 
     worker = DurableWorker(router, max_attempts=args.max_attempts, shutdown_timeout=args.shutdown_timeout)
     channel = (args.channel or [DEFAULT_CHANNEL])[0]
-    with _signal_receiver() as signals:
-        engine = await _connect(args, settings)
-        try:
-            async with trio.open_nursery() as nursery:
 
-                def stop(name: str) -> None:
-                    logger.info("received %s: stopping (finishing the running callback)", name)
-                    worker.stop()
+    def stop(name: str, scope: trio.CancelScope) -> None:
+        logger.info("received %s: stopping (finishing the running callback)", name)
+        worker.stop()
 
-                watcher = _Signals(stop, nursery.cancel_scope)
-                nursery.start_soon(watcher.watch, signals)
-                async with open_durable_stream(
-                    engine,
-                    args.consumer,
-                    schema=args.installer_schema,
-                    channel=channel,
-                    auto_ack=False,
-                    retention_interval=args.retention_interval or None,
-                ) as stream:
-                    logger.info(
-                        "worker consuming %s.events as durable consumer %r at %s (one at a time, "
-                        "up to %d attempts)",
-                        args.installer_schema,
-                        args.consumer,
-                        settings.safe_url,
-                        args.max_attempts,
-                    )
-                    await worker.run(stream)
-                nursery.cancel_scope.cancel()
-        finally:
-            engine.dispose()
+    async def body(engine: Engine) -> None:
+        async with open_durable_stream(
+            engine,
+            args.consumer,
+            schema=args.installer_schema,
+            channel=channel,
+            auto_ack=False,
+            retention_interval=args.retention_interval or None,
+        ) as stream:
+            logger.info(
+                "worker consuming %s.events as durable consumer %r at %s (one at a time, up to %d attempts)",
+                args.installer_schema,
+                args.consumer,
+                settings.safe_url,
+                args.max_attempts,
+            )
+            await worker.run(stream)
+
+    forced = await _serve_until_signalled(args, settings, stop, body)
     stats = worker.statistics
     logger.info(
         "worker stopped: %d events, %d callbacks ok, %d failed attempts, %d dead-lettered, %d cancelled",
@@ -309,7 +322,7 @@ async def _run_durable_worker(args: argparse.Namespace, settings: Settings, rout
         stats.dead_lettered,
         stats.cancelled,
     )
-    return 130 if watcher.forced else 0
+    return 130 if forced else 0
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -347,31 +360,27 @@ def event_to_json(event: Event) -> dict[str, Any]:
 
 async def _run_listen(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     printed = 0
-    with _signal_receiver() as signals:
-        engine = await _connect(args, settings)
-        try:
-            async with trio.open_nursery() as nursery:
 
-                def stop(name: str) -> None:
-                    logger.info("received %s: stopping", name)
-                    nursery.cancel_scope.cancel()
+    def stop(name: str, scope: trio.CancelScope) -> None:
+        logger.info("received %s: stopping", name)
+        scope.cancel()
 
-                nursery.start_soon(_Signals(stop, nursery.cancel_scope).watch, signals)
-                async with open_event_stream(engine, args.channels) as stream:
-                    logger.info("listening on %s at %s", ", ".join(args.channels), settings.safe_url)
-                    async for batch in stream.batches():
-                        for event in batch:
-                            out.write(json.dumps(event_to_json(event), ensure_ascii=False, default=str))
-                            out.write("\n")
-                            printed += 1
-                            if args.count is not None and printed >= args.count:
-                                break
-                        out.flush()
-                        if args.count is not None and printed >= args.count:
-                            break
-                nursery.cancel_scope.cancel()
-        finally:
-            engine.dispose()
+    async def body(engine: Engine) -> None:
+        nonlocal printed
+        async with open_event_stream(engine, args.channels) as stream:
+            logger.info("listening on %s at %s", ", ".join(args.channels), settings.safe_url)
+            async for batch in stream.batches():
+                for event in batch:
+                    out.write(json.dumps(event_to_json(event), ensure_ascii=False, default=str))
+                    out.write("\n")
+                    printed += 1
+                    if args.count is not None and printed >= args.count:
+                        break
+                out.flush()
+                if args.count is not None and printed >= args.count:
+                    break
+
+    await _serve_until_signalled(args, settings, stop, body)
     return 0
 
 
