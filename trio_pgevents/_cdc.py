@@ -1060,7 +1060,7 @@ async def open_change_stream(
     on_gap: GapPolicy = "event",
     reconnect: bool = True,
     backoff_initial: float = 0.05,
-    backoff_max: float = 1.0,
+    backoff_max: float = StreamOptions.backoff_max,
     max_reconnect_attempts: int | None = None,
     reconnect_timeout: float | None = None,
     keepalive: KeepaliveSettings | None = None,

@@ -52,6 +52,7 @@ from ._errors import (
 from ._events import Event, RowChange, SchemaChange, StreamGap
 from ._installer import Installer
 from ._nursery import open_unwrapping_nursery
+from ._options import StreamOptions
 from ._stream import EventStream, connect_event_stream
 
 __all__ = [
@@ -191,7 +192,7 @@ class DurableStream(BufferedStream):
         self._retention_batch_size = retention_batch_size
         self._stream_options = stream_options
         self._backoff_initial = float(stream_options.get("backoff_initial", 0.05))
-        self._backoff_max = float(stream_options.get("backoff_max", 1.0))
+        self._backoff_max = float(stream_options.get("backoff_max", StreamOptions.backoff_max))
         self._reconnect = bool(stream_options.get("reconnect", True))
         self._close_timeout = float(stream_options.get("close_timeout", 1.0))
 
