@@ -523,18 +523,26 @@ async def test_reconnect_off_raises_connection_lost(running: EmbeddedPostgres, n
     engine.dispose()
 
 
-async def test_max_reconnect_attempts_gives_up(running: EmbeddedPostgres, name: str) -> None:
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_reconnect_attempts": 3, "backoff_initial": 0.01, "backoff_max": 0.02}, "3 attempt"),
+        ({"reconnect_timeout": 0.5, "backoff_max": 0.1}, "could not reconnect"),
+    ],
+    ids=["max_reconnect_attempts", "reconnect_timeout"],
+)
+async def test_reconnect_gives_up_when_the_server_stays_down(
+    running: EmbeddedPostgres, name: str, options: dict[str, float], message: str
+) -> None:
     engine = engine_for(running.url, name, poolclass=NullPool)
 
     async def body() -> None:
-        async with open_event_stream(
-            engine, [name], max_reconnect_attempts=3, backoff_initial=0.01, backoff_max=0.02
-        ) as stream:
+        async with open_event_stream(engine, [name], **options) as stream:  # type: ignore[arg-type]
             await trio.to_thread.run_sync(running.stop)
             await stream.receive()
 
     try:
-        with trio.fail_after(30), pytest.raises(ConnectionLostError, match="3 attempt"):
+        with trio.fail_after(30), pytest.raises(ConnectionLostError, match=message):
             await body()
     finally:
         engine.dispose()
@@ -932,21 +940,6 @@ async def test_listen_to_a_peer_gone_silent_mid_connect_is_abandoned(
                 await trio.sleep(0.02)
         nursery.cancel_scope.cancel()
     engine.dispose()
-
-
-async def test_reconnect_timeout_gives_up(running: EmbeddedPostgres, name: str) -> None:
-    engine = engine_for(running.url, name, poolclass=NullPool)
-
-    async def body() -> None:
-        async with open_event_stream(engine, [name], reconnect_timeout=0.5, backoff_max=0.1) as stream:
-            await trio.to_thread.run_sync(running.stop)
-            await stream.receive()
-
-    try:
-        with trio.fail_after(30), pytest.raises(ConnectionLostError, match="could not reconnect"):
-            await body()
-    finally:
-        engine.dispose()
 
 
 async def test_one_source_reconnects_while_the_other_keeps_flowing(
