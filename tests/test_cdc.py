@@ -34,7 +34,7 @@ from trio_pgevents import (
     open_change_stream,
     set_replica_identity,
 )
-from trio_pgevents._pgoutput import PgOutputDecoder, format_lsn, parse_lsn
+from trio_pgevents._pgoutput import PgOutputDecoder, format_lsn, parse_lsn, widen_xid
 
 from .conftest import Query, run_sql
 
@@ -461,6 +461,57 @@ async def test_batches_and_receive(pg_engine: Engine, query: Query, table: Any, 
     assert seen == list(range(1, 5001))
 
 
+async def test_linger_gathers_a_trickle_into_one_batch(
+    pg_engine: Engine, query: Query, table: Any, cdc_names: Any
+) -> None:
+    # The first change after a quiet spell is read at once; changes committed
+    # while the reader lingers after it arrive together, as one batch.
+    name = await table()
+    slot, publication = cdc_names()
+    async with open_change_stream(
+        pg_engine, slot=slot, publication=publication, tables=[name], linger=1.0
+    ) as changes:
+        batches = changes.batches()
+        await query(f"INSERT INTO {name} VALUES (1, 'a')")
+        with trio.fail_after(30):
+            first = await batches.__anext__()
+        assert [e.new_data["id"] for e in first] == [1]
+        # Three separate transactions, committed within the 1 s linger.
+        await query(f"INSERT INTO {name} VALUES (2, 'b')")
+        await query(f"INSERT INTO {name} VALUES (3, 'c')")
+        await query(f"INSERT INTO {name} VALUES (4, 'd')")
+        with trio.fail_after(30):
+            second = await batches.__anext__()
+        assert [e.new_data["id"] for e in second] == [2, 3, 4]
+
+
+async def test_linger_never_slows_a_flood(
+    pg_engine: Engine, query: Query, table: Any, cdc_names: Any
+) -> None:
+    # The reader lingers after a read cycle (which drains the socket), never
+    # per message: a backlog of 20,000 changes in 2,000 transactions is read at
+    # full speed even at the longest linger (per message, it would take hours).
+    name = await table()
+    slot, publication = cdc_names()
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=[name]):
+        pass
+    await query(
+        "DO $$ BEGIN FOR i IN 1..2000 LOOP "
+        f"INSERT INTO {name} SELECT g, repeat('x', 100) FROM generate_series(i * 10, i * 10 + 9) AS g; "
+        "COMMIT; END LOOP; END $$"
+    )
+    async with open_change_stream(
+        pg_engine, slot=slot, publication=publication, tables=[name], linger=1.0
+    ) as changes:
+        seen = 0
+        with trio.fail_after(30):
+            async for batch in changes.batches():
+                seen += len(batch)
+                if seen >= 20_000:
+                    break
+    assert seen == 20_000
+
+
 async def test_resume_after_acknowledged_transaction(
     pg_engine: Engine, query: Query, table: Any, cdc_names: Any
 ) -> None:
@@ -684,6 +735,10 @@ async def test_bad_arguments(pg_engine: Engine, query: Query, table: Any, cdc_na
     with pytest.raises(ConfigurationError, match="status_interval"):
         async with open_change_stream(pg_engine, slot=slot, publication=publication, status_interval=0):
             pass
+    for bad_linger in (-0.1, 1.5, "0.01", True, float("nan")):
+        with pytest.raises(ConfigurationError, match="linger"):
+            async with open_change_stream(pg_engine, slot=slot, publication=publication, linger=bad_linger):
+                pass
     with pytest.raises(ConfigurationError, match="sequence of table names"):
         async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=name):
             pass
@@ -754,6 +809,46 @@ async def test_wal_level_replica_is_a_clear_error() -> None:
         assert rows == [(0,)]  # nothing half done
     finally:
         await trio.to_thread.run_sync(server.cleanup)
+
+
+async def test_txid_is_the_full_transaction_id() -> None:
+    # The trigger path's txid is txid_current() (epoch << 32 | xid); the WAL
+    # carries only the 32-bit xid. A server whose epoch is 5 tells them apart.
+    server = EmbeddedPostgres()
+    await trio.to_thread.run_sync(server.start)
+    try:
+        await trio.to_thread.run_sync(server.stop)
+        await trio.to_thread.run_sync(server._run, "pg_resetwal", "-e", "5", str(server.data_dir))
+        await trio.to_thread.run_sync(server.start)
+        engine = sqlalchemy.create_engine(server.url, poolclass=NullPool)
+        try:
+            await trio.to_thread.run_sync(run_sql, server.dsn, "CREATE TABLE t (id int PRIMARY KEY)")
+            async with open_change_stream(
+                engine, slot="epoch_slot", publication="epoch_pub", tables=["t"]
+            ) as changes:
+                rows = await trio.to_thread.run_sync(
+                    run_sql, server.dsn, "INSERT INTO t VALUES (1) RETURNING txid_current()"
+                )
+                (change,) = await take(changes, 1)
+        finally:
+            await trio.to_thread.run_sync(drop_change_stream, engine, "epoch_slot", "epoch_pub")
+            engine.dispose()
+        assert rows[0][0] >> 32 == 5
+        assert change.txid == rows[0][0]
+    finally:
+        await trio.to_thread.run_sync(server.cleanup)
+
+
+async def test_widen_xid_across_wraparound() -> None:
+    epoch = 7 << 32
+    assert widen_xid(100, epoch + 90) == epoch + 100
+    assert widen_xid(80, epoch + 90) == epoch + 80
+    # Just before and just after a wraparound of the 32-bit counter.
+    assert widen_xid(0xFFFFFFF0, epoch + 5) == epoch - 0x10
+    assert widen_xid(5, epoch - 0x10) == epoch + 5
+    # The farthest in each direction that is still unambiguous.
+    assert widen_xid((90 + 0x7FFFFFFF) & 0xFFFFFFFF, epoch + 90) == epoch + 90 + 0x7FFFFFFF
+    assert widen_xid((90 - 0x80000000) & 0xFFFFFFFF, epoch + 90) == epoch + 90 - 0x80000000
 
 
 async def test_failed_slot_creation_leaves_no_publication() -> None:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import random
 import re
+import select
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -74,6 +75,9 @@ DEFAULT_LAG_WARNING_BYTES = 1 << 30
 _IN_USE_GRACE = 3.0
 #: Most events put into the buffer per batch.
 _MAX_BATCH = 4096
+#: Default ``linger`` of :func:`open_change_stream` (seconds).
+DEFAULT_LINGER = 0.005
+_MAX_LINGER = 1.0
 #: Replication slot names: what ``pg_create_logical_replication_slot`` accepts.
 _SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 #: Session settings of the replication connection: values arrive in the
@@ -595,8 +599,13 @@ class _Fatal(Exception):
 
 def _open_replication(
     dsn: str, slot: str, publication: str, status_interval: float, keepalive: KeepaliveSettings | None
-) -> tuple[Any, Any]:
-    """Connect and START_REPLICATION (blocking; runs in a worker thread)."""
+) -> tuple[Any, Any, int]:
+    """Connect and START_REPLICATION (blocking; runs in a worker thread).
+
+    Returns the connection, its replication cursor, and the server's next
+    full (epoch-extended) transaction id, against which the stream widens
+    the WAL's 32-bit xids.
+    """
     try:
         conn = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
     except psycopg2.OperationalError as exc:
@@ -607,6 +616,10 @@ def _open_replication(
         if keepalive is not None:
             conn_mod.set_keepalive(conn.fileno(), keepalive)
         cursor = conn.cursor()
+        # Assigns no transaction id (unlike txid_current()); exists on every version.
+        cursor.execute("SELECT txid_snapshot_xmax(txid_current_snapshot())")
+        row = cursor.fetchone()
+        xid_reference = int(row[0]) if row else 0
         try:
             cursor.start_replication(
                 slot_name=slot,
@@ -624,7 +637,7 @@ def _open_replication(
         with contextlib.suppress(Exception):
             conn.close()
         raise
-    return conn, cursor
+    return conn, cursor, xid_reference
 
 
 class _Lost(Exception):
@@ -638,8 +651,9 @@ def _utcnow() -> datetime:
 class _Replicator:
     """Reads the slot into the stream's buffer, confirms acknowledged positions, reconnects."""
 
-    def __init__(self, stream: ChangeStream, engine: Engine, status_interval: float) -> None:
+    def __init__(self, stream: ChangeStream, engine: Engine, status_interval: float, linger: float) -> None:
         self._stream = stream
+        self._linger = linger
         self._engine = engine
         self._dsn = replication_dsn(engine)
         self._options = stream._options
@@ -702,23 +716,23 @@ class _Replicator:
         dsn, options = self._dsn, self._options
 
         def work() -> Any:
-            conn, cursor = _open_replication(
+            conn, cursor, xid_reference = _open_replication(
                 dsn, stream.slot, stream.publication, self._status_interval, options.keepalive
             )
             if handoff.deliver(conn) is None:
                 return None
-            return conn, cursor
+            return conn, cursor, xid_reference
 
         try:
             result = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
         except trio.Cancelled:
             handoff.abandon()
             raise
-        conn, cursor = result
+        conn, cursor, xid_reference = result
         encoding = psycopg2.extensions.encodings.get(
             conn.get_parameter_status("server_encoding") or "", "utf-8"
         )
-        self._decoder = PgOutputDecoder(stream.slot, stream.source, encoding)
+        self._decoder = PgOutputDecoder(stream.slot, stream.source, encoding, xid_reference)
         self._conn, self._cursor = conn, cursor
         self.backend_pid = conn.get_backend_pid()
         self.connected = True
@@ -812,6 +826,7 @@ class _Replicator:
         feed = decoder.feed
         put = self._stream._buffer.put
         wait_readable = trio.lowlevel.wait_readable
+        linger = self._linger
         more = False
         while True:
             if more:
@@ -820,11 +835,13 @@ class _Replicator:
                 await wait_readable(fd)
             batch: list[Event] = []
             more = False
+            messages = 0
             try:
                 while True:
                     message = read()
                     if message is None:
                         break
+                    messages += 1
                     feed(message.payload, batch)
                     if len(batch) >= _MAX_BATCH:
                         more = True  # libpq may hold more: read again before waiting
@@ -836,6 +853,16 @@ class _Replicator:
             if batch:
                 await put(batch)
             self._record_ack()
+            if linger and messages and not more:
+                # A trickle of small transactions (one message per wake-up) costs
+                # a wake-up of this task and of the consumer per message: let the
+                # next messages gather for ``linger`` seconds instead. Unless the
+                # socket already holds more (libpq reads a bounded amount per
+                # call): then read on at once, so lingering never slows a flood.
+                if _readable_now(fd):
+                    more = True
+                else:
+                    await trio.sleep(linger)
 
     def _record_ack(self) -> None:
         """Tell psycopg2 the acknowledged position (it sends it with the next status update)."""
@@ -866,6 +893,11 @@ class _Replicator:
                     continue  # the pump sees the broken connection and reconnects
                 self._sent_flush = max(self._sent_flush, position)
                 self._last_forced = now
+
+
+def _readable_now(fd: int) -> bool:
+    """Whether ``fd`` has data to read right now (a non-blocking poll)."""
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _close_quietly(conn: Any) -> None:
@@ -905,6 +937,7 @@ class ChangeStream(BufferedStream):
         *,
         auto_ack: bool,
         status_interval: float,
+        linger: float = 0.0,
     ) -> None:
         super().__init__(
             EventBuffer(options.max_buffer_size, options.overflow, conn_mod.describe_source(engine))
@@ -917,7 +950,7 @@ class ChangeStream(BufferedStream):
         self._acked: Event | None = None
         self._handed: Event | None = None
         self._ack_floor = 0
-        self._replicator = _Replicator(self, engine, status_interval)
+        self._replicator = _Replicator(self, engine, status_interval, linger)
         self._scope: trio.CancelScope | None = None
         self._closed = False
 
@@ -1054,6 +1087,7 @@ async def open_change_stream(
     tables: Sequence[str] | None = None,
     create: bool = True,
     status_interval: float = 10.0,
+    linger: float = DEFAULT_LINGER,
     auto_ack: bool = True,
     max_buffer_size: int = 16384,
     overflow: OverflowPolicy = "backpressure",
@@ -1090,6 +1124,11 @@ async def open_change_stream(
         create: create a missing publication/slot (else :class:`ReplicationError`).
         status_interval: seconds between status updates to the server
             (keeps ``wal_sender_timeout`` away, even under backpressure).
+        linger: seconds to let further changes gather after a small read,
+            before reading again (only while changes keep coming, and never
+            while the socket already holds more): fewer wake-ups under many
+            small transactions, for at most this much added latency. The
+            first change after a quiet spell is read at once. 0 disables it.
         auto_ack: acknowledge an event when the consumer moves past it; with
             False, call :meth:`ChangeStream.ack`.
         max_buffer_size, overflow, on_gap, reconnect, backoff_initial,
@@ -1120,6 +1159,12 @@ async def open_change_stream(
         raise ConfigurationError(
             f"status_interval must be a positive number of seconds, not {status_interval!r}"
         )
+    if (
+        not isinstance(linger, (int, float))
+        or isinstance(linger, bool)
+        or not 0 <= linger <= _MAX_LINGER
+    ):
+        raise ConfigurationError(f"linger must be between 0 and {_MAX_LINGER} seconds, not {linger!r}")
     option_values: dict[str, Any] = {
         "max_buffer_size": max_buffer_size,
         "overflow": overflow,
@@ -1137,7 +1182,13 @@ async def open_change_stream(
     engine = conn_mod.as_engine(engine)
     await trio.to_thread.run_sync(_prepare, engine, slot, publication, table_list, create)
     stream = ChangeStream(
-        engine, slot, publication, options, auto_ack=auto_ack, status_interval=status_interval
+        engine,
+        slot,
+        publication,
+        options,
+        auto_ack=auto_ack,
+        status_interval=status_interval,
+        linger=linger,
     )
     async with open_unwrapping_nursery() as nursery:
         try:

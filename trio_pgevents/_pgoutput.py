@@ -11,7 +11,9 @@ Each event carries pg_events' keys (``table_schema``, ``table_name``,
 ``None`` because the WAL does not record them) plus:
 
 - ``lsn``: the commit LSN of its transaction, as ``X/Y`` text,
-- ``txid``: the 32-bit transaction id (``xid``) of its transaction,
+- ``txid``: the transaction id, epoch-extended (64-bit, what ``txid_current()``
+  / ``pg_current_xact_id()`` return, as in the trigger path) when the decoder
+  knows a recent full id (``xid_reference``); otherwise the WAL's 32-bit xid,
 - ``commit_time``: the commit timestamp, an aware ``datetime`` in UTC.
 
 Two events are equal (and hash alike) when they are the same change: same
@@ -57,7 +59,7 @@ from typing import Any
 from ._errors import ReplicationError
 from ._events import Event, RowChange
 
-__all__ = ["PgOutputDecoder", "format_lsn", "parse_lsn", "converter_for_type"]
+__all__ = ["PgOutputDecoder", "format_lsn", "parse_lsn", "converter_for_type", "widen_xid"]
 
 Converter = Callable[[str], Any]
 
@@ -80,6 +82,18 @@ _fromtimestamp = datetime.fromtimestamp
 def format_lsn(lsn: int) -> str:
     """``0x16B3748`` -> ``'0/16B3748'``: the text form PostgreSQL uses."""
     return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def widen_xid(xid: int, reference: int) -> int:
+    """The 64-bit (epoch-extended) id of 32-bit ``xid``, given a nearby full id ``reference``.
+
+    PostgreSQL keeps every live transaction id within 2**31 of the next one,
+    so the full id is the one nearest ``reference`` whose low 32 bits are ``xid``.
+    """
+    delta = (xid - reference) & 0xFFFFFFFF
+    if delta >= 0x80000000:
+        delta -= 0x100000000
+    return reference + delta
 
 
 def parse_lsn(text: str) -> int:
@@ -250,6 +264,9 @@ class PgOutputDecoder:
         channel: the events' ``channel`` (the change stream uses its slot name).
         source: the events' ``source`` (database URL, password hidden).
         encoding: Python codec of the database's server encoding.
+        xid_reference: a full (64-bit) transaction id read from the server
+            shortly before streaming; each Begin's 32-bit xid is widened
+            relative to it (and it then follows the stream).
 
     State (relations seen, the open transaction) lives here, so one decoder
     serves one replication session; make a new one after reconnecting.
@@ -261,8 +278,12 @@ class PgOutputDecoder:
     (see :func:`ack_position`).
     """
 
-    def __init__(self, channel: str, source: str, encoding: str = "utf-8") -> None:
+    def __init__(
+        self, channel: str, source: str, encoding: str = "utf-8", xid_reference: int | None = None
+    ) -> None:
         self.channel = channel
+        #: A recent epoch-extended transaction id (None: report 32-bit xids).
+        self.xid_reference = xid_reference
         self.source = source
         self.encoding = encoding
         self._relations: dict[int, _Relation] = {}
@@ -308,6 +329,9 @@ class PgOutputDecoder:
         final_lsn, timestamp, xid = _BEGIN.unpack_from(payload, 1)
         self._in_transaction = True
         self._lsn_text = format_lsn(final_lsn)
+        reference = self.xid_reference
+        if reference is not None:
+            xid = self.xid_reference = widen_xid(xid, reference)
         self._xid = xid
         # Exact to the microsecond until 2106 (float spacing < 0.5 us), and a
         # few times cheaper than epoch + timedelta: this runs per transaction.
