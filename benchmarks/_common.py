@@ -20,11 +20,14 @@ import multiprocessing.connection
 import os
 import platform
 import random
+import re
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg2
@@ -44,6 +47,7 @@ __all__ = [
     "median",
     "open_server",
     "percentile",
+    "pgbench_tps",
     "rss_bytes",
 ]
 
@@ -285,6 +289,30 @@ class BenchContext:
     def scale(self, full: int, quick: int) -> int:
         """``quick`` in a quick run, else ``full``."""
         return quick if self.quick else full
+
+
+_TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
+
+
+def pgbench_tps(
+    uri: str, script: Path, seconds: int, *, clients: int = 16, threads: int = 2, cpus: set[int] | None = None
+) -> float:
+    """Run the wheel's pgbench with ``script`` (optionally pinned to ``cpus``); return its TPS.
+
+    The TPS is pgbench's figure without the initial connection time.
+    """
+    from trio_pgevents._embedded import _bin_dir
+
+    command = [str(_bin_dir() / "pgbench"), "-n", "-c", str(clients), "-j", str(threads)]
+    command += ["-T", str(seconds), "-f", str(script), uri]
+    pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, timeout=seconds + 120, preexec_fn=pin
+    )
+    match = _TPS.search(result.stdout)
+    if result.returncode != 0 or match is None:
+        raise RuntimeError(f"pgbench failed ({result.returncode}): {result.stdout}\n{result.stderr}")
+    return float(match.group(1))
 
 
 def unique_name(prefix: str) -> str:

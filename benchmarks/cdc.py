@@ -3,9 +3,24 @@
 ``python -m benchmarks.cdc`` (alone) or ``python -m benchmarks --only cdc``.
 
 1. Writer TPS: ``pgbench -n -c 16 -j 2 -T 10`` with a single-row INSERT
-   script, with no listener at all, then while a change stream (in this
-   process) consumes every change; reported as a ratio (target >= 0.9x).
-   Runs alternate (baseline, stream, baseline, ...) so drift hits both.
+   script, in three cases taken in turn (so drift hits all of them):
+
+   - no listener at all (the baseline);
+   - ``pg_recvlogical`` (PostgreSQL's own C client, from the same wheel)
+     reading the same pgoutput stream into ``/dev/null``: the cost of logical
+     decoding itself (the server's walsender) with the cheapest possible
+     client: about the best any client can do on the same machine;
+   - a trio_pgevents change stream consuming every change (target >= 0.9x
+     of the baseline).
+
+   On a machine where the writers use every core, the walsender and the
+   consumer take CPU from them. So, with an embedded server on a Linux
+   machine of 2 or more CPUs, the baseline and the change stream are run
+   once more on a separate server with the writers (the postmaster, its
+   backends and pgbench) pinned to CPU 0, and the walsender and the
+   consumer pinned to CPU 1: the cost when the stream has a core to itself,
+   as when the consumer runs on another host and the server has a spare
+   core. Both server processes pinned, the baseline has one core too.
 2. Change events consumed per second: N rows are written first (1000-row
    transactions, a 3-column row), then a change stream reads them all with
    ``batches()``; timed from opening the stream to the last event
@@ -14,12 +29,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,33 +47,11 @@ from sqlalchemy.pool import NullPool
 from trio_pgevents import ChangeStream, RowChange, drop_change_stream, open_change_stream
 from trio_pgevents._embedded import _bin_dir
 
-from ._common import BenchContext, Result, median, open_server, unique_name, with_ratio
+from ._common import BenchContext, Result, Server, median, open_server, pgbench_tps, unique_name, with_ratio
 
 __all__ = ["run", "main"]
 
-_TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
-
-
-def _pgbench(uri: str, script: Path, seconds: int, clients: int = 16, threads: int = 2) -> float:
-    """Run pgbench; return its TPS (without initial connection time)."""
-    command = [
-        str(_bin_dir() / "pgbench"),
-        "-n",
-        "-c",
-        str(clients),
-        "-j",
-        str(threads),
-        "-T",
-        str(seconds),
-        "-f",
-        str(script),
-        uri,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 120)
-    match = _TPS.search(result.stdout)
-    if result.returncode != 0 or match is None:
-        raise RuntimeError(f"pgbench failed ({result.returncode}): {result.stdout}\n{result.stderr}")
-    return float(match.group(1))
+CLIENTS = 16
 
 
 async def _drain(changes: ChangeStream, until: int) -> int:
@@ -69,14 +64,22 @@ async def _drain(changes: ChangeStream, until: int) -> int:
     return count
 
 
-def _writer_run(ctx: BenchContext, engine: Any, table: str, script: Path, seconds: int) -> dict[str, Any]:
-    """One pgbench run while a change stream consumes."""
+def _writer_run(
+    server: Server, engine: Any, table: str, script: Path, seconds: int, *, split: Split | None = None
+) -> dict[str, Any]:
+    """One pgbench run while a change stream (in this process) consumes.
+
+    With ``split``, pgbench runs on the writers' CPUs and this thread and the
+    walsender on the stream's.
+    """
     slot, publication = unique_name("bench_slot"), unique_name("bench_pub")
     report: dict[str, Any] = {}
 
     async def main() -> None:
         async with open_change_stream(engine, slot=slot, publication=publication, tables=[table]) as changes:
-            before = ctx.server.execute(f"SELECT count(*) FROM {table}")[0][0]
+            if split is not None:
+                split.pin_stream(changes.backend_pid)
+            before = server.execute(f"SELECT count(*) FROM {table}")[0][0]
             consumed = 0
 
             async def consume(scope: trio.CancelScope) -> None:
@@ -88,16 +91,19 @@ def _writer_run(ctx: BenchContext, engine: Any, table: str, script: Path, second
             scope = trio.CancelScope()
             cpu_started = time.process_time()
             walsender_started = _cpu_seconds(changes.backend_pid)
+            cpus = None if split is None else split.writers
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume, scope)
-                report["tps"] = await trio.to_thread.run_sync(_pgbench, ctx.server.uri, script, seconds)
+                report["tps"] = await trio.to_thread.run_sync(
+                    functools.partial(pgbench_tps, server.uri, script, seconds, cpus=cpus)
+                )
                 scope.cancel()
             # Where the stream's cost goes: CPU of this process and of its walsender.
             report["consumer_cpu_s"] = round(time.process_time() - cpu_started, 2)
             walsender_now = _cpu_seconds(changes.backend_pid)
             if walsender_started is not None and walsender_now is not None:
                 report["walsender_cpu_s"] = round(walsender_now - walsender_started, 2)
-            written = ctx.server.execute(f"SELECT count(*) FROM {table}")[0][0] - before
+            written = server.execute(f"SELECT count(*) FROM {table}")[0][0] - before
             report["consumed_during"] = consumed
             report["written"] = written
             started = time.perf_counter()
@@ -106,10 +112,125 @@ def _writer_run(ctx: BenchContext, engine: Any, table: str, script: Path, second
             report["catch_up_s"] = time.perf_counter() - started
 
     try:
-        trio.run(main)
+        with contextlib.ExitStack() as stack:
+            if split is not None:
+                stack.enter_context(split.stream_thread())
+            trio.run(main)
     finally:
         drop_change_stream(engine, slot, publication)
     return report
+
+
+def _recvlogical_run(server: Server, engine: Any, table: str, script: Path, seconds: int) -> dict[str, Any]:
+    """One pgbench run while ``pg_recvlogical`` reads the same pgoutput stream into /dev/null."""
+    slot, publication = unique_name("bench_slot"), unique_name("bench_pub")
+
+    async def create() -> None:
+        async with open_change_stream(engine, slot=slot, publication=publication, tables=[table]):
+            pass
+
+    trio.run(create)
+    report: dict[str, Any] = {}
+    command = [
+        str(_bin_dir() / "pg_recvlogical"),
+        "--dbname",
+        server.uri,
+        "--slot",
+        slot,
+        "--start",
+        "--option",
+        "proto_version=1",
+        "--option",
+        f"publication_names={publication}",
+        "--status-interval",
+        "10",
+        "--file",
+        "/dev/null",
+        "--no-loop",
+    ]
+    try:
+        with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as client:
+            try:
+                walsender = _wait_for_walsender(server, slot, client)
+                walsender_started = _cpu_seconds(walsender)
+                report["tps"] = pgbench_tps(server.uri, script, seconds)
+                walsender_now = _cpu_seconds(walsender)
+                if walsender_started is not None and walsender_now is not None:
+                    report["walsender_cpu_s"] = round(walsender_now - walsender_started, 2)
+                report["consumer_cpu_s"] = _cpu_seconds(client.pid)
+            finally:
+                client.terminate()
+                client.wait(timeout=30)
+    finally:
+        drop_change_stream(engine, slot, publication)
+    return report
+
+
+def _wait_for_walsender(server: Server, slot: str, client: subprocess.Popen[bytes]) -> int:
+    """The pid of the walsender serving ``slot`` once streaming (pg_recvlogical connected)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        rows = server.execute("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", [slot])
+        if rows and rows[0][0] is not None:
+            return int(rows[0][0])
+        if client.poll() is not None:
+            error = client.stderr.read().decode(errors="replace") if client.stderr else ""
+            raise RuntimeError(f"pg_recvlogical exited ({client.returncode}): {error}")
+        time.sleep(0.05)
+    raise RuntimeError("pg_recvlogical did not start streaming within 30 s")
+
+
+class Split:
+    """CPU placement for the "spare core" case: writers on one CPU, the stream on another.
+
+    Pins the postmaster and every process it has started (backends started
+    later inherit it) to ``writers``; :meth:`pin_stream` moves a walsender
+    to ``stream``, and :meth:`stream_thread` pins the calling thread there.
+    """
+
+    def __init__(self, server: Server, writers: set[int], stream: set[int]) -> None:
+        self.writers = writers
+        self.stream = stream
+        assert server.embedded is not None
+        postmaster = int((server.embedded.data_dir / "postmaster.pid").read_text().split()[0])
+        for pid in [postmaster, *_children(postmaster)]:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, writers)
+
+    def pin_stream(self, walsender: int | None) -> None:
+        """Move the walsender serving the stream to the stream's CPU."""
+        if walsender is not None:
+            os.sched_setaffinity(walsender, self.stream)
+
+    @contextlib.contextmanager
+    def stream_thread(self) -> Iterator[None]:
+        """Run the calling thread (the stream's Trio loop) on the stream's CPU meanwhile."""
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.stream)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, before)
+
+    @staticmethod
+    def possible(ctx: BenchContext) -> bool:
+        """Only on an embedded server (we pin its processes), on Linux, with 2+ CPUs."""
+        return ctx.dsn is None and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+
+
+def _children(parent: int) -> list[int]:
+    """Pids of ``parent``'s child processes (Linux /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            children.append(int(entry.name))
+    return children
 
 
 def _cpu_seconds(pid: int | None) -> float | None:
@@ -165,49 +286,138 @@ def run(ctx: BenchContext) -> list[Result]:
 def _writers(ctx: BenchContext, engine: Any) -> list[Result]:
     seconds = ctx.scale(10, 5)
     reps = max(1, min(ctx.reps, 3 if ctx.quick else 5))
-    table = unique_name("bench_cdc_w")
-    ctx.server.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, v int, t text)")
-    with tempfile.TemporaryDirectory() as tmp:
-        script = Path(tmp) / "insert.sql"
-        script.write_text(f"INSERT INTO {table} (v, t) VALUES (1, 'x');\n")
-        script.chmod(0o644)
-        base: list[float] = []
-        streamed: list[float] = []
-        reports: list[dict[str, Any]] = []
-        for rep in range(reps):
-            base.append(_pgbench(ctx.server.uri, script, seconds))
-            report = _writer_run(ctx, engine, table, script, seconds)
-            streamed.append(report["tps"])
-            reports.append(report)
-            ctx.log(
-                f"cdc writers rep {rep + 1}/{reps}: no listener {base[-1]:.0f} tps, "
-                f"change stream {streamed[-1]:.0f} tps (consumed {report['consumed_during']} of "
-                f"{report['written']} during the run, caught up in {report['catch_up_s']:.2f}s; "
-                f"CPU: consumer {report['consumer_cpu_s']}s, walsender {report.get('walsender_cpu_s')}s)"
-            )
-    ctx.server.execute(f"DROP TABLE {table}")
+    note = (
+        f"pgbench -n -c {CLIENTS} -j 2 -T {seconds}, single-row INSERT; wal_level=logical in every case; "
+        "the change stream runs in the benchmark process on the same machine"
+    )
+    with _insert_script(ctx.server) as (table, script):
+        runs = _alternate(
+            ctx, ctx.server, engine, table, script, seconds, reps, ["none", "pg_recvlogical", "stream"]
+        )
     baseline = Result(
         "cdc",
-        "pgbench 16 clients INSERT, no listener",
-        median(base),
+        f"pgbench {CLIENTS} clients INSERT, no listener",
+        median(runs["none"]),
         "tps",
-        samples=base,
-        note="",
+        samples=runs["none"],
+    )
+    reference = Result(
+        "cdc",
+        f"pgbench {CLIENTS} clients INSERT, pg_recvlogical reading (C reference client)",
+        median(runs["pg_recvlogical"]),
+        "tps",
+        samples=runs["pg_recvlogical"],
+        note=(
+            "the cost of logical decoding itself (the server's walsender) with PostgreSQL's own "
+            "minimal C client writing to /dev/null: about the best ratio any client can reach here"
+        ),
+        extra={"runs": runs["pg_recvlogical_reports"]},
+    )
+    with_ratio(reference, baseline)
+    with_stream = Result(
+        "cdc",
+        f"pgbench {CLIENTS} clients INSERT, change stream consuming",
+        median(runs["stream"]),
+        "tps",
+        samples=runs["stream"],
+        note=note,
+        extra={"runs": runs["stream_reports"], "vs_pg_recvlogical": median(runs["stream"]) / reference.value},
+    )
+    with_ratio(with_stream, baseline, target=0.9)
+    results = [baseline, reference, with_stream]
+    if Split.possible(ctx):
+        results.extend(_writers_spare_core(ctx, seconds, reps))
+    return results
+
+
+def _writers_spare_core(ctx: BenchContext, seconds: int, reps: int) -> list[Result]:
+    """Baseline and change stream on a fresh server, writers on CPU 0, stream and walsender on CPU 1."""
+    cpus = sorted(os.sched_getaffinity(0))
+    writers, stream = {cpus[0]}, {cpus[1]}
+    with open_server(None) as server:
+        engine = sqlalchemy.create_engine(server.sa_url, poolclass=NullPool)
+        try:
+            split = Split(server, writers, stream)
+            with _insert_script(server) as (table, script):
+                runs = _alternate(
+                    ctx, server, engine, table, script, seconds, reps, ["none", "stream"], split
+                )
+        finally:
+            engine.dispose()
+    baseline = Result(
+        "cdc",
+        f"pgbench {CLIENTS} clients INSERT on 1 CPU, no listener",
+        median(runs["none"]),
+        "tps",
+        samples=runs["none"],
     )
     with_stream = Result(
         "cdc",
-        "pgbench 16 clients INSERT, change stream consuming",
-        median(streamed),
+        f"pgbench {CLIENTS} clients INSERT on 1 CPU, change stream + walsender on another",
+        median(runs["stream"]),
         "tps",
-        samples=streamed,
+        samples=runs["stream"],
         note=(
-            f"pgbench -n -c 16 -j 2 -T {seconds}, single-row INSERT; the change stream runs in the "
-            "benchmark process on the same machine; wal_level=logical in both cases"
+            f"a separate embedded server; the postmaster, its backends and pgbench pinned to CPU {cpus[0]}, "
+            f"the walsender and the consuming process to CPU {cpus[1]}: the writers' cost when the "
+            "stream does not compete with them for CPU"
         ),
-        extra={"runs": reports},
+        extra={"runs": runs["stream_reports"]},
     )
     with_ratio(with_stream, baseline, target=0.9)
     return [baseline, with_stream]
+
+
+@contextlib.contextmanager
+def _insert_script(server: Server) -> Iterator[tuple[str, Path]]:
+    """A fresh table and a pgbench script inserting one row into it per transaction."""
+    table = unique_name("bench_cdc_w")
+    server.execute(f"CREATE TABLE {table} (id bigserial PRIMARY KEY, v int, t text)")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            os.chmod(tmp, 0o755)  # the server's user (pgbench runs as us, but be safe)
+            script = Path(tmp) / "insert.sql"
+            script.write_text(f"INSERT INTO {table} (v, t) VALUES (1, 'x');\n")
+            script.chmod(0o644)
+            yield table, script
+    finally:
+        server.execute(f"DROP TABLE {table}")
+
+
+def _alternate(
+    ctx: BenchContext,
+    server: Server,
+    engine: Any,
+    table: str,
+    script: Path,
+    seconds: int,
+    reps: int,
+    cases: list[str],
+    split: Split | None = None,
+) -> dict[str, Any]:
+    """Run ``cases`` in turn ``reps`` times; TPS per case, and each case's reports."""
+    runs: dict[str, Any] = {}
+    where = " (writers on 1 CPU)" if split else ""
+    writer_cpus = None if split is None else split.writers
+    for rep in range(reps):
+        line = []
+        for case in cases:
+            if case == "none":
+                report: dict[str, Any] = {"tps": pgbench_tps(server.uri, script, seconds, cpus=writer_cpus)}
+            elif case == "pg_recvlogical":
+                report = _recvlogical_run(server, engine, table, script, seconds)
+            else:
+                report = _writer_run(server, engine, table, script, seconds, split=split)
+            runs.setdefault(case, []).append(report["tps"])
+            runs.setdefault(f"{case}_reports", []).append(report)
+            cpu = ""
+            if "walsender_cpu_s" in report:
+                cpu = (
+                    f" (CPU s: walsender {report['walsender_cpu_s']}, client {report.get('consumer_cpu_s')})"
+                )
+            line.append(f"{case} {report['tps']:.0f} tps{cpu}")
+        ctx.log(f"cdc writers{where} rep {rep + 1}/{reps}: " + "; ".join(line))
+    return runs
 
 
 def _throughput(ctx: BenchContext, engine: Any) -> list[Result]:

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,13 +33,10 @@ from typing import Any
 
 from psycopg2 import sql
 
-from trio_pgevents._embedded import _bin_dir
-
-from ._common import BenchContext, Result, Server, median, open_server, unique_name, with_ratio
+from ._common import BenchContext, Result, Server, median, open_server, pgbench_tps, unique_name, with_ratio
 
 __all__ = ["main", "run"]
 
-_TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 
 CASES = {
     "a": "(a) no trigger",
@@ -58,17 +53,6 @@ BEGIN
 END $$;
 CREATE TRIGGER pg_events_style AFTER INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION {fn}();
 """
-
-
-def _pgbench(uri: str, script: Path, seconds: int, clients: int = 16, threads: int = 2) -> float:
-    """Run pgbench; return its TPS (without initial connection time)."""
-    command = [str(_bin_dir() / "pgbench"), "-n", "-c", str(clients), "-j", str(threads)]
-    command += ["-T", str(seconds), "-f", str(script), uri]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=seconds + 120)
-    match = _TPS.search(result.stdout)
-    if result.returncode != 0 or match is None:
-        raise RuntimeError(f"pgbench failed ({result.returncode}): {result.stdout}\n{result.stderr}")
-    return float(match.group(1))
 
 
 def _setup(server: Server, tables: dict[str, str], schema: str, channel: str) -> None:
@@ -115,7 +99,7 @@ def measure(server: Server, *, seconds: int, reps: int, log: Any) -> list[Result
                 scripts[key].chmod(0o644)
             for rep in range(reps):
                 for key in CASES:
-                    samples[key].append(_pgbench(server.uri, scripts[key], seconds))
+                    samples[key].append(pgbench_tps(server.uri, scripts[key], seconds))
                 log(
                     f"durable writers rep {rep + 1}/{reps}: "
                     + ", ".join(f"{key}={samples[key][-1]:.0f}" for key in CASES)
