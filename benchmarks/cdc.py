@@ -339,6 +339,9 @@ def _writers_spare_core(ctx: BenchContext, seconds: int, reps: int) -> list[Resu
         try:
             split = Split(server, writers, stream)
             with _insert_script(server) as (table, script):
+                # A just-started server is slower at first (the first baseline
+                # of an earlier run: 0.7x the others); warm it up unmeasured.
+                pgbench_tps(server.uri, script, seconds, cpus=writers)
                 runs = _alternate(
                     ctx, server, engine, table, script, seconds, reps, ["none", "stream"], split
                 )
