@@ -475,14 +475,16 @@ async def test_linger_gathers_a_trickle_into_one_batch(
         await query(f"INSERT INTO {name} VALUES (1, 'a')")
         with trio.fail_after(30):
             first = await batches.__anext__()
-        assert [e.new_data["id"] for e in first] == [1]
+        assert len(first) == 1
+        assert [e.new_data["id"] for e in first if isinstance(e, RowChange) and e.new_data] == [1]
         # Three separate transactions, committed within the 1 s linger.
         await query(f"INSERT INTO {name} VALUES (2, 'b')")
         await query(f"INSERT INTO {name} VALUES (3, 'c')")
         await query(f"INSERT INTO {name} VALUES (4, 'd')")
         with trio.fail_after(30):
             second = await batches.__anext__()
-        assert [e.new_data["id"] for e in second] == [2, 3, 4]
+        assert len(second) == 3
+        assert [e.new_data["id"] for e in second if isinstance(e, RowChange) and e.new_data] == [2, 3, 4]
 
 
 async def test_linger_never_slows_a_flood(
@@ -735,7 +737,8 @@ async def test_bad_arguments(pg_engine: Engine, query: Query, table: Any, cdc_na
     with pytest.raises(ConfigurationError, match="status_interval"):
         async with open_change_stream(pg_engine, slot=slot, publication=publication, status_interval=0):
             pass
-    for bad_linger in (-0.1, 1.5, "0.01", True, float("nan")):
+    bad_lingers: list[Any] = [-0.1, 1.5, "0.01", True, float("nan")]
+    for bad_linger in bad_lingers:
         with pytest.raises(ConfigurationError, match="linger"):
             async with open_change_stream(pg_engine, slot=slot, publication=publication, linger=bad_linger):
                 pass

@@ -599,7 +599,7 @@ class _Fatal(Exception):
 
 def _open_replication(
     dsn: str, slot: str, publication: str, status_interval: float, keepalive: KeepaliveSettings | None
-) -> tuple[Any, Any, int]:
+) -> tuple[Any, Any, int | None]:
     """Connect and START_REPLICATION (blocking; runs in a worker thread).
 
     Returns the connection, its replication cursor, and the server's next
@@ -619,7 +619,7 @@ def _open_replication(
         # Assigns no transaction id (unlike txid_current()); exists on every version.
         cursor.execute("SELECT txid_snapshot_xmax(txid_current_snapshot())")
         row = cursor.fetchone()
-        xid_reference = int(row[0]) if row else 0
+        xid_reference = int(row[0]) if row else None
         try:
             cursor.start_replication(
                 slot_name=slot,
@@ -856,9 +856,9 @@ class _Replicator:
             if linger and messages and not more:
                 # A trickle of small transactions (one message per wake-up) costs
                 # a wake-up of this task and of the consumer per message: let the
-                # next messages gather for ``linger`` seconds instead. Unless the
-                # socket already holds more (libpq reads a bounded amount per
-                # call): then read on at once, so lingering never slows a flood.
+                # next messages gather for ``linger`` seconds instead. The read
+                # loop drained the socket; if more arrived meanwhile (a backlog
+                # being sent), read on at once, so lingering never slows a flood.
                 if _readable_now(fd):
                     more = True
                 else:
@@ -937,7 +937,7 @@ class ChangeStream(BufferedStream):
         *,
         auto_ack: bool,
         status_interval: float,
-        linger: float = 0.0,
+        linger: float,
     ) -> None:
         super().__init__(
             EventBuffer(options.max_buffer_size, options.overflow, conn_mod.describe_source(engine))
@@ -1159,11 +1159,7 @@ async def open_change_stream(
         raise ConfigurationError(
             f"status_interval must be a positive number of seconds, not {status_interval!r}"
         )
-    if (
-        not isinstance(linger, (int, float))
-        or isinstance(linger, bool)
-        or not 0 <= linger <= _MAX_LINGER
-    ):
+    if not isinstance(linger, (int, float)) or isinstance(linger, bool) or not 0 <= linger <= _MAX_LINGER:
         raise ConfigurationError(f"linger must be between 0 and {_MAX_LINGER} seconds, not {linger!r}")
     option_values: dict[str, Any] = {
         "max_buffer_size": max_buffer_size,
