@@ -15,12 +15,12 @@
 
    On a machine where the writers use every core, the walsender and the
    consumer take CPU from them. So, with an embedded server on a Linux
-   machine of 2 or more CPUs, the baseline and the change stream are run
+   machine of 2 or more CPUs, the three cases are run
    once more on a separate server with the writers (the postmaster, its
    backends and pgbench) pinned to CPU 0, and the walsender and the
-   consumer pinned to CPU 1: the cost when the stream has a core to itself,
+   client pinned to CPU 1: the cost when the stream has a core to itself,
    as when the consumer runs on another host and the server has a spare
-   core. Both server processes pinned, the baseline has one core too.
+   core. The writers have one core in every case, the baseline included.
 2. Change events consumed per second: N rows are written first (1000-row
    transactions, a 3-column row), then a change stream reads them all with
    ``batches()``; timed from opening the stream to the last event
@@ -121,8 +121,13 @@ def _writer_run(
     return report
 
 
-def _recvlogical_run(server: Server, engine: Any, table: str, script: Path, seconds: int) -> dict[str, Any]:
-    """One pgbench run while ``pg_recvlogical`` reads the same pgoutput stream into /dev/null."""
+def _recvlogical_run(
+    server: Server, engine: Any, table: str, script: Path, seconds: int, *, split: Split | None = None
+) -> dict[str, Any]:
+    """One pgbench run while ``pg_recvlogical`` reads the same pgoutput stream into /dev/null.
+
+    With ``split``, pgbench runs on the writers' CPUs, pg_recvlogical and its walsender on the stream's.
+    """
     slot, publication = unique_name("bench_slot"), unique_name("bench_pub")
 
     async def create() -> None:
@@ -149,11 +154,17 @@ def _recvlogical_run(server: Server, engine: Any, table: str, script: Path, seco
         "--no-loop",
     ]
     try:
-        with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as client:
+        pin = None if split is None else (lambda: os.sched_setaffinity(0, split.stream))
+        with subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=pin
+        ) as client:
             try:
                 walsender = _wait_for_walsender(server, slot, client)
+                if split is not None:
+                    split.pin_stream(walsender)
                 walsender_started = _cpu_seconds(walsender)
-                report["tps"] = pgbench_tps(server.uri, script, seconds)
+                writers = None if split is None else split.writers
+                report["tps"] = pgbench_tps(server.uri, script, seconds, cpus=writers)
                 walsender_now = _cpu_seconds(walsender)
                 if walsender_started is not None and walsender_now is not None:
                     report["walsender_cpu_s"] = round(walsender_now - walsender_started, 2)
@@ -342,9 +353,8 @@ def _writers_spare_core(ctx: BenchContext, seconds: int, reps: int) -> list[Resu
                 # A just-started server is slower at first (the first baseline
                 # of an earlier run: 0.7x the others); warm it up unmeasured.
                 pgbench_tps(server.uri, script, seconds, cpus=writers)
-                runs = _alternate(
-                    ctx, server, engine, table, script, seconds, reps, ["none", "stream"], split
-                )
+                cases = ["none", "pg_recvlogical", "stream"]
+                runs = _alternate(ctx, server, engine, table, script, seconds, reps, cases, split)
         finally:
             engine.dispose()
     baseline = Result(
@@ -354,6 +364,16 @@ def _writers_spare_core(ctx: BenchContext, seconds: int, reps: int) -> list[Resu
         "tps",
         samples=runs["none"],
     )
+    reference = Result(
+        "cdc",
+        f"pgbench {CLIENTS} clients INSERT on 1 CPU, pg_recvlogical + walsender on another",
+        median(runs["pg_recvlogical"]),
+        "tps",
+        samples=runs["pg_recvlogical"],
+        note="the same placement with PostgreSQL's C client: the walsender's cost to the writers' core",
+        extra={"runs": runs["pg_recvlogical_reports"]},
+    )
+    with_ratio(reference, baseline)
     with_stream = Result(
         "cdc",
         f"pgbench {CLIENTS} clients INSERT on 1 CPU, change stream + walsender on another",
@@ -368,7 +388,7 @@ def _writers_spare_core(ctx: BenchContext, seconds: int, reps: int) -> list[Resu
         extra={"runs": runs["stream_reports"]},
     )
     with_ratio(with_stream, baseline, target=0.9)
-    return [baseline, with_stream]
+    return [baseline, reference, with_stream]
 
 
 @contextlib.contextmanager
@@ -408,7 +428,7 @@ def _alternate(
             if case == "none":
                 report: dict[str, Any] = {"tps": pgbench_tps(server.uri, script, seconds, cpus=writer_cpus)}
             elif case == "pg_recvlogical":
-                report = _recvlogical_run(server, engine, table, script, seconds)
+                report = _recvlogical_run(server, engine, table, script, seconds, split=split)
             else:
                 report = _writer_run(server, engine, table, script, seconds, split=split)
             runs.setdefault(case, []).append(report["tps"])
