@@ -297,52 +297,33 @@ def run(ctx: BenchContext) -> list[Result]:
 def _writers(ctx: BenchContext, engine: Any) -> list[Result]:
     seconds = ctx.scale(10, 5)
     reps = max(1, min(ctx.reps, 3 if ctx.quick else 5))
-    note = (
-        f"pgbench -n -c {CLIENTS} -j 2 -T {seconds}, single-row INSERT; wal_level=logical in every case; "
-        "the change stream runs in the benchmark process on the same machine"
-    )
     with _insert_script(ctx.server) as (table, script):
-        runs = _alternate(
-            ctx, ctx.server, engine, table, script, seconds, reps, ["none", "pg_recvlogical", "stream"]
-        )
-    baseline = Result(
-        "cdc",
-        f"pgbench {CLIENTS} clients INSERT, no listener",
-        median(runs["none"]),
-        "tps",
-        samples=runs["none"],
-    )
-    reference = Result(
-        "cdc",
-        f"pgbench {CLIENTS} clients INSERT, pg_recvlogical reading (C reference client)",
-        median(runs["pg_recvlogical"]),
-        "tps",
-        samples=runs["pg_recvlogical"],
-        note=(
+        runs = _alternate(ctx, ctx.server, engine, table, script, seconds, reps, _CASES)
+    results = _writer_results(
+        runs,
+        baseline_case=f"pgbench {CLIENTS} clients INSERT, no listener",
+        reference_case=f"pgbench {CLIENTS} clients INSERT, pg_recvlogical reading (C reference client)",
+        reference_note=(
             "the cost of logical decoding itself (the server's walsender) with PostgreSQL's own "
             "minimal C client writing to /dev/null: about the best ratio any client can reach here"
         ),
-        extra={"runs": runs["pg_recvlogical_reports"]},
+        stream_case=f"pgbench {CLIENTS} clients INSERT, change stream consuming",
+        stream_note=(
+            f"pgbench -n -c {CLIENTS} -j 2 -T {seconds}, single-row INSERT; wal_level=logical in every "
+            "case; the change stream runs in the benchmark process on the same machine"
+        ),
     )
-    with_ratio(reference, baseline)
-    with_stream = Result(
-        "cdc",
-        f"pgbench {CLIENTS} clients INSERT, change stream consuming",
-        median(runs["stream"]),
-        "tps",
-        samples=runs["stream"],
-        note=note,
-        extra={"runs": runs["stream_reports"], "vs_pg_recvlogical": median(runs["stream"]) / reference.value},
-    )
-    with_ratio(with_stream, baseline, target=0.9)
-    results = [baseline, reference, with_stream]
     if Split.possible(ctx):
         results.extend(_writers_spare_core(ctx, seconds, reps))
     return results
 
 
+#: The writer-cost cases, run in turn in each repetition.
+_CASES = ["none", "pg_recvlogical", "stream"]
+
+
 def _writers_spare_core(ctx: BenchContext, seconds: int, reps: int) -> list[Result]:
-    """Baseline and change stream on a fresh server, writers on CPU 0, stream and walsender on CPU 1."""
+    """The same cases on a fresh server, writers on CPU 0, client and walsender on CPU 1."""
     cpus = sorted(os.sched_getaffinity(0))
     writers, stream = {cpus[0]}, {cpus[1]}
     with open_server(None) as server:
@@ -353,39 +334,54 @@ def _writers_spare_core(ctx: BenchContext, seconds: int, reps: int) -> list[Resu
                 # A just-started server is slower at first (the first baseline
                 # of an earlier run: 0.7x the others); warm it up unmeasured.
                 pgbench_tps(server.uri, script, seconds, cpus=writers)
-                cases = ["none", "pg_recvlogical", "stream"]
-                runs = _alternate(ctx, server, engine, table, script, seconds, reps, cases, split)
+                runs = _alternate(ctx, server, engine, table, script, seconds, reps, _CASES, split)
         finally:
             engine.dispose()
-    baseline = Result(
-        "cdc",
-        f"pgbench {CLIENTS} clients INSERT on 1 CPU, no listener",
-        median(runs["none"]),
-        "tps",
-        samples=runs["none"],
+    return _writer_results(
+        runs,
+        baseline_case=f"pgbench {CLIENTS} clients INSERT on 1 CPU, no listener",
+        reference_case=f"pgbench {CLIENTS} clients INSERT on 1 CPU, pg_recvlogical + walsender on another",
+        reference_note=(
+            "the same placement with PostgreSQL's C client: the walsender's cost to the writers' core"
+        ),
+        stream_case=f"pgbench {CLIENTS} clients INSERT on 1 CPU, change stream + walsender on another",
+        stream_note=(
+            f"a separate embedded server; the postmaster, its backends and pgbench pinned to CPU {cpus[0]}, "
+            f"the walsender and the consuming process to CPU {cpus[1]}: the writers' cost when the "
+            "stream does not compete with them for CPU"
+        ),
     )
+
+
+def _writer_results(
+    runs: dict[str, Any],
+    *,
+    baseline_case: str,
+    reference_case: str,
+    reference_note: str,
+    stream_case: str,
+    stream_note: str,
+) -> list[Result]:
+    """Baseline, pg_recvlogical and change-stream rows from one :func:`_alternate`'s runs."""
+    baseline = Result("cdc", baseline_case, median(runs["none"]), "tps", samples=runs["none"])
     reference = Result(
         "cdc",
-        f"pgbench {CLIENTS} clients INSERT on 1 CPU, pg_recvlogical + walsender on another",
+        reference_case,
         median(runs["pg_recvlogical"]),
         "tps",
         samples=runs["pg_recvlogical"],
-        note="the same placement with PostgreSQL's C client: the walsender's cost to the writers' core",
+        note=reference_note,
         extra={"runs": runs["pg_recvlogical_reports"]},
     )
     with_ratio(reference, baseline)
     with_stream = Result(
         "cdc",
-        f"pgbench {CLIENTS} clients INSERT on 1 CPU, change stream + walsender on another",
+        stream_case,
         median(runs["stream"]),
         "tps",
         samples=runs["stream"],
-        note=(
-            f"a separate embedded server; the postmaster, its backends and pgbench pinned to CPU {cpus[0]}, "
-            f"the walsender and the consuming process to CPU {cpus[1]}: the writers' cost when the "
-            "stream does not compete with them for CPU"
-        ),
-        extra={"runs": runs["stream_reports"]},
+        note=stream_note,
+        extra={"runs": runs["stream_reports"], "vs_pg_recvlogical": median(runs["stream"]) / reference.value},
     )
     with_ratio(with_stream, baseline, target=0.9)
     return [baseline, reference, with_stream]
