@@ -11,9 +11,22 @@ import psycopg2
 import pytest
 import trio
 
+from trio_pgevents._consumer import BufferedStream
+
 Query = Callable[..., Awaitable[list[tuple[Any, ...]]]]
 
 _counter = itertools.count()
+
+
+async def drain(stream: BufferedStream, count: int, timeout: float) -> int:
+    """Read ``stream.batches()`` until ``count`` or more events arrived, within ``timeout`` s: how many."""
+    received = 0
+    with trio.fail_after(timeout):
+        async for batch in stream.batches():
+            received += len(batch)
+            if received >= count:
+                break
+    return received
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ from trio_pgevents import (
 )
 from trio_pgevents._pgoutput import PgOutputDecoder, format_lsn, parse_lsn, widen_xid
 
-from .conftest import Query, run_sql
+from .conftest import Query, drain, run_sql
 
 Names = tuple[str, str]
 
@@ -505,13 +505,7 @@ async def test_linger_never_slows_a_flood(
     async with open_change_stream(
         pg_engine, slot=slot, publication=publication, tables=[name], linger=1.0
     ) as changes:
-        seen = 0
-        with trio.fail_after(30):
-            async for batch in changes.batches():
-                seen += len(batch)
-                if seen >= 20_000:
-                    break
-    assert seen == 20_000
+        assert await drain(changes, 20_000, timeout=30) == 20_000
 
 
 async def test_resume_after_acknowledged_transaction(

@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from benchmarks import throughput
 from benchmarks.__main__ import format_table
 from benchmarks._common import Producer, Result, _as_uri, percentile, with_ratio
-from tests.conftest import Query
+from tests.conftest import Query, drain
 from trio_pgevents import Notification, RowChange, decode_trigger_payload, open_event_stream
 from trio_pgevents._consumer import NotifyBatch
 
@@ -79,12 +79,7 @@ async def test_idle_after_a_flood_still_receives(
     channel = unique("flood")
     async with open_event_stream(pg_engine, [channel]) as events:
         await query("SELECT pg_notify(%s, g::text) FROM generate_series(1, 20000) g", (channel,))
-        got = 0
-        with trio.fail_after(20):
-            async for batch in events.batches():
-                got += len(batch)
-                if got == 20000:
-                    break
+        assert await drain(events, 20000, timeout=20) == 20000
         await trio.sleep(0.2)  # let the listener go idle (nothing is expected here)
         await query("SELECT pg_notify(%s, 'late')", (channel,))
         with trio.fail_after(5):

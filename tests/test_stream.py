@@ -25,7 +25,7 @@ from trio_pgevents import (
     open_event_stream,
 )
 
-from .conftest import Query
+from .conftest import Query, drain
 
 Notify = Callable[..., Any]
 
@@ -420,9 +420,4 @@ async def test_queue_usage_is_watched_while_the_consumer_holds_the_listener_back
         assert events.statistics().buffered <= 10 + 1024
         assert "notification queue" in caplog.text
         # Draining the stream empties the queue again.
-        received = 0
-        with trio.fail_after(60):
-            async for batch in events.batches():
-                received += len(batch)
-                if received == 50000:
-                    break
+        assert await drain(events, 50000, timeout=60) == 50000
