@@ -11,6 +11,7 @@ import psycopg2
 import pytest
 import trio
 
+from trio_pgevents import Event
 from trio_pgevents._consumer import BufferedStream
 
 Query = Callable[..., Awaitable[list[tuple[Any, ...]]]]
@@ -27,6 +28,34 @@ async def drain(stream: BufferedStream, count: int, timeout: float) -> int:
             if received >= count:
                 break
     return received
+
+
+async def read_with_cancellations(stream: BufferedStream, count: int, timeout: float) -> list[Event]:
+    """Read ``count`` events while cancelling reads in every way a consumer can.
+
+    Before each event: a ``receive()`` and a ``batches()`` step under a scope
+    that is already cancelled (each must raise ``Cancelled`` having taken
+    nothing). Between them, the everyday "gather until a deadline, then
+    flush" loop: ``receive()`` under ``move_on_after`` with a deadline short
+    enough to fire in the middle of reads. Returns the events in the order
+    they were taken; a lost event shows as a missing one.
+    """
+    got: list[Event] = []
+    batches = stream.batches()
+    with trio.fail_after(timeout):
+        while len(got) < count:
+            for step in (stream.receive, batches.__anext__):
+                with trio.CancelScope() as scope:
+                    scope.cancel()
+                    await step()
+                assert scope.cancelled_caught, "a cancelled read returned instead of raising"
+            got.append(await stream.receive())
+            with trio.move_on_after(0.0005):
+                while len(got) < count:
+                    got.append(await stream.receive())
+            if len(got) < count:
+                got.extend(await batches.__anext__())
+    return got
 
 
 @pytest.fixture

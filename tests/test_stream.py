@@ -25,7 +25,7 @@ from trio_pgevents import (
     open_event_stream,
 )
 
-from .conftest import Query, drain
+from .conftest import Query, drain, read_with_cancellations
 
 Notify = Callable[..., Any]
 
@@ -421,3 +421,14 @@ async def test_queue_usage_is_watched_while_the_consumer_holds_the_listener_back
         assert "notification queue" in caplog.text
         # Draining the stream empties the queue again.
         assert await drain(events, 50000, timeout=60) == 50000
+
+
+async def test_a_cancelled_read_takes_nothing(pg_engine: Engine, query: Query, unique: Any) -> None:
+    # Trio's rule for receive(): if it is cancelled, nothing was taken.
+    channel = unique("cancelled_read")
+    async with open_event_stream(pg_engine, [channel]) as stream:
+        for start in range(0, 3000, 500):
+            statement = "SELECT pg_notify(%s, n::text) FROM generate_series(%s, %s) AS n"
+            await query(statement, (channel, start, start + 499))
+        events = await read_with_cancellations(stream, 3000, timeout=20)
+    assert [int(e.payload) for e in events] == list(range(3000))

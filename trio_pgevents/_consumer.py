@@ -115,12 +115,18 @@ class BufferedStream:
         return batch[0]
 
     async def receive(self) -> Event:
-        """Wait for the next event. Raises :class:`StreamClosedError` at the end."""
+        """Wait for the next event. Raises :class:`StreamClosedError` at the end.
+
+        As with Trio's channels, a ``receive()`` that is cancelled has taken
+        nothing: the event is returned by the next call.
+        """
         pos = self._pos
         batch = self._batch
         if pos < len(batch):
+            # Cancellation is seen before the event is taken, never after.
+            await trio.lowlevel.checkpoint_if_cancelled()
             self._pos = pos + 1
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return batch[pos]
         self._batch, self._pos = [], 0
         batch = _events(await self._buffer.get())
@@ -151,9 +157,10 @@ class BufferedStream:
 
     async def _next_batch(self) -> list[Event]:
         if self._pos < len(self._batch):
+            await trio.lowlevel.checkpoint_if_cancelled()  # before taking: a cancelled call takes nothing
             rest = self._batch[self._pos :] if self._pos else self._batch
             self._batch, self._pos = [], 0
-            await trio.lowlevel.checkpoint()
+            await trio.lowlevel.cancel_shielded_checkpoint()
             return rest
         try:
             return _events(await self._buffer.get())
