@@ -39,6 +39,7 @@ from ._events import Notification as Notification
 from ._events import Overflow as Overflow
 from ._events import RowChange as RowChange
 from ._events import SchemaChange as SchemaChange
+from ._events import ServerText as ServerText
 from ._events import StreamGap as StreamGap
 from ._installer import AsyncInstaller as AsyncInstaller
 from ._installer import ConsumerInfo as ConsumerInfo

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import select
 import socket
 import threading
@@ -25,6 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from ._errors import ConfigurationError, InvalidChannelError
+from ._threads import Handoff, _dup_socket
 
 __all__ = [
     "as_engine",
@@ -32,13 +32,11 @@ __all__ = [
     "validate_channel",
     "listen_sql",
     "unlisten_sql",
-    "Abandonable",
     "checkout",
     "release",
     "reset_for_pool",
     "discard",
     "set_keepalive",
-    "shutdown_socket",
 ]
 
 #: Postgres truncates identifiers to NAMEDATALEN-1 bytes.
@@ -119,64 +117,6 @@ def execute(dbapi_conn: Any, statement: sql.Composable | str) -> None:
         cursor.execute(statement)
 
 
-class Abandonable:
-    """Hands a connection made in a worker thread back to Trio, or closes it.
-
-    If the waiting Trio task gives up (cancelled, or its connect timeout
-    passed; ``abandon_on_cancel=True``), the thread may still be running:
-
-    - still connecting: it finishes later and whoever comes second -- the
-      thread or the canceller -- closes the connection, so none is leaked;
-    - connected but blocked on the server (LISTEN to a peer that went
-      silent): :meth:`abandon` shuts the socket down so the thread's read
-      returns at once, and the thread discards the connection.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._abandoned = False
-        self._result: Any = None
-        self._fd: int | None = None
-
-    def attach(self, fd: int) -> None:
-        """Called by the thread once connected: ``fd`` may be shut down by :meth:`abandon`."""
-        with self._lock:
-            if self._abandoned:
-                raise _Abandoned("connection attempt abandoned")
-            self._fd = fd
-
-    def detach(self) -> None:
-        """Called by the thread before it closes the connection (the fd may be reused)."""
-        with self._lock:
-            self._fd = None
-
-    def deliver(self, connection: Any) -> Any:
-        """Called by the thread with its new connection."""
-        with self._lock:
-            self._fd = None
-            if not self._abandoned:
-                self._result = connection
-                return connection
-        release(connection, broken=True)
-        return None
-
-    def abandon(self) -> None:
-        """Called by the task that gave up: close anything already delivered."""
-        with self._lock:
-            self._abandoned = True
-            leaked, self._result = self._result, None
-            if self._fd is not None:
-                # The thread is between attach() and deliver()/detach(): the fd is
-                # still its connection's, so this cannot hit an unrelated socket.
-                shutdown_socket(self._fd)
-        if leaked is not None:
-            release(leaked, broken=True)
-
-
-class _Abandoned(Exception):
-    """Internal: the thread learnt that nobody waits for its connection any more."""
-
-
 # libpq's own connect_timeout for the connections a listener makes (and only
 # those): set per thread around ``engine.raw_connection()``, read by a
 # ``do_connect`` hook. It bounds how long an abandoned attempt's thread can
@@ -204,7 +144,7 @@ def checkout(
     engine: Engine,
     channels: Iterable[str],
     keepalive: KeepaliveSettings | None,
-    handoff: Abandonable | None = None,
+    handoff: Handoff | None = None,
     connect_timeout: float | None = None,
 ) -> Any:
     """Take a raw connection from ``engine``, make it autocommit, LISTEN.
@@ -311,14 +251,6 @@ class KeepaliveSettings:
         return int((self.idle + self.interval * self.count) * 1000)
 
 
-def _dup_socket(fd: int) -> socket.socket | None:
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return None
-    return sock
-
-
 def set_keepalive(fd: int, settings: KeepaliveSettings) -> None:
     """Turn on TCP keepalives (no-op on Unix-domain sockets)."""
     sock = _dup_socket(fd)
@@ -337,18 +269,5 @@ def set_keepalive(fd: int, settings: KeepaliveSettings) -> None:
             option = getattr(socket, name, None)
             if option is not None:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
-    finally:
-        sock.close()
-
-
-def shutdown_socket(fd: int) -> None:
-    """Shut a connection's socket down so any blocked read in a thread returns."""
-    sock = _dup_socket(fd)
-    if sock is None:
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
     finally:
         sock.close()

@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - other Pythons
 
 
 __all__ = [
+    "ServerText",
     "Event",
     "Notification",
     "Overflow",
@@ -35,6 +36,27 @@ __all__ = [
 ]
 
 _new = tuple.__new__
+
+
+class ServerText(str):
+    """A column value left in the server's text form because it could not be converted.
+
+    Row values are converted by column type (see :class:`RowChange`); a value
+    that cannot be -- a jsonb nested deeper than Python parses, bytes that are
+    not valid in the database's encoding -- is delivered as this ``str``
+    subclass instead of stopping the stream. Undecodable bytes are kept as
+    ``\\xNN`` escapes. :attr:`reason` says what went wrong.
+    """
+
+    reason: str
+
+    def __new__(cls, text: str, reason: str) -> ServerText:
+        value = super().__new__(cls, text)
+        value.reason = reason
+        return value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ServerText, (str(self), self.reason))
 
 
 class Event(tuple[Any, ...]):

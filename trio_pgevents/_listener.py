@@ -8,6 +8,7 @@ loop is held off by ``_exclusive()``, so the event loop never blocks on I/O.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
@@ -34,6 +35,7 @@ from ._errors import (
 )
 from ._events import StreamGap
 from ._options import StreamOptions
+from ._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket
 
 __all__ = ["Listener"]
 
@@ -51,10 +53,6 @@ _DB_ERRORS = (
 
 class _Lost(Exception):
     """Internal: the connection is gone (reason in args[0])."""
-
-
-class _ConnectTimeout(OSError):
-    """Internal: a connect attempt took longer than ``connect_timeout``."""
 
 
 def _utcnow() -> datetime:
@@ -180,23 +178,16 @@ class Listener:
         """One attempt: check a connection out and LISTEN, bounded by ``connect_timeout``."""
         self._listened = list(self._channels)
         keepalive = self._options.keepalive
-        handoff = conn_mod.Abandonable()
+        handoff = Handoff(close=lambda proxy: conn_mod.release(proxy, broken=True))
         channels = self._listened
-
         timeout = self._options.connect_timeout
 
         def work() -> Any:
             return handoff.deliver(conn_mod.checkout(self.engine, channels, keepalive, handoff, timeout))
 
-        proxy = None
-        try:
-            with trio.move_on_after(timeout):
-                proxy = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
-        finally:
-            if proxy is None:  # cancelled, timed out, or failed: close whatever comes
-                handoff.abandon()
-        if proxy is None:
-            raise _ConnectTimeout(f"no connection within connect_timeout={timeout}s")
+        proxy = await run_abandonable(
+            work, timeout=timeout, handoff=handoff, what=f"connect and LISTEN (connect_timeout={timeout}s)"
+        )
         self._proxy = proxy
         self._tainted = False
         self.backend_pid = proxy.dbapi_connection.get_backend_pid()
@@ -243,7 +234,7 @@ class Listener:
             if fd is not None and not reset:
                 # Unblocks any thread still reading it (an abandoned probe or
                 # reset); the server sees EOF and ends the backend.
-                conn_mod.shutdown_socket(fd)
+                shutdown_socket(fd)
             with trio.move_on_at(max(deadline, trio.current_time() + 0.1)):
                 if reset:
                     await trio.to_thread.run_sync(proxy.close, abandon_on_cancel=True)
@@ -374,17 +365,18 @@ class Listener:
         and the socket shut down, so the thread returns at once and the
         connection is never reused (a half-open peer is found this way).
         """
-        fd = conn.fileno()
-        finished = False
+        handoff = Handoff()
+        handoff.attach(conn.fileno())
         try:
-            with trio.move_on_after(self._options.probe_timeout):
-                result = await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-                finished = True
-        finally:
-            if not finished:
-                self._tainted = True
-                conn_mod.shutdown_socket(fd)
-        return result if finished else _TIMED_OUT
+            return await run_abandonable(
+                functools.partial(fn, *args), timeout=self._options.probe_timeout, handoff=handoff
+            )
+        except CallTimeout:
+            self._tainted = True
+            return _TIMED_OUT
+        except trio.Cancelled:
+            self._tainted = True
+            raise
 
     async def listen(self, channels: list[str]) -> None:
         """LISTEN on more channels (the shared set is already updated)."""

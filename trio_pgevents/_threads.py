@@ -1,0 +1,162 @@
+"""Blocking database calls in worker threads that a Trio task can give up on.
+
+psycopg2 and libpq block. Every call that may wait on the server runs in a
+worker thread (``trio.to_thread.run_sync(..., abandon_on_cancel=True)``), so
+the event loop never blocks and the caller can be cancelled at any moment.
+Giving up on a thread does not stop it, though: against a server that
+accepts TCP and never answers, the thread would sit in ``recv()`` forever,
+holding its connection. :class:`Handoff` closes that hole:
+
+- the thread registers the socket it is using (:meth:`Handoff.attach`);
+  when the caller gives up, :meth:`Handoff.abandon` shuts that socket down,
+  so the blocked ``recv()`` returns at once and the thread ends;
+- a connection the thread finishes making after the caller gave up is
+  closed (:meth:`Handoff.deliver`), never leaked.
+
+:func:`run_abandonable` is the one way the library runs such a call: bounded
+by a timeout, abandoned on cancellation, with the socket shut down either way.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import trio
+
+__all__ = ["CallTimeout", "Handoff", "run_abandonable", "shutdown_socket"]
+
+T = TypeVar("T")
+
+
+class CallTimeout(OSError):
+    """A blocking call got no answer within its time limit (the server is silent).
+
+    An ``OSError``, so the reconnect loops treat it as a connection failure.
+    """
+
+
+class Abandoned(Exception):
+    """Raised in the worker thread: nobody waits for its result any more."""
+
+
+def _dup_socket(fd: int) -> socket.socket | None:
+    try:
+        return socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return None
+
+
+def shutdown_socket(fd: int) -> None:
+    """Shut a connection's socket down so that any read blocked on it returns (never raises)."""
+    sock = _dup_socket(fd)
+    if sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class Handoff:
+    """What a worker thread and the task waiting for it share.
+
+    Args:
+        close: how to dispose of a connection delivered after the caller gave
+            up (it must not raise).
+    """
+
+    def __init__(self, close: Callable[[Any], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._result: Any = None
+        self._fd: int | None = None
+        self._close = close
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the waiting task gave up."""
+        return self._abandoned
+
+    def attach(self, fd: int) -> None:
+        """Thread: ``fd`` is the socket in use; :meth:`abandon` may shut it down.
+
+        Raises:
+            Abandoned: the caller already gave up (the thread should stop).
+        """
+        with self._lock:
+            if self._abandoned:
+                raise Abandoned("the caller gave up")
+            self._fd = fd
+
+    def detach(self) -> None:
+        """Thread: the socket is about to be closed (its number may be reused)."""
+        with self._lock:
+            self._fd = None
+
+    def deliver(self, connection: Any) -> Any:
+        """Thread: hand ``connection`` over; closed instead (and None returned) if abandoned."""
+        with self._lock:
+            self._fd = None
+            if not self._abandoned:
+                self._result = connection
+                return connection
+        if self._close is not None:
+            self._close(connection)
+        return None
+
+    def abandon(self) -> None:
+        """Task: give up. Shuts the attached socket down, closes anything delivered."""
+        with self._lock:
+            self._abandoned = True
+            leaked, self._result = self._result, None
+            if self._fd is not None:
+                # The thread is between attach() and deliver()/detach(): the fd is
+                # still its connection's, so this cannot hit an unrelated socket.
+                shutdown_socket(self._fd)
+        if leaked is not None and self._close is not None:
+            self._close(leaked)
+
+
+async def run_abandonable(
+    fn: Callable[[], T],
+    *,
+    timeout: float | None,  # noqa: ASYNC109 - ends in CallTimeout, an OSError the reconnect loops retry
+    handoff: Handoff | None = None,
+    what: str = "call",
+) -> T:
+    """Run ``fn()`` in a worker thread; give up after ``timeout`` seconds or when cancelled.
+
+    On giving up, ``handoff.abandon()`` shuts down the socket the thread
+    attached (so the thread returns promptly) and closes whatever it delivers
+    later. ``fn`` should use ``handoff`` for any connection it makes or uses.
+
+    Raises:
+        CallTimeout: no result within ``timeout`` (``what`` names the call).
+        trio.Cancelled: the caller was cancelled (the thread was abandoned).
+    """
+    handoff = handoff if handoff is not None else Handoff()
+    answered = False  # the thread returned or raised: nothing to abandon
+    result: Any = None
+    try:
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            try:
+                result = await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+            except trio.Cancelled:
+                raise
+            except BaseException:
+                answered = True
+                raise
+            answered = True
+    finally:
+        if not answered:
+            handoff.abandon()
+    if not answered:
+        raise CallTimeout(f"{what}: no answer within {timeout:g}s")
+    return result  # type: ignore[no-any-return]
