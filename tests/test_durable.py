@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ class Outbox:
 
 
 @pytest.fixture
-def outbox(pg_url: str, pg_dsn: str, unique: Callable[[str], str]) -> Outbox:
+def outbox(pg_url: str, pg_dsn: str, unique: Callable[[str], str]) -> Iterator[Outbox]:
     schema, channel, table = unique("dur"), unique("durch"), unique("t")
     run_sql(
         pg_dsn,
@@ -84,7 +85,9 @@ def outbox(pg_url: str, pg_dsn: str, unique: Callable[[str], str]) -> Outbox:
     installer = Installer(pg_url, schema=schema, channel=channel)
     installer.install(durable=True)
     installer.watch_table(table, durable=True)
-    return Outbox(pg_url, pg_dsn, schema, channel, table)
+    yield Outbox(pg_url, pg_dsn, schema, channel, table)
+    # Its writer role is cluster-wide: leave nothing behind on a shared server.
+    installer.uninstall()
 
 
 async def take(stream: DurableStream, count: int, timeout: float = 20) -> list[Any]:
@@ -504,6 +507,7 @@ async def test_worker_needs_explicit_ack_stream(outbox: Outbox) -> None:
 
 
 _WORKER_SETTINGS = """
+import json
 import os
 
 OUT = os.environ["DURABLE_TEST_OUT"]
@@ -772,3 +776,56 @@ async def test_crash_consumer_sigkill_at_random_points(
         # Per-event ack: only the event being processed at a kill can come again.
         assert duplicates <= done_kills + 1
         assert all(c <= 2 for c in counts.values())
+
+
+async def test_row_data_never_decides_the_event_type(outbox: Outbox, query: Query) -> None:
+    # A column named "kind", and a jsonb value, both holding what a DDL event's type looks like.
+    table = sql.Identifier(outbox.table)
+    await query(sql.SQL("ALTER TABLE {} ADD COLUMN kind text, ADD COLUMN doc jsonb").format(table))
+    values = """(1, 'ddl', '{{"kind": "ddl"}}'), (2, 'row', NULL)"""
+    await query(sql.SQL("INSERT INTO {} (n, kind, doc) VALUES " + values).format(table))
+    handled: list[int] = []
+
+    async def handler(event: RowChange) -> None:
+        handled.append(event.new_data["n"])  # type: ignore[index]
+
+    async with open_durable_stream(outbox.url, "kinds", **outbox.opts(auto_ack=False)) as events:
+        worker = DurableWorker(handler)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run, events)
+            await wait_for(lambda: len(handled) == 2)
+            worker.stop()
+    assert handled == [1, 2]
+    assert (worker.statistics.skipped, worker.statistics.dead_lettered) == (0, 0)
+
+
+async def test_an_outbox_row_that_is_no_change_is_dead_lettered(outbox: Outbox, query: Query) -> None:
+    # Written by hand (a superuser can): not a change event. It is kept for a person to see.
+    await query(
+        sql.SQL("INSERT INTO {}.events (channel, payload) VALUES (%s, '[1, 2]'), (%s, %s)").format(
+            sql.Identifier(outbox.schema)
+        ),
+        (outbox.channel, outbox.channel, json.dumps({"kind": "other", "x": 1})),
+    )
+    await outbox.ainsert(7)
+    handled: list[int] = []
+
+    async def handler(event: RowChange) -> None:
+        handled.append(event.new_data["n"])  # type: ignore[index]
+
+    async with open_durable_stream(outbox.url, "odd", **outbox.opts(auto_ack=False)) as events:
+        worker = DurableWorker(handler)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.run, events)
+            await wait_for(lambda: handled == [7])
+            worker.stop()
+    assert worker.statistics.dead_lettered == 2
+    rows = await query(
+        sql.SQL("SELECT payload::text, error FROM {}.dead_letters ORDER BY event_id").format(
+            sql.Identifier(outbox.schema)
+        )
+    )
+    assert rows == [
+        ('{"value": [1, 2]}', "not a row or schema change event"),
+        ('{"x": 1, "kind": "other"}', "not a row or schema change event"),
+    ]

@@ -21,6 +21,7 @@ from ._durable import DurableStatistics as DurableStatistics
 from ._durable import DurableStream as DurableStream
 from ._durable import DurableWorker as DurableWorker
 from ._durable import DurableWorkerStatistics as DurableWorkerStatistics
+from ._durable import OutboxNotification as OutboxNotification
 from ._durable import open_durable_stream as open_durable_stream
 from ._embedded import EmbeddedPostgres as EmbeddedPostgres
 from ._errors import ConfigurationError as ConfigurationError

@@ -227,7 +227,7 @@ def has_unread_data(fd: int) -> bool:
 def queue_usage(engine: Engine) -> float:
     """``pg_notification_queue_usage()`` read on a separate pooled connection."""
     with engine.connect() as connection:
-        value = connection.exec_driver_sql("SELECT pg_notification_queue_usage()").scalar()
+        value = connection.exec_driver_sql("SELECT pg_catalog.pg_notification_queue_usage()").scalar()
     return float(value or 0.0)
 
 

@@ -49,7 +49,7 @@ from ._errors import (
     StreamClosedError,
     TrioPgEventsError,
 )
-from ._events import Event, RowChange, SchemaChange, StreamGap
+from ._events import Event, Notification, RowChange, SchemaChange, StreamGap
 from ._installer import Installer
 from ._nursery import open_unwrapping_nursery
 from ._options import StreamOptions
@@ -102,15 +102,20 @@ def _positive_int(what: str, value: object) -> int:
 
 
 def _position_of(event: object) -> Position | None:
-    if isinstance(event, (RowChange, SchemaChange)):
-        position: Position | None = event.__dict__.get("_position")
-        if position is not None:
-            return position
-        data = event.data
-        txid, event_id = data.get("txid"), data.get("id")
-        if isinstance(txid, int) and isinstance(event_id, int):
-            return (txid, event_id)
-    return None
+    """The outbox position of an event a durable stream delivered (None for others)."""
+    attributes = getattr(event, "__dict__", None)
+    if attributes is None:
+        return None
+    position: Position | None = attributes.get("_position")
+    return position
+
+
+class OutboxNotification(Notification):
+    """An outbox row that is not a change event (written by hand, or in another format).
+
+    It keeps its position, so acknowledging it moves the consumer past it;
+    :class:`DurableWorker` moves it to the dead letters rather than skipping it.
+    """
 
 
 @dataclass(frozen=True)
@@ -197,36 +202,44 @@ class DurableStream(BufferedStream):
         self._close_timeout = float(stream_options.get("close_timeout", 1.0))
 
         ident = sql.Identifier
+        # Every function, operator and type is schema-qualified: the reader runs no
+        # code another role put on this connection's search_path.
         self._sql_read = sql.SQL(
             # xid8 is read as text (psycopg2 has no type for it). The ORDER BY is
             # qualified: a bare "txid" would sort by the text output column.
             # The payload comes as text with "id" and "txid" added, and is parsed
             # lazily (on first field access): parsing 1000 rows into dicts up front
             # cost more than the query (allocation and garbage-collector churn).
-            "SELECT e.id, e.txid::text AS txid_text, e.channel, "
-            "((CASE WHEN jsonb_typeof(e.payload) = 'object' THEN e.payload "
-            "ELSE jsonb_build_object('value', e.payload) END) "
-            "|| jsonb_build_object('id', e.id, 'txid', e.txid::text::numeric))::text "
+            # Its event type is the "kind" the trigger wrote at the top level, where
+            # no row data can put it.
+            "SELECT e.id, e.txid::pg_catalog.text, e.channel, e.payload OPERATOR(pg_catalog.->>) 'kind', "
+            "((CASE WHEN pg_catalog.jsonb_typeof(e.payload) OPERATOR(pg_catalog.=) 'object' THEN e.payload "
+            "ELSE pg_catalog.jsonb_build_object('value', e.payload) END) OPERATOR(pg_catalog.||) "
+            "pg_catalog.jsonb_build_object('id', e.id, 'txid', "
+            "e.txid::pg_catalog.text::pg_catalog.numeric))::pg_catalog.text "
             "FROM {}.{} AS e "
-            "WHERE (e.txid, e.id) > (%s::xid8, %s) AND e.txid < pg_snapshot_xmin(pg_current_snapshot()) "
+            "WHERE (e.txid, e.id) OPERATOR(pg_catalog.>) (%s::pg_catalog.xid8, %s::pg_catalog.int8) "
+            "AND e.txid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) "
             "ORDER BY e.txid, e.id LIMIT %s"
         ).format(ident(schema), ident("events"))
         self._sql_store = sql.SQL(
-            "UPDATE {}.{} SET last_txid = %s::xid8, last_id = %s, updated_at = now() "
-            "WHERE name = %s AND (last_txid, last_id) < (%s::xid8, %s)"
+            "UPDATE {}.{} SET last_txid = %s::pg_catalog.xid8, last_id = %s, updated_at = pg_catalog.now() "
+            "WHERE name OPERATOR(pg_catalog.=) %s::pg_catalog.text "
+            "AND (last_txid, last_id) OPERATOR(pg_catalog.<) (%s::pg_catalog.xid8, %s::pg_catalog.int8)"
         ).format(ident(schema), ident("consumers"))
         self._sql_register = sql.SQL(
-            "INSERT INTO {}.{} (name, last_txid, last_id) VALUES (%s, %s::xid8, %s) "
+            "INSERT INTO {}.{} (name, last_txid, last_id) VALUES (%s, %s::pg_catalog.xid8, %s) "
             "ON CONFLICT (name) DO NOTHING"
         ).format(ident(schema), ident("consumers"))
-        self._sql_position = sql.SQL("SELECT last_txid::text, last_id FROM {}.{} WHERE name = %s").format(
-            ident(schema), ident("consumers")
-        )
+        self._sql_position = sql.SQL(
+            "SELECT last_txid::pg_catalog.text, last_id FROM {}.{} "
+            "WHERE name OPERATOR(pg_catalog.=) %s::pg_catalog.text"
+        ).format(ident(schema), ident("consumers"))
         self._sql_dead = sql.SQL(
             "INSERT INTO {}.{} (consumer, event_id, txid, channel, payload, error, attempts) "
-            "VALUES (%s, %s, %s::xid8, %s, %s::jsonb, %s, %s) "
+            "VALUES (%s, %s, %s::pg_catalog.xid8, %s, %s::pg_catalog.jsonb, %s, %s) "
             "ON CONFLICT (consumer, event_id) DO UPDATE SET error = EXCLUDED.error, "
-            "attempts = EXCLUDED.attempts, failed_at = now()"
+            "attempts = EXCLUDED.attempts, failed_at = pg_catalog.now()"
         ).format(ident(schema), ident("dead_letters"))
 
         self._proxy: Any = None
@@ -394,7 +407,9 @@ class DurableStream(BufferedStream):
         def work(cursor: Any) -> Position:
             if start == "latest":
                 # Skip everything already finished; transactions still running are delivered.
-                cursor.execute("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
+                cursor.execute(
+                    "SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text"
+                )
                 xmin = int(cursor.fetchone()[0])
                 initial: Position = (xmin - 1, _MAX_BIGINT)
             else:
@@ -615,7 +630,7 @@ class DurableStream(BufferedStream):
 
     # ---- failures and retention --------------------------------------------------
 
-    async def dead_letter(self, event: RowChange, error: BaseException | str, attempts: int) -> None:
+    async def dead_letter(self, event: Event, error: BaseException | str, attempts: int) -> None:
         """Move ``event`` to ``<schema>.dead_letters`` with the error text, then ack it.
 
         The consumer goes on past the event; it is kept (with ``attempts`` and
@@ -630,7 +645,7 @@ class DurableStream(BufferedStream):
             text = "".join(traceback.format_exception_only(type(error), error)).strip()
         else:
             text = str(error)
-        payload = json.dumps({k: v for k, v in event.data.items() if k not in ("id", "txid")}, default=str)
+        payload = _stored_payload(event.payload)
         params = (self.consumer, position[1], str(position[0]), event.channel, payload, text, attempts)
         dead_sql = self._sql_dead
 
@@ -640,7 +655,7 @@ class DurableStream(BufferedStream):
         await self._db(work)
         self._dead_lettered += 1
         logger.error(
-            "durable consumer %r gave up on event %d after %d attempt(s): %s",
+            "durable consumer %r moved event %d to the dead letters (%d attempt(s)): %s",
             self.consumer,
             position[1],
             attempts,
@@ -744,6 +759,18 @@ class _SingleHandler:
         return event
 
 
+def _stored_payload(text: str) -> str:
+    """The payload as the outbox stored it: the reader's text without the ``id``/``txid`` it added."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return json.dumps({"unparsed_payload": text})
+    if isinstance(data, dict):
+        data.pop("id", None)
+        data.pop("txid", None)
+    return json.dumps(data)
+
+
 def _is_async(function: Callable[..., Any]) -> bool:
     if inspect.iscoroutinefunction(function):
         return True
@@ -829,6 +856,11 @@ class DurableWorker:
                 except StreamClosedError:
                     break
                 stats.received += 1
+                if isinstance(event, OutboxNotification):
+                    # Not a change this worker understands: keep it for a person, never drop it.
+                    await stream.dead_letter(event, "not a row or schema change event", 0)
+                    stats.dead_lettered += 1
+                    continue
                 callback = self.router.route(event)
                 if callback is None:
                     stats.skipped += 1
@@ -864,7 +896,7 @@ class DurableWorker:
             except Exception as exc:
                 stats.failed += 1
                 if attempt == self.max_attempts:
-                    await stream.dead_letter(event, exc, attempt)  # type: ignore[arg-type]
+                    await stream.dead_letter(event, exc, attempt)
                     stats.dead_lettered += 1
                     return True
                 logger.warning(
@@ -882,13 +914,19 @@ class DurableWorker:
         return False  # pragma: no cover - the loop always returns
 
 
-_DDL_MARK = '"kind": "ddl"'
+#: Event classes by the ``kind`` the trigger wrote at the payload's top level.
+_KINDS: dict[str | None, type[Event]] = {"row": RowChange, "ddl": SchemaChange}
+
+
+def _event_class(kind: str | None) -> type[Event]:
+    return _KINDS.get(kind, OutboxNotification)
 
 
 def _make_event(row: tuple[Any, ...], source: str) -> Event:
-    event_id, txid_text, channel, payload = row
-    cls = SchemaChange if _DDL_MARK in payload else RowChange
-    event = _new(cls, (channel, payload, 0, source))
+    event_id, txid_text, channel, kind, payload = row
+    # Anything else (a row written by hand, another format) is a plain Notification:
+    # it still has a position, so it can be acknowledged, never mistaken for a change.
+    event = _new(_event_class(kind), (channel, payload, 0, source))
     # Known without parsing the payload: acknowledging needs it for every event.
     event.__dict__["_position"] = (int(txid_text), event_id)
     return event

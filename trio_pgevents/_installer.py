@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,7 +47,7 @@ from . import _cdc
 from ._cdc import DEFAULT_LAG_WARNING_BYTES, ChangeStreamStatus
 from ._connection import MAX_IDENTIFIER_BYTES, as_engine, describe_source, validate_channel
 from ._errors import ConfigurationError, InstallError, InsufficientPrivilegeError
-from ._installer_sql import Definition, SqlBuilder
+from ._installer_sql import OBSOLETE_FUNCTIONS, PAYLOAD_MODES, Definition, SqlBuilder
 
 __all__ = [
     "ActionKind",
@@ -63,6 +64,7 @@ T = TypeVar("T")
 
 ActionKind = Literal["installed", "replaced", "unchanged", "removed", "skipped"]
 ObjectState = Literal["INSTALLED", "OUTDATED", "MISSING"]
+PayloadMode = Literal["row", "keys"]
 TableState = Literal["INSTALLED", "OUTDATED", "MISSING", "ORPHANED", "SKIPPED"]
 
 _Cursor = Any  # psycopg2 cursor (types-psycopg2's class is not worth the casts here)
@@ -171,6 +173,11 @@ class InstallStatus:
             :meth:`Installer.change_streams`). They do not count in
             :attr:`ok`; :attr:`lagging_change_streams` lists those that need
             attention.
+        problems: privileges in the library schema that let a role do more
+            than it should (EXECUTE or USAGE granted to PUBLIC beyond what
+            auto-rebuild needs, a SECURITY DEFINER function owned by a
+            superuser: what an install by an earlier version left).
+            ``install()`` fixes them.
     """
 
     function_state: ObjectState
@@ -179,6 +186,7 @@ class InstallStatus:
     auto_rebuild_state: ObjectState | None = None
     durable_state: ObjectState | None = None
     change_streams: tuple[ChangeStreamStatus, ...] = ()
+    problems: tuple[str, ...] = ()
 
     @property
     def lagging_change_streams(self) -> tuple[ChangeStreamStatus, ...]:
@@ -187,7 +195,7 @@ class InstallStatus:
 
     @property
     def ok(self) -> bool:
-        """False when anything is OUTDATED or MISSING."""
+        """False when anything is OUTDATED or MISSING, or there is a privilege problem."""
         states: list[str | None] = [
             self.function_state,
             self.ddl_state,
@@ -195,7 +203,7 @@ class InstallStatus:
             self.durable_state,
         ]
         states.extend(t.state for t in self.tables)
-        return not any(s in ("OUTDATED", "MISSING") for s in states)
+        return not self.problems and not any(s in ("OUTDATED", "MISSING") for s in states)
 
     def table(self, table: str, schema: str = "public") -> TableStatus | None:
         """The status of one table, or None when it is not listed."""
@@ -241,6 +249,14 @@ def _lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def _check_payload(value: object) -> PayloadMode:
+    if value not in PAYLOAD_MODES:
+        raise ConfigurationError(
+            f"payload must be one of {', '.join(map(repr, PAYLOAD_MODES))}, not {value!r}"
+        )
+    return value  # type: ignore[return-value]
+
+
 def _validate_schema_name(value: object, what: str) -> str:
     if not isinstance(value, str):
         raise ConfigurationError(f"{what} must be a str, not {type(value).__name__}: {value!r}")
@@ -267,9 +283,16 @@ class Installer:
         include_query: put the statement text (``current_query()``) into row
             events. It can leak data to every listener: turn it off when
             listeners should see only rows.
+        payload: what row events of the tables this installer watches carry
+            (each ``watch_*`` call may choose otherwise): ``"row"`` (default,
+            the whole row) or ``"keys"`` (table, operation and primary key
+            only). Any role that can connect may LISTEN on the channel and
+            read NOTIFY payloads; with ``"keys"`` no row data reaches it
+            (consumers re-read the row, or use durable mode, whose outbox only
+            granted roles can read).
 
     Raises:
-        ConfigurationError: a name Postgres would reject or truncate.
+        ConfigurationError: a name Postgres would reject or truncate, or a bad option.
     """
 
     def __init__(
@@ -279,6 +302,7 @@ class Installer:
         schema: str = "pgevents",
         channel: str = "pgevents",
         include_query: bool = True,
+        payload: PayloadMode = "row",
     ) -> None:
         self._engine = as_engine(engine)
         self.schema = _validate_schema_name(schema, "schema name")
@@ -286,12 +310,13 @@ class Installer:
         if not isinstance(include_query, bool):
             raise ConfigurationError(f"include_query must be a bool, not {include_query!r}")
         self.include_query = include_query
+        self.payload = _check_payload(payload)
         self._lock = _lock_key(self.schema)
 
     def __repr__(self) -> str:
         return (
             f"Installer({describe_source(self._engine)!r}, schema={self.schema!r}, "
-            f"channel={self.channel!r}, include_query={self.include_query!r})"
+            f"channel={self.channel!r}, include_query={self.include_query!r}, payload={self.payload!r})"
         )
 
     @property
@@ -329,6 +354,9 @@ class Installer:
                 conn.autocommit = False
             try:
                 with conn.cursor() as cur:
+                    # Every name below resolves in pg_catalog (or is schema-qualified):
+                    # nothing a role put on the search_path runs as the installer.
+                    cur.execute("SET LOCAL search_path = pg_catalog, pg_temp")
                     if lock:
                         # Two installers running at once would race on CREATE OR REPLACE.
                         cur.execute("SELECT pg_catalog.pg_advisory_xact_lock(%s)", (self._lock,))
@@ -434,24 +462,47 @@ class Installer:
             actions.append(InstallAction("schema", self.schema, "installed"))
         for table in b.base_tables():
             actions.append(self._ensure_table(cur, table, state))
-        if durable or "outbox_row" in state.functions or "events" in state.tables:
+        for name in OBSOLETE_FUNCTIONS:
+            if name in state.functions:
+                cur.execute(b.drop_function(name))
+                del state.functions[name]
+                actions.append(
+                    InstallAction("function", f"{self.schema}.{name}", "removed", "no longer used")
+                )
+        if durable or self._has_outbox(state):
             self._check_durable_channel()
             for table in b.durable_tables():
                 actions.append(self._ensure_table(cur, table, state))
-            actions.append(self._ensure_function(cur, b, "outbox_row", state))
+            for name in b.DURABLE_FUNCTIONS:
+                actions.append(self._ensure_function(cur, b, name, state))
+            # A superuser's install hands outbox_row to the least-privileged writer role.
+            cur.execute(b.writer_role_script())
         for name in b.BASE_FUNCTIONS:
             actions.append(self._ensure_function(cur, b, name, state))
         return actions
 
+    @staticmethod
+    def _has_outbox(state: _State) -> bool:
+        return "outbox_row" in state.functions or "events" in state.tables
+
+    def _finish(self, cur: _Cursor, b: SqlBuilder) -> None:
+        """Last step of every change: PUBLIC gets nothing but what auto-rebuild needs."""
+        cur.execute(b.privileges_script())
+
     def _ensure_table(self, cur: _Cursor, d: Definition, state: _State) -> InstallAction:
         key = d.key
         if key in state.tables:
-            # Tables hold data: never re-created. A changed definition is reported, not applied.
+            # Tables hold data: never re-created. Known earlier versions are upgraded in place.
             if state.tables[key] == d.comment:
                 return InstallAction("table", d.name, "unchanged")
-            return InstallAction(
-                "table", d.name, "skipped", "exists with another definition; migrate it by hand"
-            )
+            if not d.upgrade:
+                return InstallAction(
+                    "table", d.name, "skipped", "exists with another definition; migrate it by hand"
+                )
+            cur.execute(d.upgrade)
+            cur.execute(d.comment_sql)
+            state.tables[key] = d.comment
+            return InstallAction("table", d.name, "replaced", "upgraded in place")
         cur.execute(d.create)
         cur.execute(d.comment_sql)
         state.tables[key] = d.comment
@@ -484,7 +535,7 @@ class Installer:
         """Bring every watched table's triggers up to date (what an upgrade needs)."""
         cur.execute(
             sql.SQL(
-                """SELECT w.schema_name, w.table_name, w.mode,
+                """SELECT w.schema_name, w.table_name, w.mode, w.options::text,
                           EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = w.schema_name),
                           EXISTS (SELECT FROM pg_catalog.pg_class c
                                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -493,14 +544,14 @@ class Installer:
             ).format(S=b.S)
         )
         rows = cur.fetchall()
-        watched_schemas = {s for s, t, _, exists, _ in rows if t == "" and exists}
+        watched_schemas = {s for s, t, _, _, exists, _ in rows if t == "" and exists}
         actions: list[InstallAction] = []
-        for schema, table, mode, schema_exists, table_exists in rows:
+        for schema, table, mode, options, schema_exists, table_exists in rows:
             if table == "" and schema_exists:
-                cur.execute(b.call("watch_schema", schema, mode == "durable"))
+                cur.execute(b.call("watch_schema", schema, mode == "durable", options))
                 actions.extend(self._rows(cur))
             elif table and mode != "excluded" and table_exists and schema not in watched_schemas:
-                cur.execute(b.call("watch_table", schema, table, mode == "durable"))
+                cur.execute(b.call("watch_table", schema, table, mode == "durable", options))
                 actions.extend(self._rows(cur))
         return actions
 
@@ -556,6 +607,7 @@ class Installer:
                 else:
                     cur.execute("RELEASE SAVEPOINT trio_pgevents_ddl")
             actions.extend(self._refresh_watched(cur, b))
+            self._finish(cur, b)
             return actions
 
         actions = self._run("install", work)
@@ -577,31 +629,46 @@ class Installer:
         def build(b: SqlBuilder) -> str:
             parts = [b.schema_definition().create + ";\n"]
             parts.extend(t.sql for t in b.base_tables())
+            parts.extend(b.drop_function(name) + ";\n" for name in OBSOLETE_FUNCTIONS)
             fns = b.functions()
             names = list(b.BASE_FUNCTIONS)
             if durable:
                 parts.extend(t.sql for t in b.durable_tables())
-                names.append("outbox_row")
+                names.extend(b.DURABLE_FUNCTIONS)
             if ddl:
-                names.extend(["ddl_end", "sql_drop"])
+                names.extend(b.DDL_FUNCTIONS)
             if auto_rebuild:
-                names.append("auto_rebuild")
+                names.extend(b.AUTO_REBUILD_FUNCTIONS)
             for name in names:
                 if name in b.HELPER_FUNCTIONS:
                     parts.append(b.drop_function(name) + ";\n")
                 parts.append(fns[name].sql)
+            if durable:
+                parts.append(b.writer_role_script() + ";\n")
             triggers = b.event_triggers()
             purposes = (["ddl_end", "sql_drop"] if ddl else []) + (["auto_rebuild"] if auto_rebuild else [])
             for purpose in purposes:
                 d, drop = triggers[purpose]
                 parts.append(drop + ";\n" + d.sql)
+            parts.append(b.privileges_script() + ";\n")
             return "".join(parts)
 
         return self._render(build)
 
     # -- watching --------------------------------------------------------------------------------
 
-    def watch_table(self, table: str, schema: str = "public", *, durable: bool = False) -> InstallReport:
+    def _options(self, payload: PayloadMode | None) -> str:
+        """A watch's options as the registry keeps them (JSON text)."""
+        return json.dumps({"payload": self.payload if payload is None else _check_payload(payload)})
+
+    def watch_table(
+        self,
+        table: str,
+        schema: str = "public",
+        *,
+        durable: bool = False,
+        payload: PayloadMode | None = None,
+    ) -> InstallReport:
         """Attach the row and TRUNCATE triggers to one table (installing the base if needed).
 
         Args:
@@ -609,52 +676,80 @@ class Installer:
             schema: its schema.
             durable: outbox mode: events go to ``<schema>.events`` (no size
                 limit, survive listener outages) instead of a plain NOTIFY.
+            payload: ``"row"`` or ``"keys"`` (primary key only); default: the
+                installer's ``payload``.
 
         Raises:
             InstallError: the table does not exist (nothing was changed).
         """
         _validate_schema_name(table, "table name")
         _validate_schema_name(schema, "schema name")
+        options = self._options(payload)
 
         def work(cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
             state = self._read_state(cur, b)
             actions = self._ensure_base(cur, b, state, durable)
-            cur.execute(b.call("watch_table", schema, table, durable))
-            return actions + self._rows(cur)
+            cur.execute(b.call("watch_table", schema, table, durable, options))
+            actions += self._rows(cur)
+            self._finish(cur, b)
+            return actions
 
         return InstallReport(tuple(self._run(f"watch_table({schema}.{table})", work)))
 
-    def watch_table_sql(self, table: str, schema: str = "public", *, durable: bool = False) -> str:
+    def watch_table_sql(
+        self,
+        table: str,
+        schema: str = "public",
+        *,
+        durable: bool = False,
+        payload: PayloadMode | None = None,
+    ) -> str:
         """The SQL of ``watch_table(...)`` (run ``install_sql()`` before it)."""
         _validate_schema_name(table, "table name")
         _validate_schema_name(schema, "schema name")
-        return self._render(lambda b: b.call("watch_table", schema, table, durable) + ";\n")
+        options = self._options(payload)
+        return self._render(lambda b: b.call("watch_table", schema, table, durable, options) + ";\n")
 
-    def watch_schema(self, schema: str, *, durable: bool = False) -> InstallReport:
+    def watch_schema(
+        self, schema: str, *, durable: bool = False, payload: PayloadMode | None = None
+    ) -> InstallReport:
         """Watch every table of a schema (ordinary and partitioned).
 
         Views, materialized views and foreign tables are skipped with a
         reason (they appear as SKIPPED in ``status()``); partitions are
-        covered by their parent's trigger. Tables created later are watched
-        by ``install(auto_rebuild=True)``, or by the next ``install()``.
+        covered by their parent's trigger; a table the connected role may not
+        attach triggers to (another role's, for a non-superuser) is skipped
+        with a reason, and the others are watched. Tables created later are
+        watched by ``install(auto_rebuild=True)``, or by the next ``install()``.
+
+        Args:
+            schema: the schema to watch.
+            durable: outbox mode (see :meth:`watch_table`).
+            payload: ``"row"`` or ``"keys"``; default: the installer's ``payload``.
 
         Raises:
             InstallError: the schema does not exist, or is the library schema.
         """
         _validate_schema_name(schema, "schema name")
+        options = self._options(payload)
 
         def work(cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
             state = self._read_state(cur, b)
             actions = self._ensure_base(cur, b, state, durable)
-            cur.execute(b.call("watch_schema", schema, durable))
-            return actions + self._rows(cur)
+            cur.execute(b.call("watch_schema", schema, durable, options))
+            actions += self._rows(cur)
+            self._finish(cur, b)
+            return actions
 
         return InstallReport(tuple(self._run(f"watch_schema({schema})", work)))
 
-    def watch_schema_sql(self, schema: str, *, durable: bool = False) -> str:
+    def watch_schema_sql(
+        self, schema: str, *, durable: bool = False, payload: PayloadMode | None = None
+    ) -> str:
         """The SQL of ``watch_schema(...)`` (run ``install_sql()`` before it)."""
         _validate_schema_name(schema, "schema name")
-        return self._render(lambda b: b.call("watch_schema", schema, durable) + ";\n")
+        options = self._options(payload)
+        return self._render(lambda b: b.call("watch_schema", schema, durable, options) + ";\n")
 
     def unwatch_table(self, table: str, schema: str = "public") -> InstallReport:
         """Remove the triggers from one table and forget it.
@@ -671,7 +766,9 @@ class Installer:
                 return [InstallAction("table", f"{schema}.{table}", "unchanged", "nothing is installed")]
             self._ensure_function(cur, b, "unwatch_table", state)
             cur.execute(b.call("unwatch_table", schema, table))
-            return self._rows(cur)
+            actions = self._rows(cur)
+            self._finish(cur, b)
+            return actions
 
         return InstallReport(tuple(self._run(f"unwatch_table({schema}.{table})", work)))
 
@@ -709,8 +806,10 @@ class Installer:
             function_state = "MISSING"
 
         durable_state: ObjectState | None = None
-        if "outbox_row" in state.functions or "events" in state.tables:
-            durable_state = self._object_state({"outbox_row": fns["outbox_row"].comment}, state.functions)
+        if self._has_outbox(state):
+            durable_state = self._object_state(
+                {name: fns[name].comment for name in b.DURABLE_FUNCTIONS}, state.functions
+            )
             if durable_state == "INSTALLED" and any(d.key not in state.tables for d in b.durable_tables()):
                 durable_state = "MISSING"
 
@@ -733,17 +832,71 @@ class Installer:
             tables=tables,
             auto_rebuild_state=event_state(("auto_rebuild",)),
             durable_state=durable_state,
+            problems=self._privilege_problems(cur, b, state) if state.schema_exists else (),
         )
 
+    def _privilege_problems(self, cur: _Cursor, b: SqlBuilder, state: _State) -> tuple[str, ...]:
+        """What in the library schema lets a role do more than it should (see the README's Security)."""
+        auto_rebuild = b.names.auto_rebuild_trigger in state.event_triggers
+        public_functions = set(b.AUTO_REBUILD_GRANTS) if auto_rebuild else set()
+        problems: list[str] = []
+        cur.execute(
+            """SELECT p.proname, p.prosecdef, r.rolname, r.rolsuper,
+                      EXISTS (SELECT FROM pg_catalog.aclexplode(
+                                  coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+                               WHERE a.grantee = 0)
+                 FROM pg_catalog.pg_proc p
+                 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                 JOIN pg_catalog.pg_roles r ON r.oid = p.proowner
+                WHERE n.nspname = %s ORDER BY p.proname""",
+            (self.schema,),
+        )
+        for name, definer, owner, owner_super, public in cur.fetchall():
+            if public and name not in public_functions:
+                problems.append(f"EXECUTE on {self.schema}.{name}() is granted to PUBLIC")
+            if definer and name != "outbox_row":
+                problems.append(f"{self.schema}.{name}() is SECURITY DEFINER")
+            if definer and owner_super:
+                problems.append(
+                    f"{self.schema}.{name}() is SECURITY DEFINER owned by superuser {owner!r} "
+                    f"(install() hands it to {b.names.writer_role!r})"
+                )
+        cur.execute(
+            """SELECT a.privilege_type FROM pg_catalog.pg_namespace n,
+                      pg_catalog.aclexplode(coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner))) a
+                WHERE n.nspname = %s AND a.grantee = 0 ORDER BY 1""",
+            (self.schema,),
+        )
+        for (privilege,) in cur.fetchall():
+            if privilege != "USAGE" or not auto_rebuild:
+                problems.append(f"{privilege} on schema {self.schema} is granted to PUBLIC")
+        cur.execute(
+            """SELECT c.relname, a.privilege_type FROM pg_catalog.pg_class c
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace,
+                      pg_catalog.aclexplode(coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner))) a
+                WHERE n.nspname = %s AND c.relkind IN ('r', 'p', 'v', 'S') AND a.grantee = 0 ORDER BY 1, 2""",
+            (self.schema,),
+        )
+        for table, privilege in cur.fetchall():
+            if not (auto_rebuild and table == "watched" and privilege == "SELECT"):
+                problems.append(f"{privilege} on {self.schema}.{table} is granted to PUBLIC")
+        return tuple(problems)
+
     def _table_statuses(self, cur: _Cursor, b: SqlBuilder, state: _State) -> tuple[TableStatus, ...]:
-        registry: list[tuple[str, str, str]] = []
+        registry: list[tuple[str, str, str, str]] = []
         if "watched" in state.tables:
+            # to_jsonb(w): works before the registry's upgrade too (0.1.0 had no options).
             cur.execute(
-                sql.SQL("SELECT schema_name, table_name, mode FROM {S}.watched").format(S=b.S).as_string(cur)
+                sql.SQL(
+                    "SELECT w.schema_name, w.table_name, w.mode, "
+                    "coalesce((pg_catalog.to_jsonb(w) -> 'options')::text, '{{}}') FROM {S}.watched w"
+                )
+                .format(S=b.S)
+                .as_string(cur)
             )
             registry = list(cur.fetchall())
-        schema_modes = {s: m for s, t, m in registry if t == ""}
-        table_modes = {(s, t): m for s, t, m in registry if t != ""}
+        schema_modes = {s: (m, o) for s, t, m, o in registry if t == ""}
+        table_modes = {(s, t): (m, o) for s, t, m, o in registry if t != ""}
         # Relations that matter: every one in a watched schema, and explicitly registered ones.
         cur.execute(
             """SELECT n.nspname, c.relname, c.relkind, c.relispartition FROM pg_catalog.pg_class c
@@ -758,35 +911,40 @@ class Installer:
             ),
         )
         relations = {(s, t): (kind, part) for s, t, kind, part in cur.fetchall()}
-        names = b.names
         cur.execute(
-            """SELECT n.nspname, c.relname, t.tgname, t.tgparentid <> 0, pn.nspname, p.proname, d.description
+            """SELECT n.nspname, c.relname, t.tgname, t.tgparentid <> 0, p.proname, d.description
                  FROM pg_catalog.pg_trigger t
                  JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                  JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid
-                 JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace
                  LEFT JOIN pg_catalog.pg_description d
                    ON d.objoid = t.oid AND d.classoid = 'pg_catalog.pg_trigger'::pg_catalog.regclass
-                WHERE t.tgname IN (%s, %s)""",
-            (names.row_trigger, names.truncate_trigger),
+                WHERE t.tgname = ANY (%s)""",
+            (list(b.names.table_triggers),),
         )
         found: dict[tuple[str, str], dict[str, tuple[bool, str, str | None]]] = {}
-        for s, t, tgname, inherited, fn_schema, fn_name, comment in cur.fetchall():
-            fn = fn_name if fn_schema == self.schema else f"{fn_schema}.{fn_name}"
-            found.setdefault((s, t), {})[tgname] = (inherited, fn, comment)
+        for s, t, tgname, inherited, fn_name, comment in cur.fetchall():
+            found.setdefault((s, t), {})[tgname] = (inherited, fn_name, comment)
 
-        watched: dict[tuple[str, str], str] = {}
+        watched: dict[tuple[str, str], tuple[str, str]] = {}
         for (s, t), (_, part) in relations.items():
-            mode = table_modes.get((s, t)) or (schema_modes.get(s) if not part else None)
-            if mode is not None and mode != "excluded":
-                watched[(s, t)] = mode
-        for key, mode in table_modes.items():
-            if mode != "excluded" and key not in relations:
-                watched[key] = mode
+            entry = table_modes.get((s, t)) or (schema_modes.get(s) if not part else None)
+            if entry is not None and entry[0] != "excluded":
+                watched[(s, t)] = entry
+        for key, entry in table_modes.items():
+            if entry[0] != "excluded" and key not in relations:
+                watched[key] = entry
+
+        specs: dict[tuple[bool, str], dict[str, str]] = {}
+
+        def wanted(durable: bool, options: str) -> dict[str, str]:
+            if (durable, options) not in specs:
+                cur.execute(b.trigger_specs_query(), {"durable": durable, "options": options})
+                specs[(durable, options)] = {row[0]: row[5] for row in cur.fetchall()}
+            return specs[(durable, options)]
 
         result: list[TableStatus] = []
-        for (s, t), mode in sorted(watched.items()):
+        for (s, t), (mode, options) in sorted(watched.items()):
             durable = mode == "durable"
             if (s, t) not in relations:
                 result.append(TableStatus(s, t, "ORPHANED", "the table no longer exists", durable))
@@ -804,19 +962,16 @@ class Installer:
                 result.append(TableStatus(s, t, "SKIPPED", "belongs to the library schema", durable))
                 continue
             have = found.get((s, t), {})
-            want_fn = "outbox_row" if durable else "notify_row"
+            want = wanted(durable, options)
             problems: list[str] = []
-            for tgname, truncate in ((names.row_trigger, False), (names.truncate_trigger, True)):
+            for tgname, comment in want.items():
                 if tgname not in have:
                     problems.append(f"{tgname} missing")
-                    continue
-                inherited, fn, comment = have[tgname]
-                if inherited:
-                    continue
-                if fn != want_fn:
-                    problems.append(f"{tgname} calls {fn}(), expected {want_fn}()")
-                elif comment != b.trigger_comment(durable, truncate):
-                    problems.append(f"{tgname} was made by another version")
+                elif not have[tgname][0] and have[tgname][2] != comment:
+                    problems.append(f"{tgname} was made by another version or for another mode")
+            for tgname, (inherited, fn_name, _) in have.items():
+                if tgname not in want and not inherited:
+                    problems.append(f"{tgname} (calling {fn_name}()) is not used in {mode} mode")
             if not have:
                 result.append(TableStatus(s, t, "MISSING", "watched but no trigger installed", durable))
             elif problems:
@@ -826,7 +981,7 @@ class Installer:
         for (s, t), have in sorted(found.items()):
             if (s, t) in watched or all(inherited for inherited, _, _ in have.values()):
                 continue
-            durable = any(fn == "outbox_row" for _, fn, _ in have.values())
+            durable = any(fn in b.DURABLE_FUNCTIONS for _, fn, _ in have.values())
             result.append(
                 TableStatus(s, t, "ORPHANED", "triggers left on a table that is not watched", durable)
             )
@@ -846,7 +1001,15 @@ class Installer:
                 )
                 plan.append((InstallAction("watch", f"{t.schema}.{t.table}", "removed", t.reason), statement))
             else:
-                for tgname in (b.names.row_trigger, b.names.truncate_trigger):
+                cur.execute(
+                    """SELECT t.tgname FROM pg_catalog.pg_trigger t
+                         JOIN pg_catalog.pg_class c ON c.oid = t.tgrelid
+                         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                        WHERE n.nspname = %s AND c.relname = %s AND t.tgname = ANY (%s) AND t.tgparentid = 0
+                        ORDER BY t.tgname""",
+                    (t.schema, t.table, list(b.names.table_triggers)),
+                )
+                for (tgname,) in cur.fetchall():
                     plan.append(
                         (
                             InstallAction(
@@ -897,6 +1060,7 @@ class Installer:
             for name in sorted(state.tables):
                 actions.append(InstallAction("table", f"{self.schema}.{name}", "removed"))
             cur.execute(b.uninstall_script())
+            actions.extend(self._drop_writer_role(cur, b))
             cur.execute("SELECT true FROM pg_catalog.pg_namespace WHERE nspname = %s", (self.schema,))
             if state.schema_exists:
                 if cur.fetchone() is None:
@@ -911,8 +1075,27 @@ class Installer:
 
         return InstallReport(tuple(self._run("uninstall", work)))
 
+    def _drop_writer_role(self, cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
+        """Drop the outbox writer role, unless another database's install still uses it."""
+        role = b.names.writer_role
+        cur.execute("SELECT true FROM pg_catalog.pg_roles WHERE rolname = %s", (role,))
+        if cur.fetchone() is None:
+            return []
+        cur.execute("SAVEPOINT trio_pgevents_role")
+        try:
+            cur.execute(b.drop_writer_role_script())
+        except psycopg2.Error as exc:
+            cur.execute("ROLLBACK TO SAVEPOINT trio_pgevents_role")
+            reason = (exc.diag.message_primary if exc.diag else None) or str(exc).strip()
+            return [InstallAction("role", role, "skipped", f"still in use: {reason}")]
+        cur.execute("RELEASE SAVEPOINT trio_pgevents_role")
+        cur.execute("SELECT true FROM pg_catalog.pg_roles WHERE rolname = %s", (role,))
+        if cur.fetchone() is not None:
+            return [InstallAction("role", role, "skipped", "not created by trio_pgevents")]
+        return [InstallAction("role", role, "removed")]
+
     def uninstall_sql(self) -> str:
-        """The SQL of ``uninstall()``: works whatever is installed."""
+        """The SQL of ``uninstall()``: works whatever is installed (the writer role is kept)."""
         return self._render(lambda b: b.uninstall_script())
 
     # -- change streams (logical replication slots) ---------------------------------------------

@@ -1,26 +1,39 @@
-"""The SQL the installer runs: text builders, and the hash of every definition.
+"""The SQL the installer runs: definitions rendered from ``sql/*.sql``, and their hashes.
 
 Every object the installer creates carries ``trio_pgevents <hash>`` in its
 ``COMMENT``, where the hash is the SHA-256 of the object's rendered
 definition. ``status()`` compares comments with what this module would build
 now: a different comment means OUTDATED (an upgrade changed the SQL).
 
-Most of the logic that attaches triggers lives in PL/pgSQL functions in the
-library schema (``watch_relation``, ``watch_table``, ``watch_schema``,
-``unwatch_table``): the Python methods and the SQL for migrations call the
-same code, so they cannot disagree. The auto-rebuild event trigger runs inside
-the user's ``CREATE TABLE``, so for a new table it runs the same statements
-(built once, by :meth:`SqlBuilder._attach_script`) without the checks.
+The bodies of the functions live in ``trio_pgevents/sql/`` as readable SQL
+with ``{placeholders}``; they are rendered with ``psycopg2.sql``, so the
+schema name is always a quoted identifier and every value a quoted literal
+(nothing user-supplied is formatted into SQL by hand). Rendering needs a live
+psycopg2 connection (quoting depends on its encoding).
 
-Everything is rendered with a live psycopg2 connection, because identifiers
-and literals are quoted by ``psycopg2.sql`` (which needs the connection's
-encoding); nothing user-supplied is ever formatted into SQL text by hand.
+Privileges (the security model, see the README's "Security" section):
+
+- Nothing is granted to PUBLIC by default: every function has ``EXECUTE``
+  revoked from PUBLIC, the schema and tables have no PUBLIC grants.
+- Trigger functions run as the writer (``SECURITY INVOKER``), except
+  ``outbox_row``, which appends to the outbox for writers that have no
+  privilege on it. It is ``SECURITY DEFINER`` owned by a dedicated role
+  (``trio_pgevents_<hash>_writer``: ``NOLOGIN``, no attribute, allowed only to
+  read the registry and append to ``events``) when a superuser installs, and
+  runs no code a user can define (the row is converted to JSON beforehand by
+  ``outbox_capture``, as the writer).
+- With auto-rebuild, the role creating a table attaches the triggers itself
+  (the event trigger runs as that role), so PUBLIC gets ``USAGE`` on the
+  schema, ``SELECT`` on the registry and ``EXECUTE`` on the trigger functions
+  and ``trigger_specs``: none of them lets a role do more than it could.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from typing import Any
 
 from psycopg2 import sql
@@ -31,19 +44,27 @@ __all__ = [
     "COMMENT_PREFIX",
     "FORMAT_VERSION",
     "NOTIFY_MAX_BYTES",
+    "PAYLOAD_MODES",
     "SqlBuilder",
     "object_names",
 ]
 
 #: Every comment the installer writes starts with this.
 COMMENT_PREFIX = "trio_pgevents "
-#: The payload format version (the ``v`` key); the decoder checks it.
+#: The payload format version (the ``v`` key).
 FORMAT_VERSION = 1
 #: NOTIFY payloads must be shorter than 8000 bytes (BLCKSZ - NAMEDATALEN - 128).
 NOTIFY_MAX_BYTES = 7999
+#: What a row event carries: the whole row, or only its primary key columns.
+PAYLOAD_MODES = ("row", "keys")
 
 _TAG = "$trio_pgevents$"
 _ROW_EVENTS = "AFTER INSERT OR UPDATE OR DELETE"
+#: Set by outbox_capture, read by outbox_row in the same transaction.
+_STASH_SETTING = "trio_pgevents.outbox_row_{hash}"
+#: Search path of every installer function that is not on a writer's hot path
+#: (those qualify every name instead: a SET clause costs each write ~10%).
+_PINNED_PATH = "SET search_path = pg_catalog, pg_temp"
 
 
 def _digest(text: str) -> str:
@@ -55,15 +76,27 @@ def comment_for(definition: str) -> str:
     return COMMENT_PREFIX + _digest(definition)
 
 
+@cache
+def _template(name: str) -> str:
+    return resources.files("trio_pgevents").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class ObjectNames:
     """Names of the objects one installer creates (derived, never truncated)."""
 
     row_trigger: str
+    row_out_trigger: str
     truncate_trigger: str
     ddl_end_trigger: str
     sql_drop_trigger: str
     auto_rebuild_trigger: str
+    writer_role: str
+
+    @property
+    def table_triggers(self) -> tuple[str, ...]:
+        """Every table trigger name an installer may create."""
+        return (self.row_trigger, self.row_out_trigger, self.truncate_trigger)
 
 
 def object_names(schema: str) -> ObjectNames:
@@ -71,23 +104,30 @@ def object_names(schema: str) -> ObjectNames:
 
     Trigger names never contain the table name: two tables whose long names
     share a 63-byte prefix cannot collide, and nothing is silently truncated.
-    Event trigger names are database-wide, so the hash keeps two installers
-    (two library schemas) apart.
+    Event trigger and role names are database- or cluster-wide, so the hash
+    keeps two installers (two library schemas) apart. Table triggers fire in
+    name order: ``_row`` (capture) before ``_row_out`` (outbox).
     """
     h = hashlib.sha256(schema.encode("utf-8")).hexdigest()[:8]
     base = f"trio_pgevents_{h}"
     return ObjectNames(
         row_trigger=f"{base}_row",
+        row_out_trigger=f"{base}_row_out",
         truncate_trigger=f"{base}_truncate",
         ddl_end_trigger=f"{base}_ddl_end",
         sql_drop_trigger=f"{base}_sql_drop",
         auto_rebuild_trigger=f"{base}_auto_rebuild",
+        writer_role=f"{base}_writer",
     )
 
 
 @dataclass(frozen=True)
 class Definition:
-    """One object's SQL: the statement that creates it and its COMMENT statement."""
+    """One object's SQL: the statement that creates it and its COMMENT statement.
+
+    ``upgrade`` (tables only) brings any earlier version of the object to this
+    one in place; it is idempotent.
+    """
 
     kind: str
     name: str
@@ -95,11 +135,76 @@ class Definition:
     comment_sql: str
     comment: str
     key: str = ""
+    privileges: str = ""
+    upgrade: str = ""
 
     @property
     def sql(self) -> str:
-        """Create and comment, as one script."""
-        return f"{self.create};\n{self.comment_sql};\n"
+        """Create (or upgrade), comment (and revoke from PUBLIC), as one script."""
+        parts = [self.create, *([self.upgrade] if self.upgrade else []), self.comment_sql]
+        if self.privileges:
+            parts.append(self.privileges)
+        return "".join(f"{part};\n" for part in parts)
+
+
+@dataclass(frozen=True)
+class _FunctionSpec:
+    name: str
+    signature: str
+    returns: str
+    template: str
+    language: str = "plpgsql"
+    extra: str = ""
+
+
+#: Every function of an install, with its signature and options.
+_FUNCTIONS = (
+    _FunctionSpec("notify_row", "", "trigger", "notify_row"),
+    _FunctionSpec("outbox_capture", "", "trigger", "outbox_capture"),
+    _FunctionSpec("outbox_row", "", "trigger", "outbox_row", extra="SECURITY DEFINER"),
+    _FunctionSpec(
+        "trigger_specs",
+        "p_durable boolean, p_options jsonb",
+        "TABLE(tgname text, events text, level text, func text, args text, comment text)",
+        "trigger_specs",
+        language="sql",
+        extra=f"STABLE {_PINNED_PATH}",
+    ),
+    _FunctionSpec(
+        "watch_relation",
+        "rel regclass, durable boolean, options jsonb DEFAULT '{}'",
+        "TABLE(kind text, name text, action text, reason text)",
+        "watch_relation",
+        extra=_PINNED_PATH,
+    ),
+    _FunctionSpec(
+        "watch_table",
+        "p_schema text, p_table text, durable boolean DEFAULT false, options jsonb DEFAULT '{}'",
+        "TABLE(kind text, name text, action text, reason text)",
+        "watch_table",
+        extra=_PINNED_PATH,
+    ),
+    _FunctionSpec(
+        "watch_schema",
+        "target text, durable boolean DEFAULT false, options jsonb DEFAULT '{}'",
+        "TABLE(kind text, name text, action text, reason text)",
+        "watch_schema",
+        extra=_PINNED_PATH,
+    ),
+    _FunctionSpec(
+        "unwatch_table",
+        "p_schema text, p_table text",
+        "TABLE(kind text, name text, action text, reason text)",
+        "unwatch_table",
+        extra=_PINNED_PATH,
+    ),
+    _FunctionSpec("ddl_end", "", "event_trigger", "ddl_end", extra=_PINNED_PATH),
+    _FunctionSpec("sql_drop", "", "event_trigger", "sql_drop", extra=_PINNED_PATH),
+    _FunctionSpec("auto_rebuild", "", "event_trigger", "auto_rebuild", extra=_PINNED_PATH),
+)
+
+#: Functions of earlier versions that no longer exist (dropped by ``install``).
+OBSOLETE_FUNCTIONS = ("fit_payload",)
 
 
 class SqlBuilder:
@@ -111,6 +216,23 @@ class SqlBuilder:
         channel: the NOTIFY channel.
         include_query: put ``current_query()`` into row payloads.
     """
+
+    #: Functions every install has (the durable and DDL ones are created on demand).
+    BASE_FUNCTIONS = (
+        "notify_row",
+        "trigger_specs",
+        "watch_relation",
+        "watch_table",
+        "watch_schema",
+        "unwatch_table",
+    )
+    DURABLE_FUNCTIONS = ("outbox_capture", "outbox_row")
+    DDL_FUNCTIONS = ("ddl_end", "sql_drop")
+    AUTO_REBUILD_FUNCTIONS = ("auto_rebuild",)
+    #: Functions nothing depends on: replaced by DROP + CREATE (their signature may change).
+    HELPER_FUNCTIONS = ("watch_schema", "watch_table", "unwatch_table", "watch_relation", "trigger_specs")
+    #: What PUBLIC may use once auto-rebuild is installed (the table's creator attaches triggers).
+    AUTO_REBUILD_GRANTS = ("notify_row", "outbox_capture", "outbox_row", "trigger_specs")
 
     def __init__(self, context: Any, schema: str, channel: str, include_query: bool) -> None:
         self._ctx = context
@@ -130,174 +252,205 @@ class SqlBuilder:
     def _fmt(self, template: str, **params: Any) -> str:
         return self.render(sql.SQL(template).format(S=self.S, **params))
 
-    def _function(self, name: str, signature: str, returns: str, body: str, *, extra: str = "") -> Definition:
+    def literal(self, value: Any) -> str:
+        """``value`` as a quoted SQL literal."""
+        return self.render(sql.Literal(value))
+
+    def _common(self) -> dict[str, sql.Composable]:
+        names = self.names
+        # Reduce a row (json in notify_row, jsonb in outbox_capture) to its key columns ``pk``.
+        keys_of = (
+            "(SELECT pg_catalog.{t}_object_agg(e.key, e.value) FROM pg_catalog.{t}_each({var}) e "
+            "WHERE e.key OPERATOR(pg_catalog.=) ANY (pk))"
+        )
+        reducers = {
+            f"{prefix}keys_of_{which}": sql.SQL(keys_of.format(t=t, var=f"{which}_j"))
+            for prefix, t in (("", "json"), ("j", "jsonb"))
+            for which in ("old", "new")
+        }
+        return reducers | {
+            "schema": sql.Literal(self.schema),
+            "channel": sql.Literal(self.channel),
+            "version": sql.Literal(FORMAT_VERSION),
+            "limit": sql.Literal(NOTIFY_MAX_BYTES),
+            "query": sql.SQL("pg_catalog.current_query()" if self.include_query else "NULL::pg_catalog.text"),
+            "stash": sql.Literal(_STASH_SETTING.format(hash=_digest(f"{self.schema}:{self.channel}"))),
+            "wake": sql.Literal(self.channel + ".durable"),
+            "wake_key": sql.Literal(self.wake_lock_key()),
+            "row_name": sql.Literal(names.row_trigger),
+            "row_out_name": sql.Literal(names.row_out_trigger),
+            "trunc_name": sql.Literal(names.truncate_trigger),
+            "row_events": sql.Literal(_ROW_EVENTS),
+            "all_names": sql.SQL("ARRAY[{}]::text[]").format(
+                sql.SQL(", ").join(sql.Literal(n) for n in names.table_triggers)
+            ),
+            "own": sql.Literal(self._own_trigger_pattern()),
+            "comment_prefix": sql.Literal(COMMENT_PREFIX),
+            "key_columns": sql.SQL(_template("key_columns").strip()),
+        }
+
+    def wake_lock_key(self) -> int:
+        """The advisory lock that lets one notifying transaction at a time send the wake-up."""
+        digest = hashlib.sha256(f"trio_pgevents:wake:{self.schema}:{self.channel}".encode()).digest()
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+    def _body(self, template: str, params: dict[str, sql.Composable]) -> str:
+        return self.render(sql.SQL(_template(template)).format(S=self.S, **params))
+
+    def _function(self, spec: _FunctionSpec, params: dict[str, sql.Composable]) -> Definition:
+        if spec.name == "trigger_specs":
+            params = params | {"p_durable": sql.SQL("p_durable"), "p_options": sql.SQL("p_options")}
+        body = self._body(spec.template, params)
         if _TAG in body:
             raise ConfigurationError(
                 f"schema or channel name contains {_TAG!r}, which the installer uses as a quote"
             )
-        qualified = self._fmt("{S}.{name}", name=sql.Identifier(name))
+        qualified = self._fmt("{S}.{name}", name=sql.Identifier(spec.name))
+        extra = f"{spec.extra} " if spec.extra else ""
         create = (
-            f"CREATE OR REPLACE FUNCTION {qualified}({signature}) RETURNS {returns} "
-            f"LANGUAGE plpgsql {extra}AS {_TAG}{body}{_TAG}"
+            f"CREATE OR REPLACE FUNCTION {qualified}({spec.signature}) RETURNS {spec.returns} "
+            f"LANGUAGE {spec.language} {extra}AS {_TAG}{body}{_TAG}"
         )
         comment = comment_for(create)
-        types = ", ".join(_arg_type(arg) for arg in signature.split(",")) if signature else ""
-        comment_sql = f"COMMENT ON FUNCTION {qualified}({types}) IS {self.render(sql.Literal(comment))}"
-        return Definition("function", f"{self.schema}.{name}({types})", create, comment_sql, comment, name)
+        types = ", ".join(_arg_type(arg) for arg in spec.signature.split(",")) if spec.signature else ""
+        target = f"FUNCTION {qualified}({types})"
+        return Definition(
+            "function",
+            f"{self.schema}.{spec.name}({types})",
+            create,
+            f"COMMENT ON {target} IS {self.literal(comment)}",
+            comment,
+            spec.name,
+            privileges=f"REVOKE ALL ON {target} FROM PUBLIC",
+        )
 
-    # -- the payload ---------------------------------------------------------------------------------
+    # -- functions ---------------------------------------------------------------------------------
 
-    def _query_expr(self) -> str:
-        return "pg_catalog.current_query()" if self.include_query else "NULL::pg_catalog.text"
+    def functions(self) -> dict[str, Definition]:
+        """Every function definition, by name (built once).
 
-    def _row_function(self) -> Definition:
-        body = self._fmt(
-            """
-DECLARE
-    payload text;
+        ``trigger_specs`` embeds the comments of the trigger functions, so a
+        changed trigger function makes every table's triggers OUTDATED.
+        """
+        if self._functions is None:
+            params = self._common()
+            built: dict[str, Definition] = {}
+            for spec in _FUNCTIONS:
+                if spec.name == "trigger_specs":
+                    params = params | {
+                        "notify_comment": sql.Literal(built["notify_row"].comment),
+                        "capture_comment": sql.Literal(built["outbox_capture"].comment),
+                        "outbox_comment": sql.Literal(built["outbox_row"].comment),
+                    }
+                built[spec.name] = self._function(spec, params)
+            self._functions = built
+        return self._functions
+
+    def trigger_specs_query(self) -> str:
+        """``trigger_specs``' query, to run directly (params ``durable``, ``options``).
+
+        Used by ``status()``, which must work even when the function is missing
+        or outdated in the database.
+        """
+        params = self._common() | {
+            "notify_comment": sql.Literal(self.functions()["notify_row"].comment),
+            "capture_comment": sql.Literal(self.functions()["outbox_capture"].comment),
+            "outbox_comment": sql.Literal(self.functions()["outbox_row"].comment),
+            "p_durable": sql.SQL("@DURABLE@"),
+            "p_options": sql.SQL("@OPTIONS@"),
+        }
+        text = self._body("trigger_specs", params).replace("%", "%%")
+        return text.replace("@DURABLE@", "%(durable)s::pg_catalog.bool").replace(
+            "@OPTIONS@", "%(options)s::pg_catalog.jsonb"
+        )
+
+    def drop_function(self, name: str) -> str:
+        """Drop every overload of one of the installer's functions (signatures change)."""
+        return self._fmt(
+            _template("drop_function"),
+            nsp=sql.Literal(self.schema),
+            name=sql.Literal(name),
+            tag_open=sql.SQL(_TAG),
+            tag_close=sql.SQL(_TAG),
+        )
+
+    # -- privileges --------------------------------------------------------------------------------
+
+    def privileges_script(self) -> str:
+        """Grants to PUBLIC: none, but what auto-rebuild needs when it is installed (idempotent).
+
+        With the auto-rebuild event trigger, the role creating a table attaches
+        its triggers itself, so it needs to read the registry and to name the
+        trigger functions. A DO block, so that the same script serves
+        ``install()`` and the SQL for migrations, whatever is installed.
+        """
+
+        def grant(name: str) -> str:
+            types = self.functions()[name].name[len(f"{self.schema}.{name}(") : -1]
+            return self._fmt(
+                "GRANT EXECUTE ON FUNCTION {S}.{fn}(" + types + ") TO PUBLIC", fn=sql.Identifier(name)
+            )
+
+        base = "; ".join(grant(n) for n in self.AUTO_REBUILD_GRANTS if n not in self.DURABLE_FUNCTIONS)
+        durable = "; ".join(grant(n) for n in self.AUTO_REBUILD_GRANTS if n in self.DURABLE_FUNCTIONS)
+        return self._fmt(
+            """DO {tag_open}
 BEGIN
-    -- One expression on the hot path. OLD is NULL for INSERT, NEW for DELETE, both for
-    -- TRUNCATE (statement level), and row_to_json(NULL) is NULL.
-    payload := pg_catalog.json_build_object(
-        'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
-        'session_user', session_user, 'method', TG_OP, 'old_data', pg_catalog.row_to_json(OLD),
-        'new_data', pg_catalog.row_to_json(NEW), 'query', {query}, 'truncated', false)::text;
-    IF pg_catalog.octet_length(payload) > {limit} THEN
-        payload := {S}.fit_payload(TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP, TG_RELID,
-                                   pg_catalog.row_to_json(OLD), pg_catalog.row_to_json(NEW), {query});
+    REVOKE ALL ON SCHEMA {S} FROM PUBLIC;
+    REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {S} FROM PUBLIC;
+    REVOKE ALL ON ALL TABLES IN SCHEMA {S} FROM PUBLIC;
+    IF EXISTS (SELECT FROM pg_catalog.pg_event_trigger e WHERE e.evtname OPERATOR(pg_catalog.=) {auto}) THEN
+        GRANT USAGE ON SCHEMA {S} TO PUBLIC;
+        GRANT SELECT ON {S}.watched TO PUBLIC;
+        """
+            + base
+            + """;
+        IF pg_catalog.to_regprocedure({outbox}) IS NOT NULL THEN
+            """
+            + durable
+            + """;
+        END IF;
     END IF;
-    PERFORM pg_catalog.pg_notify({channel}, payload);
-    RETURN NULL;
-EXCEPTION WHEN OTHERS THEN
-    -- Last resort: the user's write must commit, whatever went wrong here.
-    BEGIN
-        PERFORM pg_catalog.pg_notify({channel}, pg_catalog.json_build_object(
-            'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
-            'session_user', session_user, 'method', TG_OP, 'old_data', NULL, 'new_data', NULL,
-            'query', NULL, 'truncated', true, 'error', pg_catalog.left(SQLERRM, 1000))::text);
-    EXCEPTION WHEN OTHERS THEN
-        RAISE WARNING 'trio_pgevents: event for %.% not sent: %', TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM;
-    END;
-    RETURN NULL;
 END
-""",
-            query=sql.SQL(self._query_expr()),
-            version=sql.Literal(FORMAT_VERSION),
-            limit=sql.Literal(NOTIFY_MAX_BYTES),
-            channel=sql.Literal(self.channel),
-        )
-        return self._function("notify_row", "", "trigger", body)
-
-    def _fit_function(self) -> Definition:
-        # Slow path only (payload over the limit): cut the query first, then reduce
-        # the row to its primary-key columns, then leave the row out.
-        body = self._fmt(
-            """
-DECLARE
-    pk text[];
-    stage int;
-    o json;
-    n json;
-    base text;
-    cut text;
-    payload text;
-    excess int;
-    quoted int;
-BEGIN
-    FOR stage IN 1..3 LOOP
-        IF stage = 1 THEN
-            o := old_j; n := new_j;
-        ELSIF stage = 2 THEN
-            SELECT pg_catalog.array_agg(a.attname::text) INTO pk
-              FROM pg_catalog.pg_index i
-              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
-             WHERE i.indrelid = relid AND i.indisprimary;
-            IF pk IS NULL THEN CONTINUE; END IF;
-            o := (SELECT pg_catalog.json_object_agg(e.key, e.value) FROM pg_catalog.json_each(old_j) e
-                   WHERE e.key = ANY (pk));
-            n := (SELECT pg_catalog.json_object_agg(e.key, e.value) FROM pg_catalog.json_each(new_j) e
-                   WHERE e.key = ANY (pk));
-        ELSE
-            o := NULL; n := NULL;
-        END IF;
-        base := pg_catalog.json_build_object(
-            'v', {version}, 'kind', 'row', 'table_schema', t_schema, 'table_name', t_name,
-            'session_user', session_user, 'method', op, 'old_data', o, 'new_data', n,
-            'query', NULL, 'truncated', true)::text;
-        IF pg_catalog.octet_length(base) > {limit} THEN
-            CONTINUE;
-        END IF;
-        IF q IS NULL THEN
-            RETURN base;
-        END IF;
-        -- Put back as much of the query as fits (each pass removes at least the excess).
-        cut := pg_catalog.left(q, {limit} - pg_catalog.octet_length(base));
-        LOOP
-            payload := pg_catalog.json_build_object(
-                'v', {version}, 'kind', 'row', 'table_schema', t_schema, 'table_name', t_name,
-                'session_user', session_user, 'method', op, 'old_data', o, 'new_data', n,
-                'query', cut, 'truncated', true)::text;
-            excess := pg_catalog.octet_length(payload) - {limit};
-            EXIT WHEN excess <= 0;
-            -- Shrink in proportion to the bytes each character takes (UTF-8, JSON escapes).
-            quoted := pg_catalog.octet_length(pg_catalog.to_json(cut)::text);
-            cut := pg_catalog.left(cut, GREATEST(0, LEAST(pg_catalog.length(cut) - 1,
-                (pg_catalog.length(cut)::bigint * (quoted - excess) / quoted)::int)));
-        END LOOP;
-        RETURN payload;
-    END LOOP;
-    RETURN base;
-END
-""",
-            version=sql.Literal(FORMAT_VERSION),
-            limit=sql.Literal(NOTIFY_MAX_BYTES),
-        )
-        return self._function(
-            "fit_payload",
-            "t_schema name, t_name name, op text, relid oid, old_j json, new_j json, q text",
-            "text",
-            body,
+{tag_close}""",
+            auto=sql.Literal(self.names.auto_rebuild_trigger),
+            outbox=sql.Literal(self.render(sql.SQL("{}.outbox_row()").format(self.S))),
+            tag_open=sql.SQL(_TAG),
+            tag_close=sql.SQL(_TAG),
         )
 
-    def _outbox_function(self) -> Definition:
-        body = self._fmt(
-            """
-BEGIN
-    INSERT INTO {S}.events (channel, payload) VALUES ({channel}, pg_catalog.jsonb_build_object(
-        'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
-        'session_user', session_user, 'method', TG_OP,
-        'old_data', pg_catalog.to_jsonb(OLD), 'new_data', pg_catalog.to_jsonb(NEW),
-        'query', {query}, 'truncated', false));
-    -- Identical for the whole transaction: the server folds them into one notification.
-    -- Only one transaction at a time sends it: a NOTIFY takes a database-wide lock at
-    -- commit, held through the WAL flush, which serialises every notifying commit
-    -- (measured: 16 single-row writers fall to ~0.2x of their TPS with fsync=on). One
-    -- that finds another notifying skips; durable consumers re-read shortly after every
-    -- wake-up and every poll_interval, so its events are read all the same.
-    IF pg_catalog.pg_try_advisory_xact_lock({wake_key}) THEN
-        PERFORM pg_catalog.pg_notify({wake}, pg_catalog.pg_current_xact_id()::pg_catalog.text);
-    END IF;
-    RETURN NULL;
-END
-""",
-            channel=sql.Literal(self.channel),
-            wake=sql.Literal(self.channel + ".durable"),
-            wake_key=sql.Literal(
-                int.from_bytes(
-                    hashlib.sha256(f"trio_pgevents:wake:{self.schema}:{self.channel}".encode()).digest()[:8],
-                    "big",
-                    signed=True,
-                )
-            ),
-            version=sql.Literal(FORMAT_VERSION),
-            query=sql.SQL(self._query_expr()),
+    def writer_role_script(self) -> str:
+        """Give ``outbox_row`` to the dedicated writer role (when a superuser runs it).
+
+        Creates the role if absent (``NOLOGIN``, no attribute), grants it only
+        what the outbox function needs, and makes it the function's owner. A
+        role of that name that can log in, has any attribute or belongs to any
+        role was not made by us: the script fails rather than hand it the
+        outbox. Run by a non-superuser it does nothing: that installer owns
+        ``outbox_row`` itself (it is no superuser either).
+        """
+        role = self.names.writer_role
+        comment = comment_for(f"role {role}")
+        return self._fmt(
+            _template("writer_role"),
+            name=sql.Literal(role),
+            role=sql.Identifier(role),
+            comment=sql.Literal(comment),
+            tag_open=sql.SQL(_TAG),
+            tag_close=sql.SQL(_TAG),
         )
-        # SECURITY DEFINER: writers need no privilege on the outbox table. No SET search_path
-        # (it cost every write ~15% in a pgbench run here): instead the body resolves nothing
-        # through the caller's search_path - every function, type and table is
-        # schema-qualified, and it uses no operator (OLD/NEW are NULL when absent, and
-        # to_jsonb(NULL) is NULL).
-        return self._function("outbox_row", "", "trigger", body, extra="SECURITY DEFINER ")
+
+    def drop_writer_role_script(self) -> str:
+        """Drop the writer role if it is ours and nothing else uses it (run in a savepoint)."""
+        role = self.names.writer_role
+        return self._fmt(
+            _template("drop_writer_role"),
+            name=sql.Literal(role),
+            role=sql.Identifier(role),
+            comment=sql.Literal(comment_for(f"role {role}")),
+            tag_open=sql.SQL(_TAG),
+            tag_close=sql.SQL(_TAG),
+        )
 
     # -- DDL event triggers ------------------------------------------------------------------------
 
@@ -306,394 +459,17 @@ END
         prefix = self.names.row_trigger.rsplit("_", 1)[0] + "_"
         return prefix.replace("_", "\\_") + "%"
 
-    def _ddl_end_function(self) -> Definition:
-        body = self._fmt(
-            """
-DECLARE
-    r record;
-BEGIN
-    FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_ddl_commands() LOOP
-        -- Our own triggers (attached by auto-rebuild or watch_*) are not the user's DDL.
-        CONTINUE WHEN r.object_type = 'trigger' AND r.object_identity LIKE {own};
-        BEGIN
-            PERFORM pg_catalog.pg_notify({channel}, pg_catalog.json_build_object(
-                'v', {version}, 'kind', 'ddl', 'classid', r.classid, 'objid', r.objid,
-                'objsubid', r.objsubid, 'command_tag', r.command_tag, 'object_type', r.object_type,
-                'object_name', (pg_catalog.pg_identify_object(r.classid, r.objid, r.objsubid)).name,
-                'object_identity', r.object_identity, 'schema_name', r.schema_name,
-                'original', NULL::boolean, 'normal', NULL::boolean, 'in_extension', r.in_extension,
-                'is_temporary', NULL::boolean, 'session_user', session_user)::text);
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'trio_pgevents: DDL event not sent: %', SQLERRM;
-        END;
-    END LOOP;
-END
-""",
-            channel=sql.Literal(self.channel),
-            version=sql.Literal(FORMAT_VERSION),
-            own=sql.Literal(self._own_trigger_pattern()),
-        )
-        return self._function("ddl_end", "", "event_trigger", body)
-
-    def _sql_drop_function(self) -> Definition:
-        body = self._fmt(
-            """
-DECLARE
-    r record;
-BEGIN
-    FOR r IN SELECT * FROM pg_catalog.pg_event_trigger_dropped_objects() LOOP
-        CONTINUE WHEN r.object_type = 'trigger' AND r.object_identity LIKE {own};
-        BEGIN
-            PERFORM pg_catalog.pg_notify({channel}, pg_catalog.json_build_object(
-                'v', {version}, 'kind', 'ddl', 'classid', r.classid, 'objid', r.objid,
-                'objsubid', r.objsubid, 'command_tag', TG_TAG, 'object_type', r.object_type,
-                'object_name', r.object_name, 'object_identity', r.object_identity,
-                'schema_name', r.schema_name, 'original', r.original, 'normal', r.normal,
-                'in_extension', NULL::boolean, 'is_temporary', r.is_temporary,
-                'session_user', session_user)::text);
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'trio_pgevents: DDL event not sent: %', SQLERRM;
-        END;
-    END LOOP;
-END
-""",
-            channel=sql.Literal(self.channel),
-            version=sql.Literal(FORMAT_VERSION),
-            own=sql.Literal(self._own_trigger_pattern()),
-        )
-        return self._function("sql_drop", "", "event_trigger", body)
-
-    def _auto_rebuild_function(self) -> Definition:
-        body = self._fmt(
-            """
-DECLARE
-    r record;
-    mode text;
-    explicit boolean;
-    label text;
-BEGIN
-    FOR r IN
-        SELECT c.objid, n.nspname, cl.relname, cl.relispartition
-          FROM pg_catalog.pg_event_trigger_ddl_commands() c
-          JOIN pg_catalog.pg_class cl ON cl.oid = c.objid
-          JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace
-         WHERE c.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND c.objsubid = 0
-           AND cl.relkind IN ('r', 'p') AND n.nspname <> {schema}
-    LOOP
-        -- Whatever happens here, the user's DDL must not fail because of us.
-        BEGIN
-            -- The table's own entry (if any) wins over its schema's.
-            SELECT w.mode, w.table_name <> '' INTO mode, explicit FROM {S}.watched w
-             WHERE w.schema_name = r.nspname AND w.table_name IN (r.relname, '')
-             ORDER BY w.table_name DESC LIMIT 1;
-            IF FOUND AND mode <> 'excluded' AND (explicit OR NOT r.relispartition) THEN
-                IF r.relispartition THEN
-                    PERFORM {S}.watch_relation(r.objid, mode = 'durable');
-                ELSE
-                    -- A table just created has no triggers: attach them in one go (this
-                    -- runs inside the user's CREATE TABLE, so it is kept lean).
-                    label := pg_catalog.format('%I.%I', r.nspname, r.relname);
-                    IF mode = 'durable' THEN
-                        EXECUTE pg_catalog.format({durable_script}, label);
-                    ELSE
-                        EXECUTE pg_catalog.format({notify_script}, label);
-                    END IF;
-                END IF;
-            END IF;
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'trio_pgevents: could not watch new table %.%: %', r.nspname, r.relname, SQLERRM;
-        END;
-    END LOOP;
-END
-""",
-            schema=sql.Literal(self.schema),
-            notify_script=sql.Literal(self._attach_script(durable=False)),
-            durable_script=sql.Literal(self._attach_script(durable=True)),
-        )
-        # SECURITY DEFINER: a role that may create tables in a watched schema but cannot
-        # read the registry still gets its new tables watched (the function does nothing else).
-        return self._function(
-            "auto_rebuild",
-            "",
-            "event_trigger",
-            body,
-            extra="SECURITY DEFINER SET search_path = pg_catalog, pg_temp ",
-        )
-
-    def _attach_script(self, durable: bool) -> str:
-        """A ``format()`` template creating and commenting both triggers on table ``%1$s``.
-
-        The same statements as ``watch_relation`` runs for a table without triggers.
-        """
-        fn = self._fmt("{S}.{fn}()", fn=sql.Identifier("outbox_row" if durable else "notify_row"))
-        statements = []
-        for name, events, level, truncate in (
-            (self.names.row_trigger, _ROW_EVENTS, "ROW", False),
-            (self.names.truncate_trigger, "AFTER TRUNCATE", "STATEMENT", True),
-        ):
-            trigger = self.render(sql.Identifier(name)).replace("%", "%%")
-            comment = self.render(sql.Literal(self.trigger_comment(durable, truncate))).replace("%", "%%")
-            statements.append(
-                f"CREATE TRIGGER {trigger} {events} ON %1$s FOR EACH {level} "
-                f"EXECUTE FUNCTION {fn.replace('%', '%%')}"
-            )
-            statements.append(f"COMMENT ON TRIGGER {trigger} ON %1$s IS {comment}")
-        return "; ".join(statements)
-
-    # -- attaching triggers (shared by Python, migrations and auto-rebuild) --------------------------
-
-    def trigger_comment(self, durable: bool, truncate: bool) -> str:
-        """The comment a table trigger carries (depends on its function's definition)."""
-        fn = self.functions()["outbox_row" if durable else "notify_row"]
-        name = self.names.truncate_trigger if truncate else self.names.row_trigger
-        events = "AFTER TRUNCATE FOR EACH STATEMENT" if truncate else f"{_ROW_EVENTS} FOR EACH ROW"
-        return comment_for(f"{name} {events} {fn.comment}")
-
-    def _watch_relation_function(self) -> Definition:
-        body = self._fmt(
-            """
-DECLARE
-    c record;
-    t record;
-    spec record;
-    label text;
-    fn text;
-BEGIN
-    SELECT cl.relkind, cl.relname, n.nspname INTO c
-      FROM pg_catalog.pg_class cl JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace
-     WHERE cl.oid = rel;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_table',
-            MESSAGE = pg_catalog.format('relation %s does not exist', rel);
-    END IF;
-    label := pg_catalog.format('%I.%I', c.nspname, c.relname);
-    kind := 'table'; name := label;
-    IF c.relkind NOT IN ('r', 'p') THEN
-        action := 'skipped';
-        reason := CASE c.relkind
-            WHEN 'v' THEN 'a view: it has no rows of its own; watch the tables it reads'
-            WHEN 'm' THEN 'a materialized view: row triggers are not possible on it'
-            WHEN 'f' THEN 'a foreign table: its changes happen on another server'
-            ELSE 'not a table (relkind ' || c.relkind::text || ')' END;
-        RETURN NEXT;
-        RETURN;
-    END IF;
-    IF c.nspname = {schema} THEN
-        action := 'skipped'; reason := 'belongs to the library schema';
-        RETURN NEXT;
-        RETURN;
-    END IF;
-    fn := pg_catalog.format('%I.%I()', {schema}, CASE WHEN durable THEN 'outbox_row' ELSE 'notify_row' END);
-    FOR spec IN
-        SELECT * FROM (VALUES
-            ({row_name}, {row_events}, 'ROW', CASE WHEN durable THEN {row_durable} ELSE {row_notify} END),
-            ({trunc_name}, 'AFTER TRUNCATE', 'STATEMENT',
-             CASE WHEN durable THEN {trunc_durable} ELSE {trunc_notify} END)
-        ) AS v(tgname, events, level, want)
-    LOOP
-        kind := 'trigger';
-        name := spec.tgname || ' on ' || label;
-        reason := NULL;
-        SELECT tg.tgparentid, d.description INTO t
-          FROM pg_catalog.pg_trigger tg
-          LEFT JOIN pg_catalog.pg_description d
-            ON d.objoid = tg.oid AND d.classoid = 'pg_catalog.pg_trigger'::pg_catalog.regclass
-         WHERE tg.tgrelid = rel AND tg.tgname = spec.tgname;
-        IF FOUND AND t.tgparentid <> 0 THEN
-            action := 'skipped'; reason := 'inherited from the partitioned parent table';
-        ELSIF FOUND AND t.description IS NOT DISTINCT FROM spec.want THEN
-            action := 'unchanged';
-        ELSE
-            IF FOUND THEN
-                -- Same transaction as the CREATE below: no write can slip between them.
-                EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', spec.tgname, label);
-                action := 'replaced';
-            ELSE
-                action := 'installed';
-            END IF;
-            EXECUTE pg_catalog.format('CREATE TRIGGER %I %s ON %s FOR EACH %s EXECUTE FUNCTION %s',
-                                      spec.tgname, spec.events, label, spec.level, fn);
-            EXECUTE pg_catalog.format('COMMENT ON TRIGGER %I ON %s IS %L', spec.tgname, label, spec.want);
-        END IF;
-        RETURN NEXT;
-    END LOOP;
-END
-""",
-            schema=sql.Literal(self.schema),
-            row_name=sql.Literal(self.names.row_trigger),
-            trunc_name=sql.Literal(self.names.truncate_trigger),
-            row_events=sql.Literal(_ROW_EVENTS),
-            row_durable=sql.Literal(self.trigger_comment(True, False)),
-            row_notify=sql.Literal(self.trigger_comment(False, False)),
-            trunc_durable=sql.Literal(self.trigger_comment(True, True)),
-            trunc_notify=sql.Literal(self.trigger_comment(False, True)),
-        )
-        return self._function(
-            "watch_relation",
-            "rel pg_catalog.regclass, durable boolean",
-            "TABLE(kind text, name text, action text, reason text)",
-            body,
-        )
-
-    def _watch_table_function(self) -> Definition:
-        body = self._fmt(
-            """
-DECLARE
-    rel oid;
-    want text := CASE WHEN durable THEN 'durable' ELSE 'notify' END;
-BEGIN
-    SELECT cl.oid INTO rel FROM pg_catalog.pg_class cl
-      JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace
-     WHERE n.nspname = p_schema AND cl.relname = p_table;
-    IF rel IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'undefined_table',
-            MESSAGE = pg_catalog.format('table %I.%I does not exist', p_schema, p_table);
-    END IF;
-    INSERT INTO {S}.watched AS w (schema_name, table_name, mode) VALUES (p_schema, p_table, want)
-        ON CONFLICT ON CONSTRAINT watched_pkey DO UPDATE SET mode = EXCLUDED.mode
-        WHERE w.mode IS DISTINCT FROM EXCLUDED.mode;
-    RETURN QUERY SELECT * FROM {S}.watch_relation(rel, durable);
-END
-"""
-        )
-        return self._function(
-            "watch_table",
-            "p_schema text, p_table text, durable boolean DEFAULT false",
-            "TABLE(kind text, name text, action text, reason text)",
-            body,
-        )
-
-    def _watch_schema_function(self) -> Definition:
-        body = self._fmt(
-            """
-DECLARE
-    nsp oid;
-    r record;
-    want text := CASE WHEN durable THEN 'durable' ELSE 'notify' END;
-BEGIN
-    SELECT n.oid INTO nsp FROM pg_catalog.pg_namespace n WHERE n.nspname = target;
-    IF nsp IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_schema_name',
-            MESSAGE = pg_catalog.format('schema %I does not exist', target);
-    END IF;
-    IF target = {schema} THEN
-        RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
-            MESSAGE = pg_catalog.format('schema %I is the library schema and cannot be watched', target);
-    END IF;
-    INSERT INTO {S}.watched AS w (schema_name, table_name, mode) VALUES (target, '', want)
-        ON CONFLICT ON CONSTRAINT watched_pkey DO UPDATE SET mode = EXCLUDED.mode
-        WHERE w.mode IS DISTINCT FROM EXCLUDED.mode;
-    FOR r IN
-        SELECT cl.oid, w.mode FROM pg_catalog.pg_class cl
-          LEFT JOIN {S}.watched w ON w.schema_name = target AND w.table_name = cl.relname
-         WHERE cl.relnamespace = nsp AND cl.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT cl.relispartition
-         ORDER BY cl.relname
-    LOOP
-        CONTINUE WHEN r.mode = 'excluded';
-        RETURN QUERY SELECT * FROM {S}.watch_relation(r.oid, coalesce(r.mode, want) = 'durable');
-    END LOOP;
-END
-""",
-            schema=sql.Literal(self.schema),
-        )
-        return self._function(
-            "watch_schema",
-            "target text, durable boolean DEFAULT false",
-            "TABLE(kind text, name text, action text, reason text)",
-            body,
-        )
-
-    def _unwatch_table_function(self) -> Definition:
-        body = self._fmt(
-            """
-DECLARE
-    rel oid;
-    tg text;
-    label text := pg_catalog.format('%I.%I', p_schema, p_table);
-BEGIN
-    DELETE FROM {S}.watched w WHERE w.schema_name = p_schema AND w.table_name = p_table;
-    IF EXISTS (SELECT FROM {S}.watched w WHERE w.schema_name = p_schema AND w.table_name = '') THEN
-        -- The schema stays watched: remember that this one table is not.
-        INSERT INTO {S}.watched (schema_name, table_name, mode) VALUES (p_schema, p_table, 'excluded');
-    END IF;
-    SELECT cl.oid INTO rel FROM pg_catalog.pg_class cl
-      JOIN pg_catalog.pg_namespace n ON n.oid = cl.relnamespace
-     WHERE n.nspname = p_schema AND cl.relname = p_table;
-    FOREACH tg IN ARRAY ARRAY[{row_name}, {trunc_name}] LOOP
-        kind := 'trigger'; name := tg || ' on ' || label; reason := NULL;
-        IF rel IS NOT NULL AND EXISTS (SELECT FROM pg_catalog.pg_trigger t
-                                        WHERE t.tgrelid = rel AND t.tgname = tg AND t.tgparentid = 0) THEN
-            EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', tg, label);
-            action := 'removed';
-        ELSE
-            action := 'unchanged'; reason := 'not installed';
-        END IF;
-        RETURN NEXT;
-    END LOOP;
-END
-""",
-            row_name=sql.Literal(self.names.row_trigger),
-            trunc_name=sql.Literal(self.names.truncate_trigger),
-        )
-        return self._function(
-            "unwatch_table",
-            "p_schema text, p_table text",
-            "TABLE(kind text, name text, action text, reason text)",
-            body,
-        )
-
-    # -- all functions -------------------------------------------------------------------------------
-
-    #: Functions every install has (the durable and DDL ones are created on demand).
-    BASE_FUNCTIONS = (
-        "notify_row",
-        "fit_payload",
-        "watch_relation",
-        "watch_table",
-        "watch_schema",
-        "unwatch_table",
-    )
-    DURABLE_FUNCTIONS = ("outbox_row",)
-    DDL_FUNCTIONS = ("ddl_end", "sql_drop")
-    AUTO_REBUILD_FUNCTIONS = ("auto_rebuild",)
-
-    def functions(self) -> dict[str, Definition]:
-        """Every function definition, by name (built once)."""
-        if self._functions is None:
-            self._functions = {}
-            for build in (
-                self._row_function,
-                self._fit_function,
-                self._outbox_function,
-                self._ddl_end_function,
-                self._sql_drop_function,
-                self._auto_rebuild_function,
-            ):
-                d = build()
-                self._functions[d.key] = d
-            for build in (
-                self._watch_relation_function,
-                self._watch_table_function,
-                self._watch_schema_function,
-                self._unwatch_table_function,
-            ):
-                d = build()
-                self._functions[d.key] = d
-        return self._functions
-
     # -- schema and tables ---------------------------------------------------------------------------
 
     def schema_definition(self) -> Definition:
-        """The library schema, created (and marked as ours) only when absent."""
+        """The library schema, created (and marked as ours) only when absent. No PUBLIC grant."""
         comment = comment_for(f"schema {self.schema}")
         create = self._fmt(
             """DO {tag_open}
 BEGIN
-    IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = {name}) THEN
+    IF NOT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname OPERATOR(pg_catalog.=) {name}) THEN
         CREATE SCHEMA {S};
         COMMENT ON SCHEMA {S} IS {comment};
-        -- Writers of watched tables call its functions (the tables stay private).
-        GRANT USAGE ON SCHEMA {S} TO PUBLIC;
     END IF;
 END
 {tag_close}""",
@@ -704,7 +480,7 @@ END
         )
         return Definition("schema", self.schema, create, "SELECT 1", comment)
 
-    def _table(self, name: str, columns: str, extra: str = "") -> Definition:
+    def _table(self, name: str, columns: str, extra: str = "", upgrade: str = "") -> Definition:
         create = self._fmt(
             "CREATE TABLE IF NOT EXISTS {S}.{t} (" + columns + ")",
             t=sql.Identifier(name),
@@ -717,16 +493,27 @@ END
         )
         if extra:
             create = create + ";\n" + self._fmt(extra, t=sql.Identifier(name))
-        return Definition("table", f"{self.schema}.{name}", create, comment_sql, comment, name)
+        return Definition(
+            "table",
+            f"{self.schema}.{name}",
+            create,
+            comment_sql,
+            comment,
+            name,
+            upgrade=self._fmt(upgrade, t=sql.Identifier(name)) if upgrade else "",
+        )
 
     def base_tables(self) -> list[Definition]:
-        """The registry of watched schemas and tables."""
+        """The registry of watched schemas and tables, with each watch's options."""
         return [
             self._table(
                 "watched",
                 "schema_name text NOT NULL, table_name text NOT NULL DEFAULT '', "
                 "mode text NOT NULL CHECK (mode IN ('notify', 'durable', 'excluded')), "
+                "options jsonb NOT NULL DEFAULT '{{}}', "
                 "created_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (schema_name, table_name)",
+                # 0.1.0's registry had no options.
+                upgrade="ALTER TABLE {S}.{t} ADD COLUMN IF NOT EXISTS options jsonb NOT NULL DEFAULT '{{}}'",
             )
         ]
 
@@ -789,15 +576,6 @@ END
             result[purpose] = (Definition("event_trigger", name, create, comment_sql, comment), drop)
         return result
 
-    #: Functions nothing depends on: replaced by DROP + CREATE (their signature may change).
-    HELPER_FUNCTIONS = ("watch_schema", "watch_table", "unwatch_table", "watch_relation", "fit_payload")
-
-    def drop_function(self, name: str) -> str:
-        """``DROP FUNCTION IF EXISTS`` one of the installer's functions (by its signature)."""
-        # Definition names are "<schema>.<function>(<argument types>)".
-        types = self.functions()[name].name[len(f"{self.schema}.{name}(") : -1]
-        return self._fmt("DROP FUNCTION IF EXISTS {S}.{fn}(" + types + ")", fn=sql.Identifier(name))
-
     # -- calls -------------------------------------------------------------------------------------
 
     def call(self, function: str, *args: Any) -> str:
@@ -825,30 +603,19 @@ END
         (they depend on them); tables are dropped without CASCADE, so a user's
         view on the outbox makes the uninstall fail rather than vanish; the
         schema is dropped only if the installer created it and it is empty.
+        The writer role is dropped by :meth:`Installer.uninstall` itself (it
+        may still own objects in another database).
         """
         parts = [drop for _, drop in self.event_triggers().values()]
-        for name in ("auto_rebuild", "ddl_end", "sql_drop", "notify_row", "outbox_row"):
-            parts.append(self._fmt("DROP FUNCTION IF EXISTS {S}.{fn}() CASCADE", fn=sql.Identifier(name)))
-        for name in self.HELPER_FUNCTIONS:
+        for spec in _FUNCTIONS:
+            parts.append(self.drop_function(spec.name))
+        for name in OBSOLETE_FUNCTIONS:
             parts.append(self.drop_function(name))
         for name in ("dead_letters", "consumers", "events", "watched"):
             parts.append(self._fmt("DROP TABLE IF EXISTS {S}.{t}", t=sql.Identifier(name)))
         parts.append(
             self._fmt(
-                """DO {tag_open}
-BEGIN
-    IF EXISTS (SELECT FROM pg_catalog.pg_namespace n
-                 JOIN pg_catalog.pg_description d
-                   ON d.objoid = n.oid AND d.classoid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
-                WHERE n.nspname = {name} AND d.description = {comment})
-       AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend dep
-                        WHERE dep.refclassid = 'pg_catalog.pg_namespace'::pg_catalog.regclass
-                          AND dep.refobjid = (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = {name}))
-    THEN
-        DROP SCHEMA {S};
-    END IF;
-END
-{tag_close}""",
+                _template("drop_schema"),
                 name=sql.Literal(self.schema),
                 comment=sql.Literal(self.schema_definition().comment),
                 tag_open=sql.SQL(_TAG),

@@ -467,7 +467,7 @@ math_inf = float("inf")
 def _probe_sync(conn: Any) -> float | BaseException:
     try:
         with conn.cursor() as cursor:
-            cursor.execute("SELECT pg_notification_queue_usage()")
+            cursor.execute("SELECT pg_catalog.pg_notification_queue_usage()")
             row = cursor.fetchone()
         return float(row[0])
     except psycopg2.Error as exc:

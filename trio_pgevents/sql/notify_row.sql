@@ -1,0 +1,93 @@
+-- Row and TRUNCATE events sent with NOTIFY on the installer's channel.
+--
+-- SECURITY INVOKER: it runs as the writer. Turning the row into JSON may run code the
+-- writer defined (a cast to json of a type it owns); that code gets the writer's own
+-- rights, never more. Every name is schema-qualified, operators included, so nothing is
+-- looked up on the writer's search_path. It must never make the writer's statement fail.
+--
+-- TG_ARGV[0]: 'row' (the whole row) or 'keys' (primary key columns only: for tables whose
+-- rows must not reach every role that can LISTEN).
+DECLARE
+    keys_only pg_catalog.bool := coalesce(TG_ARGV[0] OPERATOR(pg_catalog.=) 'keys', false);
+    old_j pg_catalog.json;
+    new_j pg_catalog.json;
+    q pg_catalog.text;
+    pk pg_catalog.text[];
+    payload pg_catalog.text;
+    base pg_catalog.text;
+    cut pg_catalog.text;
+    stage pg_catalog.int4;
+    excess pg_catalog.int4;
+    quoted pg_catalog.int4;
+BEGIN
+    old_j := pg_catalog.row_to_json(OLD);  -- NULL for INSERT and TRUNCATE
+    new_j := pg_catalog.row_to_json(NEW);  -- NULL for DELETE and TRUNCATE
+    q := {query};
+    IF keys_only THEN
+        {key_columns}
+        old_j := {keys_of_old};
+        new_j := {keys_of_new};
+        payload := pg_catalog.json_build_object(
+            'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
+            'session_user', session_user, 'method', TG_OP, 'old_data', old_j, 'new_data', new_j,
+            'query', NULL::pg_catalog.text, 'truncated', false, 'keys_only', true)::pg_catalog.text;
+    ELSE
+        payload := pg_catalog.json_build_object(
+            'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
+            'session_user', session_user, 'method', TG_OP, 'old_data', old_j, 'new_data', new_j,
+            'query', q, 'truncated', false)::pg_catalog.text;
+    END IF;
+    IF pg_catalog.octet_length(payload) OPERATOR(pg_catalog.>) {limit} THEN
+        -- Too big for NOTIFY (slow path): cut the query first, then reduce the row to its
+        -- primary key columns, then leave the row out; 'truncated' says so.
+        FOR stage IN 1..3 LOOP
+            IF stage OPERATOR(pg_catalog.=) 2 THEN
+                {key_columns}
+                CONTINUE WHEN pk IS NULL;
+                old_j := {keys_of_old};
+                new_j := {keys_of_new};
+            ELSIF stage OPERATOR(pg_catalog.=) 3 THEN
+                old_j := NULL;
+                new_j := NULL;
+            END IF;
+            base := pg_catalog.json_build_object(
+                'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
+                'session_user', session_user, 'method', TG_OP, 'old_data', old_j, 'new_data', new_j,
+                'query', NULL::pg_catalog.text, 'truncated', true)::pg_catalog.text;
+            CONTINUE WHEN pg_catalog.octet_length(base) OPERATOR(pg_catalog.>) {limit};
+            payload := base;
+            EXIT WHEN q IS NULL OR keys_only;
+            -- Put back as much of the query as fits (each pass removes at least the excess).
+            cut := pg_catalog.left(q, {limit} OPERATOR(pg_catalog.-) pg_catalog.octet_length(base));
+            LOOP
+                payload := pg_catalog.json_build_object(
+                    'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA,
+                    'table_name', TG_TABLE_NAME, 'session_user', session_user, 'method', TG_OP,
+                    'old_data', old_j, 'new_data', new_j, 'query', cut, 'truncated', true)::pg_catalog.text;
+                excess := pg_catalog.octet_length(payload) OPERATOR(pg_catalog.-) {limit};
+                EXIT WHEN excess OPERATOR(pg_catalog.<=) 0;
+                -- Shrink in proportion to the bytes each character takes (UTF-8, JSON escapes).
+                quoted := pg_catalog.octet_length(pg_catalog.to_json(cut)::pg_catalog.text);
+                cut := pg_catalog.left(cut, GREATEST(0, LEAST(
+                    pg_catalog.length(cut) OPERATOR(pg_catalog.-) 1,
+                    (pg_catalog.length(cut)::pg_catalog.int8 OPERATOR(pg_catalog.*) (quoted OPERATOR(pg_catalog.-) excess)
+                        OPERATOR(pg_catalog./) quoted)::pg_catalog.int4)));
+            END LOOP;
+            EXIT;
+        END LOOP;
+    END IF;
+    PERFORM pg_catalog.pg_notify({channel}, payload);
+    RETURN NULL;
+EXCEPTION WHEN OTHERS THEN
+    -- Last resort: the writer's statement must commit, whatever went wrong here.
+    BEGIN
+        PERFORM pg_catalog.pg_notify({channel}, pg_catalog.json_build_object(
+            'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
+            'session_user', session_user, 'method', TG_OP, 'old_data', NULL::pg_catalog.json,
+            'new_data', NULL::pg_catalog.json, 'query', NULL::pg_catalog.text, 'truncated', true,
+            'error', pg_catalog.left(SQLERRM, 1000))::pg_catalog.text);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'trio_pgevents: event for %.% not sent: %', TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM;
+    END;
+    RETURN NULL;
+END

@@ -1,0 +1,66 @@
+-- Durable mode, step 2 of 2 (and TRUNCATE): append the event to the outbox.
+--
+-- SECURITY DEFINER, owned by the installer's writer role, whose only rights are to read
+-- the registry and append to the events table: writers need no privilege on the outbox.
+-- It runs no code a user can define: the row arrives as text from outbox_capture, every
+-- name is schema-qualified (operators too), and it converts no user values. The table it
+-- reports comes from the trigger itself, never from the handed-over text, and only tables
+-- the registry watches in durable mode get events: attaching this function to a table of
+-- one's own writes nothing.
+DECLARE
+    watch pg_catalog.text;
+    root pg_catalog.oid;
+    stash pg_catalog.jsonb;
+    note pg_catalog.text;
+BEGIN
+    SELECT w.mode INTO watch FROM {S}.watched w
+     WHERE w.schema_name OPERATOR(pg_catalog.=) TG_TABLE_SCHEMA
+       AND w.table_name OPERATOR(pg_catalog.=) ANY (ARRAY[TG_TABLE_NAME::pg_catalog.text, ''])
+     ORDER BY w.table_name DESC LIMIT 1;
+    IF watch IS NULL THEN
+        -- A partition: its partitioned table's registry entry counts.
+        root := pg_catalog.pg_partition_root(TG_RELID);
+        IF root OPERATOR(pg_catalog.<>) TG_RELID THEN
+            SELECT w.mode INTO watch
+              FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+              JOIN {S}.watched w ON w.schema_name OPERATOR(pg_catalog.=) n.nspname
+               AND w.table_name OPERATOR(pg_catalog.=) ANY (ARRAY[c.relname::pg_catalog.text, ''])
+             WHERE c.oid OPERATOR(pg_catalog.=) root
+             ORDER BY w.table_name DESC LIMIT 1;
+        END IF;
+    END IF;
+    IF watch IS NULL OR watch OPERATOR(pg_catalog.<>) 'durable' THEN
+        RAISE WARNING 'trio_pgevents: %.% is not watched in durable mode: no outbox event written',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME;
+        RETURN NULL;
+    END IF;
+    IF TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN
+        stash := CASE WHEN pg_catalog.current_setting({stash}, true) OPERATOR(pg_catalog.=) '' THEN NULL
+                      ELSE pg_catalog.current_setting({stash}, true)::pg_catalog.jsonb END;
+        PERFORM pg_catalog.set_config({stash}, '', true);
+        IF stash IS NULL THEN
+            note := 'the row was not captured (outbox_capture trigger missing or disabled)';
+        ELSE
+            note := stash OPERATOR(pg_catalog.->>) 'e';
+        END IF;
+    END IF;
+    INSERT INTO {S}.events (channel, payload) VALUES ({channel}, pg_catalog.jsonb_build_object(
+        'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
+        'session_user', session_user, 'method', TG_OP,
+        'old_data', stash OPERATOR(pg_catalog.->) 'o', 'new_data', stash OPERATOR(pg_catalog.->) 'n',
+        'query', {query}, 'truncated', note IS NOT NULL)
+        OPERATOR(pg_catalog.||) CASE WHEN note IS NOT NULL THEN pg_catalog.jsonb_build_object('error', note)
+                                     WHEN stash OPERATOR(pg_catalog.?) 'k'
+                                     THEN pg_catalog.jsonb_build_object('keys_only', true, 'query', NULL::pg_catalog.text)
+                                     ELSE '{{}}'::pg_catalog.jsonb END);
+    -- Identical for the whole transaction: the server folds them into one notification.
+    -- Only one transaction at a time sends it: a NOTIFY takes a database-wide lock at
+    -- commit, held through the WAL flush, which serialises every notifying commit. One
+    -- that finds another notifying skips; durable consumers re-read shortly after every
+    -- wake-up and every poll_interval, so its events are read all the same.
+    IF pg_catalog.pg_try_advisory_xact_lock({wake_key}) THEN
+        PERFORM pg_catalog.pg_notify({wake}, pg_catalog.pg_current_xact_id()::pg_catalog.text);
+    END IF;
+    RETURN NULL;
+END

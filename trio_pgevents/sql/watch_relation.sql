@@ -1,0 +1,81 @@
+-- Attach (or bring up to date) the triggers of one watch on one relation, and remove ours
+-- that this watch does not use. Runs as the caller: it can only do what the caller could.
+DECLARE
+    c record;
+    t record;
+    spec record;
+    label text;
+    wanted text[] := '{{}}';
+BEGIN
+    SELECT cl.relkind, cl.relname, n.nspname, pg_catalog.pg_get_userbyid(cl.relowner) AS owner INTO c
+      FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
+     WHERE cl.oid = rel;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'undefined_table',
+            MESSAGE = format('relation %s does not exist', rel);
+    END IF;
+    label := format('%I.%I', c.nspname, c.relname);
+    kind := 'table'; name := label;
+    IF c.relkind NOT IN ('r', 'p') THEN
+        action := 'skipped';
+        reason := CASE c.relkind
+            WHEN 'v' THEN 'a view: it has no rows of its own; watch the tables it reads'
+            WHEN 'm' THEN 'a materialized view: row triggers are not possible on it'
+            WHEN 'f' THEN 'a foreign table: its changes happen on another server'
+            ELSE 'not a table (relkind ' || c.relkind::text || ')' END;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    IF c.nspname = {schema} THEN
+        action := 'skipped'; reason := 'belongs to the library schema';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    FOR spec IN SELECT * FROM {S}.trigger_specs(durable, options) LOOP
+        wanted := wanted || spec.tgname;
+        kind := 'trigger';
+        name := spec.tgname || ' on ' || label;
+        reason := NULL;
+        SELECT tg.tgparentid, d.description INTO t
+          FROM pg_trigger tg
+          LEFT JOIN pg_description d ON d.objoid = tg.oid AND d.classoid = 'pg_trigger'::regclass
+         WHERE tg.tgrelid = rel AND tg.tgname = spec.tgname;
+        IF FOUND AND t.tgparentid <> 0 THEN
+            action := 'skipped'; reason := 'inherited from the partitioned parent table';
+        ELSIF FOUND AND t.description IS NOT DISTINCT FROM spec.comment THEN
+            action := 'unchanged';
+        ELSIF NOT has_table_privilege(rel, 'TRIGGER') THEN
+            -- One table of another owner must not stop the others from being watched.
+            action := 'skipped';
+            reason := format('owned by %s: only its owner or a superuser may attach triggers', c.owner);
+        ELSE
+            IF FOUND THEN
+                -- Same transaction as the CREATE below: no write can slip between them.
+                EXECUTE format('DROP TRIGGER %I ON %s', spec.tgname, label);
+                action := 'replaced';
+            ELSE
+                action := 'installed';
+            END IF;
+            EXECUTE format('CREATE TRIGGER %I %s ON %s FOR EACH %s EXECUTE FUNCTION %s(%s)',
+                           spec.tgname, spec.events, label, spec.level, spec.func, spec.args);
+            EXECUTE format('COMMENT ON TRIGGER %I ON %s IS %L', spec.tgname, label, spec.comment);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+    -- Ours but not used by this watch (the durable ones after a switch to NOTIFY).
+    FOR t IN SELECT tg.tgname FROM pg_trigger tg
+              WHERE tg.tgrelid = rel AND tg.tgparentid = 0 AND tg.tgname = ANY ({all_names})
+                AND tg.tgname <> ALL (wanted)
+    LOOP
+        kind := 'trigger';
+        name := t.tgname || ' on ' || label;
+        IF has_table_privilege(rel, 'TRIGGER') THEN
+            EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, label);
+            action := 'removed'; reason := 'not used by this watch';
+        ELSE
+            action := 'skipped';
+            reason := format('owned by %s: only its owner or a superuser may remove triggers', c.owner);
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
