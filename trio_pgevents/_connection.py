@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from ._errors import ConfigurationError, InvalidChannelError
+from ._secrets import redactor_for, safe_url
 from ._threads import Handoff, _dup_socket
 
 __all__ = [
@@ -51,12 +52,12 @@ def as_engine(engine_or_url: Engine | str) -> Engine:
         url_text = engine_or_url
         if "://" not in url_text:
             raise ConfigurationError(
-                f"database URL {_hide(url_text)!r} is not a URL like postgresql://user@host/db"
+                f"database URL {safe_url(url_text)!r} is not a URL like postgresql://user@host/db"
             )
         try:
             url = sqlalchemy.make_url(url_text)
         except sqlalchemy.exc.ArgumentError as exc:
-            raise ConfigurationError(f"database URL {_hide(url_text)!r} cannot be parsed") from exc
+            raise ConfigurationError(f"database URL {safe_url(url_text)!r} cannot be parsed") from exc
         if url.drivername in ("postgres", "postgresql", "postgresql+psycopg2"):
             url = url.set(drivername="postgresql+psycopg2")
         engine = sqlalchemy.create_engine(url, poolclass=NullPool)
@@ -72,16 +73,9 @@ def as_engine(engine_or_url: Engine | str) -> Engine:
     return engine
 
 
-def _hide(url_text: str) -> str:
-    try:
-        return sqlalchemy.make_url(url_text).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable URL>"
-
-
 def describe_source(engine: Engine) -> str:
-    """The engine's URL with the password hidden: what ``Event.source`` says."""
-    return engine.url.render_as_string(hide_password=True)
+    """The engine's database as ``Event.source`` names it: a URL with every secret masked."""
+    return redactor_for(engine).source
 
 
 def validate_channel(channel: object) -> str:

@@ -21,6 +21,8 @@ its position reached the database gets that event again when it restarts.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import json
 import logging
@@ -39,8 +41,10 @@ import trio
 from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
+from . import _connection as conn_mod
+from ._backoff import Attempts, Backoff
 from ._buffer import EventBuffer
-from ._connection import KeepaliveSettings, as_engine, describe_source, set_keepalive, validate_channel
+from ._connection import as_engine, describe_source, validate_channel
 from ._consumer import BufferedStream
 from ._errors import (
     ConfigurationError,
@@ -53,7 +57,9 @@ from ._events import Event, Notification, RowChange, SchemaChange, StreamGap
 from ._installer import Installer
 from ._nursery import open_unwrapping_nursery
 from ._options import StreamOptions
+from ._secrets import redactor_for
 from ._stream import EventStream, connect_event_stream
+from ._threads import CallTimeout, Handoff, run_abandonable
 
 __all__ = [
     "DurableStatistics",
@@ -67,8 +73,13 @@ __all__ = [
 logger = logging.getLogger("trio_pgevents")
 
 _DB_ERRORS = (psycopg2.Error, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.InterfaceError, OSError)
+#: Errors after which the connection cannot be used again.
+_CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 _MAX_BIGINT = 2**63 - 1
 _new = tuple.__new__
+
+#: Default ``query_timeout`` of :func:`open_durable_stream` (seconds).
+DEFAULT_QUERY_TIMEOUT = 30.0
 
 #: A position in the events table: ``(txid, id)``; events after it are unread.
 Position = tuple[int, int]
@@ -178,6 +189,7 @@ class DurableStream(BufferedStream):
         retention_interval: float | None,
         retention_batch_size: int,
         max_buffer_size: int,
+        query_timeout: float,
         stream_options: dict[str, Any],
     ) -> None:
         super().__init__(EventBuffer(max_buffer_size, "backpressure"))
@@ -187,6 +199,7 @@ class DurableStream(BufferedStream):
         self.channel = channel
         self.wake_channel = validate_channel(channel + ".durable")
         self.source = describe_source(engine)
+        self._redactor = redactor_for(engine)
         self._batch_size = batch_size
         self._auto_ack = auto_ack
         self._ack_every = ack_every
@@ -195,11 +208,11 @@ class DurableStream(BufferedStream):
         self._start_policy = start
         self._retention_interval = retention_interval
         self._retention_batch_size = retention_batch_size
+        # The wake-up stream's options, which the reader's own connection follows too.
         self._stream_options = stream_options
-        self._backoff_initial = float(stream_options.get("backoff_initial", 0.05))
-        self._backoff_max = float(stream_options.get("backoff_max", StreamOptions.backoff_max))
-        self._reconnect = bool(stream_options.get("reconnect", True))
-        self._close_timeout = float(stream_options.get("close_timeout", 1.0))
+        self._options = StreamOptions(**stream_options)
+        self._backoff = Backoff(self._options.backoff_initial, self._options.backoff_max)
+        self._query_timeout = query_timeout
 
         ident = sql.Identifier
         # Every function, operator and type is schema-qualified: the reader runs no
@@ -272,11 +285,12 @@ class DurableStream(BufferedStream):
         try:
             with self._scope:
                 try:
-                    await self._connect()
+                    await self._connect(self._options.connect_timeout)
                     await self._register()
-                except _DB_ERRORS as exc:
+                except (*_DB_ERRORS, ConnectionLostError) as exc:
                     raise ConnectError(
-                        f"could not open durable consumer {self.consumer!r} on {self.source}: {exc}".strip()
+                        f"could not open durable consumer {self.consumer!r} on {self.source}: "
+                        f"{self._redactor.describe(exc)}"
                     ) from exc
                 async with trio.open_nursery() as nursery:
                     # LISTEN before the first read: a commit between them still wakes us.
@@ -296,12 +310,37 @@ class DurableStream(BufferedStream):
                         nursery.start_soon(self._retention_loop, self._retention_interval)
                     task_status.started()
         finally:
+            # Within close_timeout whatever the server does: the wake-up stream closes
+            # while the acknowledged position is stored; what did not finish is cut off
+            # and the connection discarded (the position stored last time still holds:
+            # at-least-once).
             with trio.CancelScope(shield=True):
-                if self._wake_stream is not None:
-                    await self._wake_stream.aclose()
-                with trio.move_on_after(self._close_timeout + 1):
-                    await self._store_acked()
-                await self._release(broken=False)
+                stored = False
+
+                async def close_wake_stream() -> None:
+                    if self._wake_stream is not None:
+                        await self._wake_stream.aclose()
+
+                async def store() -> None:
+                    nonlocal stored
+                    try:
+                        await self._store_acked(reconnect=False)
+                    except (TrioPgEventsError, *_DB_ERRORS) as exc:
+                        logger.warning(
+                            "durable consumer %r could not store its position at close (events after "
+                            "%s will be delivered again): %s",
+                            self.consumer,
+                            self._stored_pos,
+                            exc,
+                        )
+                    else:
+                        stored = True
+
+                with trio.move_on_after(self._options.close_timeout):
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(close_wake_stream)
+                        nursery.start_soon(store)
+                await self._release(broken=not stored)
                 self._buffer.close()
                 self._finished.set()
 
@@ -313,7 +352,8 @@ class DurableStream(BufferedStream):
                 processed (``open_durable_stream`` passes False when its body
                 raised, so that event is delivered again next time).
 
-        Idempotent; bounded in time even when cancelled.
+        Idempotent; returns within ``close_timeout`` (and a moment), even when
+        cancelled or when the server does not answer.
         """
         if self._closed:
             await trio.lowlevel.checkpoint()
@@ -323,83 +363,117 @@ class DurableStream(BufferedStream):
             self._mark_processed()
         self._buffer.close()
         self._scope.cancel()
-        with trio.CancelScope(shield=True), trio.move_on_after(2 * self._close_timeout + 2):
+        with trio.CancelScope(shield=True), trio.move_on_after(2 * self._options.close_timeout + 1):
             await self._finished.wait()
 
-    async def _connect(self) -> None:
-        engine = self.engine
-        keepalive = self._stream_options.get("keepalive", KeepaliveSettings())
+    async def _connect(self, limit: float) -> None:
+        """Take a connection from the engine (autocommit, keepalive), within ``limit`` seconds."""
+        engine, keepalive = self.engine, self._options.keepalive
+        handoff = Handoff(close=lambda proxy: conn_mod.release(proxy, broken=True))
 
         def work() -> Any:
-            proxy = engine.raw_connection()
-            try:
-                dbapi_conn: Any = proxy.dbapi_connection
-                dbapi_conn.autocommit = True
-                if keepalive is not None:
-                    # A dead server fails a blocked read within the keepalive window,
-                    # instead of hanging the reader (and the stream's close) for hours.
-                    set_keepalive(dbapi_conn.fileno(), keepalive)
-            except BaseException:
-                proxy.invalidate()
-                raise
-            return proxy
+            return handoff.deliver(conn_mod.checkout(engine, (), keepalive, handoff, limit))
 
-        self._proxy = await trio.to_thread.run_sync(work)
+        self._proxy = await run_abandonable(
+            work, timeout=limit, handoff=handoff, what=f"connect (connect_timeout={limit:g}s)"
+        )
 
     async def _release(self, *, broken: bool) -> None:
+        """Give the connection back (or discard it), within ``close_timeout``; never raises."""
         proxy, self._proxy = self._proxy, None
         if proxy is None:
             return
+        handoff = Handoff()
+        with contextlib.suppress(Exception):
+            handoff.attach(proxy.dbapi_connection.fileno())
+        with trio.CancelScope(shield=True), contextlib.suppress(CallTimeout):
+            # Past the limit the socket is shut down, and release() discards it.
+            await run_abandonable(
+                functools.partial(conn_mod.release, proxy, broken=broken),
+                timeout=self._options.close_timeout,
+                handoff=handoff,
+            )
 
-        def work() -> None:
-            try:
-                if broken:
-                    proxy.invalidate()
-                else:
-                    proxy.dbapi_connection.autocommit = False
-                    proxy.close()
-            except Exception:
-                proxy.invalidate()
+    async def _query(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(cursor)`` on the connection in a thread, within ``query_timeout``."""
+        conn = self._proxy.dbapi_connection
+        handoff = Handoff()
+        handoff.attach(conn.fileno())
 
-        with trio.CancelScope(shield=True), trio.move_on_after(self._close_timeout):
-            await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+        def work() -> Any:
+            with conn.cursor() as cursor:
+                return fn(cursor)
 
-    async def _db(self, fn: Callable[[Any], Any]) -> Any:
-        """Run ``fn(cursor)`` on the stream's connection in a thread, reconnecting on loss."""
-        delay = self._backoff_initial
+        return await run_abandonable(
+            work,
+            timeout=self._query_timeout,
+            handoff=handoff,
+            what=f"durable reader query (query_timeout={self._query_timeout:g}s)",
+            # Closing mid-query: let a healthy server answer, so the position can be stored.
+            grace=self._options.close_timeout,
+        )
+
+    async def _db(self, fn: Callable[[Any], Any], *, reconnect: bool = True) -> Any:
+        """Run ``fn(cursor)`` on the stream's connection, reconnecting on loss.
+
+        Reconnecting follows the stream's options: ``reconnect``, backoff,
+        ``max_reconnect_attempts``, ``reconnect_timeout``; each attempt is
+        bounded by ``connect_timeout``.
+
+        Raises:
+            ConnectionLostError: the connection is gone and may not (or could not) be restored.
+            StreamClosedError: the stream is closed.
+        """
+        options = self._options
+        attempts: Attempts | None = None
         async with self._db_lock:
             while True:
                 if self._finished.is_set():
                     raise StreamClosedError(f"durable stream of consumer {self.consumer!r} is closed")
-                if self._proxy is None:
-                    try:
-                        await self._connect()
-                    except _DB_ERRORS as exc:
-                        if not self._reconnect:
-                            raise ConnectionLostError(f"lost connection to {self.source}: {exc}") from exc
-                        logger.info("durable reader could not reconnect to %s: %s", self.source, exc)
-                        await trio.sleep(delay * random.uniform(0.5, 1.0))
-                        delay = min(delay * 2, self._backoff_max)
-                        continue
-                conn = self._proxy.dbapi_connection
-
-                def work(conn: Any = conn) -> Any:
-                    with conn.cursor() as cursor:
-                        return fn(cursor)
-
                 try:
-                    return await trio.to_thread.run_sync(work)
-                except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                    logger.warning("durable consumer %r lost its connection: %s", self.consumer, exc)
-                    await self._release(broken=True)
-                    if not self._reconnect:
-                        raise ConnectionLostError(f"lost connection to {self.source}: {exc}") from exc
-                    await trio.sleep(delay * random.uniform(0.5, 1.0))
-                    delay = min(delay * 2, self._backoff_max)
-                except psycopg2.Error as exc:
-                    raise TrioPgEventsError(
-                        f"durable consumer {self.consumer!r} on {self.source}: {exc}".strip()
-                    ) from exc
+                    if self._proxy is None:
+                        limit = options.connect_timeout
+                        if attempts is not None:
+                            limit = attempts.limit(trio.current_time(), limit)
+                        await self._connect(limit)
+                    return await self._query(fn)
+                except _DB_ERRORS as exc:
+                    if not isinstance(exc, psycopg2.Error) or isinstance(exc, _CONNECTION_ERRORS):
+                        await self._release(broken=True)
+                    elif self._proxy is not None:
+                        detail = self._redactor.describe(exc)
+                        raise TrioPgEventsError(
+                            f"durable consumer {self.consumer!r} on {self.source}: {detail}"
+                        ) from exc
+                    if not (reconnect and options.reconnect):
+                        raise ConnectionLostError(
+                            f"lost connection to {self.source}: {self._redactor.describe(exc)}"
+                        ) from exc
+                    if attempts is None:
+                        attempts = self._backoff.attempts(
+                            now=trio.current_time(),
+                            max_attempts=options.max_reconnect_attempts,
+                            timeout=options.reconnect_timeout,
+                        )
+                        logger.warning(
+                            "durable consumer %r lost its connection to %s: %s",
+                            self.consumer,
+                            self.source,
+                            self._redactor.describe(exc),
+                        )
+                    delay = attempts.failed(trio.current_time())
+                    if delay is None:
+                        raise ConnectionLostError(
+                            f"lost connection to {self.source} and could not reconnect after "
+                            f"{attempts.failures} attempt(s): {self._redactor.describe(exc)}"
+                        ) from exc
+                    logger.info(
+                        "durable reader: attempt %d to reach %s failed: %s",
+                        attempts.failures,
+                        self.source,
+                        self._redactor.describe(exc),
+                    )
+                    await trio.sleep(delay)
 
     async def _register(self) -> None:
         start = self._start_policy
@@ -601,7 +675,7 @@ class DurableStream(BufferedStream):
         """Store the acknowledged position now (normally done every ``ack_every``/``ack_interval``)."""
         await self._store_acked()
 
-    async def _store_acked(self) -> None:
+    async def _store_acked(self, *, reconnect: bool = True) -> None:
         position = self._acked_pos
         if position <= self._stored_pos:
             self._unstored = 0
@@ -613,7 +687,7 @@ class DurableStream(BufferedStream):
         def work(cursor: Any) -> None:
             cursor.execute(store_sql, params)
 
-        await self._db(work)
+        await self._db(work, reconnect=reconnect)
         self._stores += 1
         self._stored_pos = max(self._stored_pos, position)
         if self._acked_pos == position:
@@ -948,6 +1022,7 @@ async def open_durable_stream(
     retention_interval: float | None = None,
     retention_batch_size: int = 10000,
     max_buffer_size: int | None = None,
+    query_timeout: float = DEFAULT_QUERY_TIMEOUT,
     **stream_options: Any,
 ) -> AsyncIterator[DurableStream]:
     """Read the durable events table as the named ``consumer``; yield a :class:`DurableStream`.
@@ -982,6 +1057,9 @@ async def open_durable_stream(
             None (default): never, leave it to ``trio-pgevents`` or a cron job.
         retention_batch_size: rows deleted per retention statement.
         max_buffer_size: events read ahead of the consumer (default: 2 x batch_size).
+        query_timeout: a query of the reader (a read, a position store) with
+            no answer in this time means the connection is dead: it is
+            dropped and the reader reconnects, seconds.
         **stream_options: options of the wake-up :func:`open_event_stream`
             (``reconnect``, ``backoff_initial``, ``backoff_max``,
             ``probe_interval``, ``keepalive``, ``close_timeout``, ...); the
@@ -1010,9 +1088,14 @@ async def open_durable_stream(
     buffer_size = _positive_int(
         "max_buffer_size", 2 * batch_size if max_buffer_size is None else max_buffer_size
     )
+    _positive("query_timeout", query_timeout)
     for name in _FIXED_STREAM_OPTIONS:
         if name in stream_options:
             raise ConfigurationError(f"option {name!r} is fixed by a durable stream and cannot be given")
+    try:
+        StreamOptions(**stream_options)  # every option checked before anything connects
+    except TypeError as exc:
+        raise ConfigurationError(f"unknown option: {exc}") from exc
     stream = DurableStream(
         engine,
         consumer,
@@ -1027,6 +1110,7 @@ async def open_durable_stream(
         retention_interval=retention_interval,
         retention_batch_size=retention_batch_size,
         max_buffer_size=buffer_size,
+        query_timeout=query_timeout,
         stream_options=dict(stream_options),
     )
     async with open_unwrapping_nursery() as nursery:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
 from . import _connection as conn_mod
+from ._backoff import Backoff
 from ._buffer import EventBuffer
 from ._consumer import NotifyBatch
 from ._decode import Decoder
@@ -35,6 +35,7 @@ from ._errors import (
 )
 from ._events import StreamGap
 from ._options import StreamOptions
+from ._secrets import redactor_for
 from ._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket
 
 __all__ = ["Listener"]
@@ -114,14 +115,8 @@ class Listener:
             await self._close_connection(broken=self._tainted)
 
     def _describe(self, exc: BaseException) -> str:
-        """A driver error as one line, without the password (even if the driver echoed it)."""
-        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
-            exc = exc.orig
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        password = self.engine.url.password
-        if password:
-            text = text.replace(str(password), "***")
-        return text
+        """A driver error as one line, without any secret (even if the driver echoed one)."""
+        return redactor_for(self.engine).describe(exc)
 
     async def _recover(self, reason: str, cause: BaseException | None) -> None:
         disconnected_at = _utcnow()
@@ -148,39 +143,39 @@ class Listener:
 
     async def _reconnect(self, reason: str) -> None:
         options = self._options
-        delay = options.backoff_initial
-        attempts = 0
-        deadline = (
-            math_inf if options.reconnect_timeout is None else trio.current_time() + options.reconnect_timeout
+        attempts = Backoff(options.backoff_initial, options.backoff_max).attempts(
+            now=trio.current_time(),
+            max_attempts=options.max_reconnect_attempts,
+            timeout=options.reconnect_timeout,
         )
         while True:
-            attempts += 1
             try:
-                await self._connect()
+                # No attempt outlives reconnect_timeout (a silent server would hold one
+                # for all of connect_timeout).
+                await self._connect(attempts.limit(trio.current_time(), options.connect_timeout))
                 return
             except _DB_ERRORS as exc:
-                out_of_attempts = (
-                    options.max_reconnect_attempts is not None and attempts >= options.max_reconnect_attempts
-                )
-                if out_of_attempts or trio.current_time() >= deadline:
+                delay = attempts.failed(trio.current_time())
+                if delay is None:
                     raise ConnectionLostError(
                         f"lost connection to {self.source} ({reason}) and could not reconnect "
-                        f"after {attempts} attempt(s): {self._describe(exc)}"
+                        f"after {attempts.failures} attempt(s): {self._describe(exc)}"
                     ) from exc
                 logger.info(
-                    "reconnect to %s failed (attempt %d): %s", self.source, attempts, self._describe(exc)
+                    "reconnect to %s failed (attempt %d): %s",
+                    self.source,
+                    attempts.failures,
+                    self._describe(exc),
                 )
-            # Jittered exponential backoff: spread a herd of listeners out.
-            await trio.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, deadline - trio.current_time())))
-            delay = min(delay * 2, options.backoff_max)
+            await trio.sleep(delay)
 
-    async def _connect(self) -> None:
-        """One attempt: check a connection out and LISTEN, bounded by ``connect_timeout``."""
+    async def _connect(self, limit: float | None = None) -> None:
+        """One attempt: check a connection out and LISTEN, within ``limit`` s (default connect_timeout)."""
         self._listened = list(self._channels)
         keepalive = self._options.keepalive
         handoff = Handoff(close=lambda proxy: conn_mod.release(proxy, broken=True))
         channels = self._listened
-        timeout = self._options.connect_timeout
+        timeout = self._options.connect_timeout if limit is None else limit
 
         def work() -> Any:
             return handoff.deliver(conn_mod.checkout(self.engine, channels, keepalive, handoff, timeout))

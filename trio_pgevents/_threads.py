@@ -19,6 +19,7 @@ by a timeout, abandoned on cancellation, with the socket shut down either way.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
@@ -111,6 +112,15 @@ class Handoff:
             self._close(connection)
         return None
 
+    def finish(self) -> None:
+        """Task: the thread ended after all; close anything it delivered that nobody took."""
+        with self._lock:
+            self._abandoned = True
+            self._fd = None
+            leaked, self._result = self._result, None
+        if leaked is not None and self._close is not None:
+            self._close(leaked)
+
     def abandon(self) -> None:
         """Task: give up. Shuts the attached socket down, closes anything delivered."""
         with self._lock:
@@ -130,6 +140,7 @@ async def run_abandonable(
     timeout: float | None,  # noqa: ASYNC109 - ends in CallTimeout, an OSError the reconnect loops retry
     handoff: Handoff | None = None,
     what: str = "call",
+    grace: float = 0.0,
 ) -> T:
     """Run ``fn()`` in a worker thread; give up after ``timeout`` seconds or when cancelled.
 
@@ -137,18 +148,44 @@ async def run_abandonable(
     attached (so the thread returns promptly) and closes whatever it delivers
     later. ``fn`` should use ``handoff`` for any connection it makes or uses.
 
+    Args:
+        fn: the blocking call.
+        timeout: seconds before giving up (None: only cancellation gives up).
+        handoff: shared with ``fn`` (a fresh one by default).
+        what: names the call in the :class:`CallTimeout` message.
+        grace: when cancelled, wait (shielded) up to this long for the thread
+            to finish before abandoning it: a query of a healthy server then
+            leaves its connection usable (a stream closing mid-read can still
+            store its position), while a silent one is cut off.
+
     Raises:
         CallTimeout: no result within ``timeout`` (``what`` names the call).
         trio.Cancelled: the caller was cancelled (the thread was abandoned).
     """
     handoff = handoff if handoff is not None else Handoff()
+    token = trio.lowlevel.current_trio_token()
+    ended = trio.Event()
+
+    def work() -> T:
+        try:
+            return fn()
+        finally:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(ended.set)
+
     answered = False  # the thread returned or raised: nothing to abandon
     result: Any = None
     try:
         with trio.move_on_after(math.inf if timeout is None else timeout):
             try:
-                result = await trio.to_thread.run_sync(fn, abandon_on_cancel=True)
+                result = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
             except trio.Cancelled:
+                if grace > 0:
+                    with trio.CancelScope(shield=True), trio.move_on_after(grace):
+                        await ended.wait()
+                if ended.is_set():
+                    answered = True
+                    handoff.finish()
                 raise
             except BaseException:
                 answered = True
