@@ -20,11 +20,13 @@ from trio_pgevents import (
     ChangeStream,
     RowChange,
     ServerText,
+    change_stream_status,
     drop_change_stream,
     open_change_stream,
 )
+from trio_pgevents._pgoutput import parse_lsn
 
-from .conftest import Query, run_sql
+from .conftest import Query, read_with_cancellations, run_sql
 
 Names = tuple[str, str]
 
@@ -159,3 +161,92 @@ async def test_bytes_not_in_the_database_encoding_are_escaped_server_text(
     # The next change arrives, its plain values converted as usual.
     assert second.new_data == {"id": 2, "n\\xe9": "plain", "doc": {"k": 1}}
     assert type(second.new_data["n\\xe9"]) is str
+
+
+# ---------------------------------------------------------------------------
+# 2. an acknowledged position reaches the server within about a second
+# ---------------------------------------------------------------------------
+
+
+async def test_ack_reaches_the_server_promptly_while_the_stream_reads_on(
+    pg_engine: Engine, query: Query, unique: Callable[[str], str], cdc_names: Any
+) -> None:
+    name = unique("cdcr_ack")
+    await query(f"CREATE TABLE {name} (id int PRIMARY KEY)")
+    slot, publication = cdc_names()
+    async with open_change_stream(
+        pg_engine, slot=slot, publication=publication, tables=[name], auto_ack=False
+    ) as changes:  # status_interval left at its default, 10 s
+        await query(f"INSERT INTO {name} VALUES (1)")
+        [first] = await take(changes, 1)
+        await changes.ack(first)
+        acked = changes.confirmed_lsn
+        assert acked is not None
+        acked_at = trio.current_time()
+        # The stream reads another change right after the ack.
+        await query(f"INSERT INTO {name} VALUES (2)")
+        [second] = await take(changes, 1)
+        assert second.new_data == {"id": 2}
+        with trio.fail_after(max(0.1, 2 - (trio.current_time() - acked_at))):
+            while True:
+                status = await trio.to_thread.run_sync(change_stream_status, pg_engine, slot)
+                assert status.confirmed_flush_lsn is not None
+                if parse_lsn(status.confirmed_flush_lsn) >= parse_lsn(acked):
+                    break
+                await trio.sleep(0.02)
+        # Only what was acknowledged: the second change is not confirmed.
+        assert parse_lsn(status.confirmed_flush_lsn) < parse_lsn(str(second.lsn))
+
+
+# ---------------------------------------------------------------------------
+# 4. publication names outside ASCII
+# ---------------------------------------------------------------------------
+
+
+async def test_non_ascii_publication_name_delivers_changes(
+    pg_engine: Engine, query: Query, unique: Callable[[str], str], cdc_names: Any
+) -> None:
+    name = unique("cdcr_pubname")
+    await query(f"CREATE TABLE {name} (id int PRIMARY KEY)")
+    slot, publication = cdc_names('_é "q"')  # non-ASCII, a space and quotes
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=[name]) as changes:
+        await query(f"INSERT INTO {name} VALUES (1)")
+        [event] = await take(changes, 1, timeout=10)
+    assert event.new_data == {"id": 1}
+    rows = await query("SELECT pubname FROM pg_publication WHERE pubname = %s", (publication,))
+    assert rows == [(publication,)]
+
+
+# ---------------------------------------------------------------------------
+# 6. cancelled reads take nothing; auto-ack acknowledges only what was handed out
+# ---------------------------------------------------------------------------
+
+
+async def test_cancelled_reads_lose_nothing_and_auto_ack_only_what_was_handed_out(
+    pg_engine: Engine, query: Query, unique: Callable[[str], str], cdc_names: Any
+) -> None:
+    name = unique("cdcr_cancel")
+    await query(f"CREATE TABLE {name} (id int PRIMARY KEY)")
+    slot, publication = cdc_names()
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=[name]):
+        pass  # the slot exists before the writes
+    # 3,000 transactions of one row: every acknowledgement is a whole transaction.
+    await query(f"DO $$ BEGIN FOR i IN 1..3000 LOOP INSERT INTO {name} VALUES (i); COMMIT; END LOOP; END $$")
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=[name]) as changes:
+        got = await read_with_cancellations(changes, 3000, timeout=120)
+        await query(f"INSERT INTO {name} VALUES (3001)")
+        # Asking for the next event acknowledges row 3000 (auto-ack), but a
+        # cancelled ask takes nothing: row 3001 is neither handed out nor
+        # acknowledged, whether or not it had arrived yet.
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await changes.receive()
+        assert scope.cancelled_caught
+    ids = [e.new_data["id"] for e in got if isinstance(e, RowChange) and e.new_data]
+    assert len(got) == 3000
+    assert ids == list(range(1, 3001))
+    # Confirmed exactly up to row 3000: a new stream starts with row 3001.
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=[name]) as changes:
+        await query(f"INSERT INTO {name} VALUES (3002)")
+        replayed = await take(changes, 2)
+    assert [e.new_data["id"] for e in replayed] == [3001, 3002]
