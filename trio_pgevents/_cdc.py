@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import re
 import select
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -57,6 +57,7 @@ from ._events import Event, StreamGap
 from ._nursery import open_unwrapping_nursery
 from ._options import GapPolicy, StreamOptions
 from ._pgoutput import PgOutputDecoder, ack_position, format_lsn
+from ._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket
 
 __all__ = [
     "ChangeStream",
@@ -365,45 +366,161 @@ def set_replica_identity(
 # ---------------------------------------------------------------------------
 
 
-def _prepare(
-    engine: Engine, slot: str, publication: str, tables: list[tuple[str, str]] | None, create: bool
+@dataclass
+class _Plan:
+    """What the checks of :func:`_check_and_publish` found (connection still open)."""
+
+    proxy: Any
+    database: str
+    created_publication: bool
+    slot_exists: bool
+
+
+def _check_and_publish(
+    cursor: Any,
+    engine: Engine,
+    slot: str,
+    publication: str,
+    tables: list[tuple[str, str]] | None,
+    create: bool,
+) -> tuple[str, bool, bool]:
+    """Check the server can stream, create the publication if asked: (database, created, slot exists)."""
+    cursor.execute(
+        "SELECT current_setting('wal_level'), current_user, "
+        "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), "
+        "current_database()"
+    )
+    wal_level, user, may_replicate, database = cursor.fetchone()
+    if wal_level != "logical":
+        raise ReplicationError(
+            f"wal_level is {wal_level!r} on {conn_mod.describe_source(engine)}; change streams need "
+            "wal_level = logical (set it in postgresql.conf or with ALTER SYSTEM SET wal_level = "
+            "'logical'; it takes effect only after a server restart)"
+        )
+    if not may_replicate:
+        raise ReplicationError(
+            f"role {user!r} lacks the REPLICATION attribute; change streams need it "
+            f"(ALTER ROLE {_quote(user)} REPLICATION, run by a superuser)"
+        )
+    created_publication = _ensure_publication(cursor, publication, tables, create)
+    try:
+        slot_exists = _check_slot(cursor, slot, database, create)
+    except BaseException:
+        if created_publication:
+            _drop_publication_quietly(cursor, publication)
+        raise
+    return database, created_publication, slot_exists
+
+
+def _drop_publication_quietly(cursor: Any, publication: str) -> None:
+    with contextlib.suppress(psycopg2.Error):
+        cursor.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+
+
+def _discard_proxy(proxy: Any) -> None:
+    """Close a pooled connection that may be broken, and make the pool forget it."""
+    conn_mod.discard(proxy)
+
+
+def _return_proxy(proxy: Any) -> None:
+    """Give a healthy, idle connection back to the pool.
+
+    No round trip: psycopg2 changes autocommit locally, and the pool's
+    rollback on return does nothing outside a transaction.
+    """
+    try:
+        dbapi = proxy.dbapi_connection
+        if dbapi is not None and not dbapi.closed:
+            dbapi.autocommit = False
+        proxy.close()
+    except Exception:
+        conn_mod.discard(proxy)
+
+
+async def _prepare(
+    engine: Engine,
+    slot: str,
+    publication: str,
+    tables: list[tuple[str, str]] | None,
+    create: bool,
+    connect_timeout: float,
 ) -> None:
     """Check the server can stream, and create the publication and slot if asked.
 
-    Nothing is left half done: a publication created here is dropped again if
-    the slot cannot be created.
+    Connecting and the checks are bounded by ``connect_timeout`` (a silent
+    server cannot hold the caller, nor the worker thread: its socket is shut
+    down). Creating a missing slot waits for the transactions in progress to
+    end, which may take long on a busy server: that step is bounded only by
+    the caller's cancellation. Nothing is left half done: a publication
+    created here is dropped again if the slot cannot be created.
     """
+    source = conn_mod.describe_source(engine)
+    handoff = Handoff(close=lambda plan: _discard_proxy(plan.proxy))
 
-    def work(cursor: Any) -> None:
-        cursor.execute(
-            "SELECT current_setting('wal_level'), current_user, "
-            "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), "
-            "current_database()"
-        )
-        wal_level, user, may_replicate, database = cursor.fetchone()
-        if wal_level != "logical":
-            raise ReplicationError(
-                f"wal_level is {wal_level!r} on {conn_mod.describe_source(engine)}; change streams need "
-                "wal_level = logical (set it in postgresql.conf or with ALTER SYSTEM SET wal_level = "
-                "'logical'; it takes effect only after a server restart)"
-            )
-        if not may_replicate:
-            raise ReplicationError(
-                f"role {user!r} lacks the REPLICATION attribute; change streams need it "
-                f"(ALTER ROLE {_quote(user)} REPLICATION, run by a superuser)"
-            )
-        created_publication = _ensure_publication(cursor, publication, tables, create)
+    def check() -> _Plan | None:
+        proxy = conn_mod.checkout(engine, (), None, handoff, connect_timeout)  # attaches the socket
         try:
-            _ensure_slot(cursor, slot, database, create)
+            with proxy.dbapi_connection.cursor() as cursor:
+                found = _check_and_publish(cursor, engine, slot, publication, tables, create)
         except BaseException:
-            if created_publication:
-                with contextlib.suppress(psycopg2.Error):
-                    cursor.execute(
-                        sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication))
-                    )
+            handoff.detach()
+            _discard_proxy(proxy)
             raise
+        plan: _Plan | None = handoff.deliver(_Plan(proxy, *found))
+        return plan
 
-    _run(engine, work)
+    try:
+        plan = await run_abandonable(
+            check,
+            timeout=connect_timeout,
+            handoff=handoff,
+            what=f"connect (connect_timeout={connect_timeout:g}s)",
+        )
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"publication {publication!r} or a table name cannot be written in the client encoding "
+            f"of {source}: {exc.reason}"
+        ) from exc
+    except _DB_ERRORS as exc:
+        raise ConnectError(f"could not connect to {source}: {_one_line(exc)}") from exc
+    assert plan is not None
+    if plan.slot_exists:
+        _return_proxy(plan.proxy)  # no round trip: nothing is open on it
+        return
+    # Creating the slot: the thread owns the connection from here on.
+    fd = plan.proxy.dbapi_connection.fileno()
+    creating = Handoff()
+    creating.attach(fd)
+
+    def create_slot() -> None:
+        try:
+            with plan.proxy.dbapi_connection.cursor() as cursor:
+                try:
+                    _create_slot(cursor, slot)
+                except BaseException:
+                    if plan.created_publication and not creating.abandoned:
+                        _drop_publication_quietly(cursor, publication)
+                    raise
+        except BaseException:
+            creating.detach()
+            _discard_proxy(plan.proxy)
+            raise
+        creating.detach()
+        _return_proxy(plan.proxy)
+
+    try:
+        await run_abandonable(create_slot, timeout=None, handoff=creating, what="create replication slot")
+    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+        raise ConnectError(
+            f"lost the connection to {source} while creating slot {slot!r}: {_one_line(exc)}"
+        ) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """A driver error as one line (psycopg2 messages span several)."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.orig is not None:
+        exc = exc.orig
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _ensure_publication(
@@ -519,7 +636,8 @@ def _describe(tables: Sequence[tuple[str, str]]) -> str:
     return ", ".join(f"{s}.{t}" for s, t in tables)
 
 
-def _ensure_slot(cursor: Any, slot: str, database: str, create: bool) -> None:
+def _check_slot(cursor: Any, slot: str, database: str, create: bool) -> bool:
+    """Whether the slot exists (and is ours to use); raises if it is unusable or missing with create=False."""
     cursor.execute(
         "SELECT plugin, slot_type, database FROM pg_replication_slots WHERE slot_name = %s",
         (slot,),
@@ -536,9 +654,14 @@ def _ensure_slot(cursor: Any, slot: str, database: str, create: bool) -> None:
             raise ReplicationError(
                 f"replication slot {slot!r} belongs to database {slot_database!r}, not {database!r}"
             )
-        return  # whether it is in use is for START_REPLICATION to say (see _first_connect)
+        return True  # whether it is in use is for START_REPLICATION to say (see _first_connect)
     if not create:
         raise ReplicationError(f"replication slot {slot!r} does not exist (and create=False)")
+    return False
+
+
+def _create_slot(cursor: Any, slot: str) -> None:
+    """Create the logical pgoutput slot (waits for the transactions in progress to end)."""
     try:
         cursor.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
     except psycopg2.errors.DuplicateObject:
@@ -548,6 +671,8 @@ def _ensure_slot(cursor: Any, slot: str, database: str, create: bool) -> None:
             f"could not create replication slot {slot!r}: the role lacks the REPLICATION attribute"
         ) from exc
     except psycopg2.Error as exc:
+        if exc.pgcode is None:
+            raise  # the connection broke (or was given up on): not the slot's fault
         raise ReplicationError(f"could not create replication slot {slot!r}: {exc}".strip()) from exc
 
 
@@ -563,32 +688,6 @@ def _in_use(slot: str, holder: object) -> str:
 # ---------------------------------------------------------------------------
 
 
-class _Handoff:
-    """A connection made in a worker thread: handed to Trio, or closed if abandoned."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._abandoned = False
-        self._conn: Any = None
-
-    def deliver(self, conn: Any) -> Any:
-        with self._lock:
-            if not self._abandoned:
-                self._conn = conn
-                return conn
-        with contextlib.suppress(Exception):
-            conn.close()
-        return None
-
-    def abandon(self) -> None:
-        with self._lock:
-            self._abandoned = True
-            leaked, self._conn = self._conn, None
-        if leaked is not None:
-            with contextlib.suppress(Exception):
-                leaked.close()
-
-
 class _SlotInUse(ReplicationError):
     """The slot is in use (maybe by a walsender whose client just went away)."""
 
@@ -597,36 +696,87 @@ class _Fatal(Exception):
     """Internal: a replication error that reconnecting cannot fix."""
 
 
+def _sql_string(text: str) -> str:
+    """A string literal for a replication command.
+
+    The replication grammar takes only plain ``'...'`` literals (no ``E''``
+    escapes), with a quote written twice; psycopg2's own ``start_replication``
+    turns non-Latin-1 text into garbage here (it adapts the value without the
+    connection), so a publication named ``pub_é`` matched nothing.
+    """
+    return "'" + text.replace("'", "''") + "'"
+
+
+def start_replication_command(slot: str, publication: str) -> str:
+    """``START_REPLICATION SLOT "s" LOGICAL 0/0 (proto_version '1', publication_names '"p"')``.
+
+    The slot resumes from its confirmed position (``0/0``: wherever the slot
+    is). The command is text: psycopg2 encodes it in the connection's client
+    encoding and the server converts it, like any query.
+    """
+    return (
+        f"START_REPLICATION SLOT {_quote(slot)} LOGICAL 0/0 "
+        f"(proto_version '1', publication_names {_sql_string(_quote(publication))})"
+    )
+
+
+def _with_connect_timeout(dsn: str, timeout: float) -> str:
+    """libpq's own connect_timeout for a connection (unless the URL sets one).
+
+    It bounds how long a thread given up on can stay in ``connect()`` against a
+    server that accepted TCP and never answers (before the socket is known and
+    can be shut down). libpq takes whole seconds, at least 2.
+    """
+    if "connect_timeout" in psycopg2.extensions.parse_dsn(dsn):
+        return dsn
+    return str(psycopg2.extensions.make_dsn(dsn, connect_timeout=max(2, math.ceil(timeout))))
+
+
 def _open_replication(
-    dsn: str, slot: str, publication: str, status_interval: float, keepalive: KeepaliveSettings | None
+    dsn: str,
+    slot: str,
+    publication: str,
+    status_interval: float,
+    keepalive: KeepaliveSettings | None,
+    handoff: Handoff,
+    connect_timeout: float,
 ) -> tuple[Any, Any, int | None]:
     """Connect and START_REPLICATION (blocking; runs in a worker thread).
 
+    The socket is attached to ``handoff`` as soon as the connection exists,
+    so a caller that gives up shuts it down and this thread returns.
     Returns the connection, its replication cursor, and the server's next
     full (epoch-extended) transaction id, against which the stream widens
     the WAL's 32-bit xids.
     """
     try:
-        conn = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+        conn = psycopg2.connect(
+            _with_connect_timeout(dsn, connect_timeout),
+            connection_factory=psycopg2.extras.LogicalReplicationConnection,
+        )
     except psycopg2.OperationalError as exc:
         if "replication" in str(exc) and ("superuser" in str(exc) or "permission" in str(exc)):
             raise _Fatal(f"the role lacks the REPLICATION attribute: {exc}".strip()) from exc
         raise
     try:
+        handoff.attach(conn.fileno())
         if keepalive is not None:
             conn_mod.set_keepalive(conn.fileno(), keepalive)
-        cursor = conn.cursor()
+        cursor: Any = conn.cursor()
         # Assigns no transaction id (unlike txid_current()); exists on every version.
         cursor.execute("SELECT txid_snapshot_xmax(txid_current_snapshot())")
         row = cursor.fetchone()
         xid_reference = int(row[0]) if row else None
         try:
-            cursor.start_replication(
-                slot_name=slot,
+            cursor.start_replication_expert(
+                start_replication_command(slot, publication),
                 decode=False,
                 status_interval=max(1, round(status_interval)),
-                options={"proto_version": "1", "publication_names": _quote(publication)},
             )
+        except UnicodeEncodeError as exc:
+            raise _Fatal(
+                f"publication {publication!r} cannot be written in the connection's encoding: {exc.reason}"
+            ) from exc
         except psycopg2.errors.ObjectInUse as exc:
             raise _SlotInUse(f"replication slot {slot!r} is in use: {exc}".strip()) from exc
         except (psycopg2.errors.UndefinedObject, psycopg2.errors.InsufficientPrivilege) as exc:
@@ -634,8 +784,8 @@ def _open_replication(
         except psycopg2.ProgrammingError as exc:
             raise _Fatal(f"cannot stream from replication slot {slot!r}: {exc}".strip()) from exc
     except BaseException:
-        with contextlib.suppress(Exception):
-            conn.close()
+        handoff.detach()
+        _close_quietly(conn)
         raise
     return conn, cursor, xid_reference
 
@@ -648,6 +798,30 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class _Session:
+    """One replication connection and the cursors that talk on it."""
+
+    __slots__ = ("confirm", "conn", "cursor", "decoder", "fd", "position")
+
+    def __init__(self, conn: Any, cursor: Any, decoder: PgOutputDecoder) -> None:
+        self.conn = conn
+        self.fd: int = conn.fileno()
+        #: Reads the stream. psycopg2 answers the server's keepalives from it
+        #: (with its own stored positions); we never report through it.
+        self.cursor = cursor
+        #: Reports the confirmed (flush) position: acknowledged changes only.
+        #: A cursor of its own, so psycopg2's keepalive handling on the reading
+        #: cursor (which forwards its flush position to the server's WAL end
+        #: once the last message read is confirmed) never sees our positions:
+        #: acknowledging part of a transaction whose rest is not read yet
+        #: would otherwise confirm the whole of it.
+        self.confirm = conn.cursor()
+        #: Reports what was received (write position) with the flush position
+        #: left invalid: see :meth:`_Replicator._report_received`.
+        self.position = conn.cursor()
+        self.decoder = decoder
+
+
 class _Replicator:
     """Reads the slot into the stream's buffer, confirms acknowledged positions, reconnects."""
 
@@ -658,11 +832,12 @@ class _Replicator:
         self._dsn = replication_dsn(engine)
         self._options = stream._options
         self._status_interval = status_interval
-        self._conn: Any = None
-        self._cursor: Any = None
-        self._decoder: PgOutputDecoder | None = None
+        self._session: _Session | None = None
         self._sent_flush = 0
         self._last_forced = 0.0
+        self._reported_write = 0
+        self._seen_feedback: Any = None
+        self._last_read: Event | None = None
         self.finished = trio.Event()
         self.connected = False
         self.reconnects = 0
@@ -681,7 +856,7 @@ class _Replicator:
                 raise ReplicationError(str(exc)) from exc.__cause__
             except _DB_ERRORS as exc:
                 raise ConnectError(
-                    f"could not start replication from {self._stream.source}: {exc}".strip()
+                    f"could not start replication from {self._stream.source}: {_one_line(exc)}"
                 ) from exc
             task_status.started()
             async with trio.open_nursery() as nursery:
@@ -702,7 +877,7 @@ class _Replicator:
         deadline = trio.current_time() + _IN_USE_GRACE
         while True:
             try:
-                await self._connect()
+                await self._connect(self._options.connect_timeout)
                 return
             except _SlotInUse as exc:
                 if trio.current_time() >= deadline:
@@ -710,52 +885,67 @@ class _Replicator:
                     raise ReplicationError(f"{message} ({exc})") from exc
             await trio.sleep(0.05)
 
-    async def _connect(self) -> None:
-        handoff = _Handoff()
+    async def _connect(self, limit: float) -> None:
+        """One attempt: connect and START_REPLICATION within ``limit`` seconds."""
+        handoff = Handoff(close=lambda result: _close_quietly(result[0]))
         stream = self._stream
-        dsn, options = self._dsn, self._options
+        dsn, options, status_interval = self._dsn, self._options, self._status_interval
+        connect_timeout = options.connect_timeout
 
-        def work() -> Any:
-            conn, cursor, xid_reference = _open_replication(
-                dsn, stream.slot, stream.publication, self._status_interval, options.keepalive
+        def work() -> tuple[Any, Any, int | None] | None:
+            opened = _open_replication(
+                dsn, stream.slot, stream.publication, status_interval, options.keepalive, handoff, limit
             )
-            if handoff.deliver(conn) is None:
-                return None
-            return conn, cursor, xid_reference
+            delivered: tuple[Any, Any, int | None] | None = handoff.deliver(opened)
+            return delivered
 
-        try:
-            result = await trio.to_thread.run_sync(work, abandon_on_cancel=True)
-        except trio.Cancelled:
-            handoff.abandon()
-            raise
+        result = await run_abandonable(
+            work,
+            timeout=limit,
+            handoff=handoff,
+            what=f"start replication (connect_timeout={connect_timeout:g}s)",
+        )
+        assert result is not None
         conn, cursor, xid_reference = result
         encoding = psycopg2.extensions.encodings.get(
             conn.get_parameter_status("server_encoding") or "", "utf-8"
         )
-        self._decoder = PgOutputDecoder(stream.slot, stream.source, encoding, xid_reference)
-        self._conn, self._cursor = conn, cursor
+        decoder = PgOutputDecoder(stream.slot, stream.source, encoding, xid_reference)
+        self._session = _Session(conn, cursor, decoder)
         self.backend_pid = conn.get_backend_pid()
         self.connected = True
         self._sent_flush = 0
+        self._reported_write = 0
+        self._seen_feedback = cursor.feedback_timestamp
+        self._last_read = None
         self._last_forced = trio.current_time()
 
     async def _close(self, *, final_feedback: bool) -> None:
-        conn, self._conn = self._conn, None
-        cursor, self._cursor = self._cursor, None
+        """Close the connection within ``close_timeout``, whatever the server does."""
+        session, self._session = self._session, None
         self.connected = False
-        if conn is None:
+        if session is None:
             return
-        if final_feedback:
-            # Confirm what was acknowledged, so a restart resumes right after it.
-            with contextlib.suppress(psycopg2.Error, OSError):
-                position = self._stream._ack_position()
-                if position:
-                    cursor.send_feedback(flush_lsn=position, force=True)
+        # Computed now: the thread must not read the stream's state.
+        position = self._confirmable() if final_feedback else 0
+        received = session.cursor.wal_end
         with trio.CancelScope(shield=True):
-            with contextlib.suppress(ValueError, psycopg2.Error, OSError):
-                trio.lowlevel.notify_closing(conn.fileno())
-            with trio.move_on_after(self._options.close_timeout):
-                await trio.to_thread.run_sync(_close_quietly, conn, abandon_on_cancel=True)
+            with contextlib.suppress(ValueError, OSError):
+                trio.lowlevel.notify_closing(session.fd)
+            handoff = Handoff()
+            handoff.attach(session.fd)
+
+            def work() -> None:
+                if position:
+                    # Confirm what was acknowledged, so a restart resumes right after it.
+                    with contextlib.suppress(psycopg2.Error, OSError):
+                        session.confirm.send_feedback(write_lsn=received, flush_lsn=position, force=True)
+                _finish(session.conn, handoff)
+
+            with contextlib.suppress(CallTimeout):
+                await run_abandonable(
+                    work, timeout=self._options.close_timeout, handoff=handoff, what="close replication"
+                )
 
     async def _recover(self, reason: str, cause: BaseException | None) -> None:
         disconnected_at = _utcnow()
@@ -787,14 +977,14 @@ class _Replicator:
         delay = options.backoff_initial
         attempts = 0
         deadline = (
-            float("inf")
-            if options.reconnect_timeout is None
-            else trio.current_time() + options.reconnect_timeout
+            math.inf if options.reconnect_timeout is None else trio.current_time() + options.reconnect_timeout
         )
         while True:
             attempts += 1
+            # An attempt against a silent server would otherwise outlast reconnect_timeout.
+            timeout = min(options.connect_timeout, max(0.0, deadline - trio.current_time()))
             try:
-                await self._connect()
+                await self._connect(timeout)
                 return
             except _Fatal as exc:
                 raise ReplicationError(
@@ -810,18 +1000,21 @@ class _Replicator:
                 if out_of_attempts or trio.current_time() >= deadline:
                     raise ConnectionLostError(
                         f"lost replication connection to {self._stream.source} ({reason}) and could "
-                        f"not reconnect after {attempts} attempt(s): {exc}".strip()
+                        f"not reconnect after {attempts} attempt(s): {_one_line(exc)}"
                     ) from exc
-                logger.info("reconnect to %s failed (attempt %d): %s", self._stream.source, attempts, exc)
+                logger.info(
+                    "reconnect to %s failed (attempt %d): %s", self._stream.source, attempts, _one_line(exc)
+                )
             await trio.sleep(min(delay * random.uniform(0.5, 1.0), max(0.0, deadline - trio.current_time())))
             delay = min(delay * 2, options.backoff_max)
 
     # ---- the hot loop -----------------------------------------------------
 
     async def _pump(self) -> None:
-        conn, cursor, decoder = self._conn, self._cursor, self._decoder
-        assert decoder is not None
-        fd = conn.fileno()
+        session = self._session
+        assert session is not None
+        conn, cursor, decoder = session.conn, session.cursor, session.decoder
+        fd = session.fd
         read = cursor.read_message
         feed = decoder.feed
         put = self._stream._buffer.put
@@ -846,13 +1039,21 @@ class _Replicator:
                     if len(batch) >= _MAX_BATCH:
                         more = True  # libpq may hold more: read again before waiting
                         break
+                if batch:
+                    # Before any status update: what was read but not yet
+                    # delivered must hold the confirmed position back.
+                    self._last_read = batch[-1]
+                if cursor.feedback_timestamp != self._seen_feedback:
+                    # psycopg2 answered a keepalive (or sent its periodic
+                    # update) from the reading cursor, with that cursor's own
+                    # (stale or zero) positions: follow it with ours at once.
+                    self._send_status(session, force=True)
             except psycopg2.Error as exc:
                 raise _Lost(str(exc).strip() or type(exc).__name__) from exc
             if conn.closed:
                 raise _Lost("connection closed")
             if batch:
                 await put(batch)
-            self._record_ack()
             if linger and messages and not more:
                 # A trickle of small transactions (one message per wake-up) costs
                 # a wake-up of this task and of the consumer per message: let the
@@ -864,15 +1065,59 @@ class _Replicator:
                 else:
                     await trio.sleep(linger)
 
-    def _record_ack(self) -> None:
-        """Tell psycopg2 the acknowledged position (it sends it with the next status update)."""
-        position = self._stream._ack_position()
-        if position > self._sent_flush and self._cursor is not None:
-            self._cursor.send_feedback(flush_lsn=position)
-            self._sent_flush = position
+    # ---- status updates ---------------------------------------------------
+
+    def _confirmable(self) -> int:
+        """The position to confirm: the acknowledged one, or the server's WAL end when that is as good.
+
+        Only acknowledged changes are ever confirmed. When everything read on
+        this connection was acknowledged and no transaction is half read, the
+        WAL up to the server's last reported end holds nothing more for us
+        (the server sends each transaction whole, in commit order, before
+        reporting a later end), so confirming it skips nothing -- and lets an
+        idle slot release WAL written to other tables.
+        """
+        acked = self._stream._ack_position()
+        session = self._session
+        if session is None or session.decoder.in_transaction:
+            return acked
+        last = self._last_read
+        if last is not None and acked < (ack_position(last) or 0):
+            return acked
+        wal_end: int = session.cursor.wal_end
+        return max(acked, wal_end)
+
+    def _report_received(self, session: _Session) -> None:
+        """Tell the server how far we *received* (write position), with no flush position.
+
+        While we report a flush position, the server's walsender, stopping
+        for a fast shutdown, waits until the flush position reaches all it
+        sent (``WalSndDone`` in walsender.c) -- that is, until the consumer
+        has acknowledged everything, however long it takes. Reported with an
+        invalid (zero) flush position, a status update confirms nothing (the
+        slot moves only on a valid flush position) and the walsender compares
+        the write position instead, so it can finish once we have *read*
+        everything. Sent after every confirmation and after every update
+        psycopg2 sends on its own, so it is what the walsender last heard.
+        """
+        received: int = session.cursor.wal_end
+        session.position.send_feedback(write_lsn=received, force=True)
+        self._reported_write = received
+        self._seen_feedback = session.cursor.feedback_timestamp
+
+    def _send_status(self, session: _Session, *, force: bool) -> None:
+        """Confirm the acknowledged position if it advanced (or ``force``), then report what was received."""
+        position = self._confirmable()
+        received: int = session.cursor.wal_end
+        if force or position > self._sent_flush:
+            session.confirm.send_feedback(write_lsn=received, flush_lsn=position, force=True)
+            self._sent_flush = max(self._sent_flush, position)
+            self._report_received(session)
+        elif received > self._reported_write or session.cursor.feedback_timestamp != self._seen_feedback:
+            self._report_received(session)
 
     async def _status_loop(self) -> None:
-        """Send a status update every ``status_interval`` and soon after acks advance.
+        """Confirm acknowledged positions within a second; a status update every ``status_interval``.
 
         Runs beside the pump, so the server hears from us even while the pump
         waits for a slow consumer (backpressure) and reads nothing.
@@ -880,19 +1125,33 @@ class _Replicator:
         tick = min(1.0, self._status_interval)
         while True:
             await trio.sleep(tick)
-            cursor = self._cursor
-            if cursor is None:
+            session = self._session
+            if session is None:
                 continue  # reconnecting
-            position = self._stream._ack_position()
             now = trio.current_time()
-            advanced = position > self._sent_flush
-            if advanced or now - self._last_forced >= self._status_interval:
-                try:
-                    cursor.send_feedback(flush_lsn=position, force=True)
-                except psycopg2.Error:
-                    continue  # the pump sees the broken connection and reconnects
-                self._sent_flush = max(self._sent_flush, position)
+            force = now - self._last_forced >= self._status_interval
+            try:
+                self._send_status(session, force=force)
+            except psycopg2.Error:
+                continue  # the pump sees the broken connection and reconnects
+            if force:
                 self._last_forced = now
+
+
+def _finish(conn: Any, handoff: Handoff) -> None:
+    """Thread: close a replication connection without waiting on a peer that stopped reading.
+
+    libpq's close sends a Terminate message and waits until the socket takes
+    it; a peer whose receive window is full would hold the thread. Checked
+    while the socket is still attached (so a caller giving up can shut it
+    down): if it cannot take a byte now, shut it down first.
+    """
+    with contextlib.suppress(Exception):
+        fd = conn.fileno()
+        if not select.select([], [fd], [], 0)[1]:
+            shutdown_socket(fd)
+    handoff.detach()  # from here the descriptor may be closed and its number reused
+    _close_quietly(conn)
 
 
 def _readable_now(fd: int) -> bool:
@@ -1099,6 +1358,7 @@ async def open_change_stream(
     reconnect_timeout: float | None = None,
     keepalive: KeepaliveSettings | None = None,
     close_timeout: float = 1.0,
+    connect_timeout: float = 10.0,
 ) -> AsyncIterator[ChangeStream]:
     """Stream every committed row change of ``tables`` from a logical replication slot.
 
@@ -1135,9 +1395,20 @@ async def open_change_stream(
             backoff_max, max_reconnect_attempts, reconnect_timeout, keepalive,
             close_timeout: as for :func:`open_event_stream`. ``overflow``
             other than ``"backpressure"`` loses changes; the default is right
-            for change capture.
+            for change capture. Leaving ``async with`` takes at most about
+            ``close_timeout``, whatever the server does.
+        connect_timeout: bound on one connect attempt, seconds: connecting
+            and checking the server before streaming, and the replication
+            connection with its ``START_REPLICATION`` (each reconnect attempt
+            too, and never past ``reconnect_timeout``). A server that accepts
+            TCP and never answers fails the attempt (:class:`ConnectError`
+            when opening). Creating a missing slot waits for transactions in
+            progress to end and is not bounded by it; ``trio.move_on_after``
+            around ``open_change_stream`` is honoured at any point.
 
     Raises:
+        ConnectError: the server could not be reached, or did not answer
+            within ``connect_timeout``.
         ReplicationError: wal_level is not logical (needs a restart to change),
             the role lacks REPLICATION, the slot is in use by another
             consumer, or a publication of that name exists for other tables.
@@ -1171,12 +1442,13 @@ async def open_change_stream(
         "max_reconnect_attempts": max_reconnect_attempts,
         "reconnect_timeout": reconnect_timeout,
         "close_timeout": close_timeout,
+        "connect_timeout": connect_timeout,
     }
     if keepalive is not None:
         option_values["keepalive"] = keepalive
     options = StreamOptions(**option_values)
     engine = conn_mod.as_engine(engine)
-    await trio.to_thread.run_sync(_prepare, engine, slot, publication, table_list, create)
+    await _prepare(engine, slot, publication, table_list, create, options.connect_timeout)
     stream = ChangeStream(
         engine,
         slot,

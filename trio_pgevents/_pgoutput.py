@@ -37,10 +37,17 @@ anything else (uuid, bytea, arrays, ...)       the server's text form, a ``str``
 ==========================================  =======================================
 
 Dates and timestamps Python cannot represent (``infinity``, BC, year > 9999)
-stay text. NULL is ``None``. A TOASTed value the server did not resend (an
-UPDATE that left a large value unchanged) is taken from the old row when the
-old row is known (``REPLICA IDENTITY FULL``), otherwise its key is absent from
-``new_data``.
+stay text. NULL is ``None``. A value that cannot be converted at all -- a
+``jsonb`` nested deeper than Python's parser goes, bytes that are not valid in
+the database's encoding (a ``SQL_ASCII`` database holds any bytes) -- arrives
+as a :class:`~trio_pgevents.ServerText` (a ``str`` with a ``reason``;
+undecodable bytes as ``\\xNN`` escapes) instead of stopping the stream: the
+slot would replay the same change after every restart. Names in Relation
+messages (schema, table, column) that do not decode are treated the same way.
+
+A TOASTed value the server did not resend (an UPDATE that left a large value
+unchanged) is taken from the old row when the old row is known (``REPLICA
+IDENTITY FULL``), otherwise its key is absent from ``new_data``.
 
 ``old_data`` holds the replica identity: the full old row with ``REPLICA
 IDENTITY FULL``, otherwise only the key columns (for an UPDATE that did not
@@ -57,7 +64,7 @@ from decimal import Decimal
 from typing import Any
 
 from ._errors import ReplicationError
-from ._events import Event, RowChange
+from ._events import Event, RowChange, ServerText
 
 __all__ = ["PgOutputDecoder", "format_lsn", "parse_lsn", "converter_for_type", "widen_xid"]
 
@@ -235,10 +242,62 @@ def _compile_row_parser(
     return parser
 
 
+def _careful_value(raw: bytes, convert: Converter | None, encoding: str, name: str) -> Any:
+    """One column value, never raising: what cannot be converted stays server text."""
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        return ServerText(
+            raw.decode(encoding, "backslashreplace"),
+            f"column {name!r}: bytes not valid in the database encoding ({encoding}): {exc.reason} "
+            f"at byte {exc.start}",
+        )
+    if convert is None:
+        return text
+    try:
+        return convert(text)
+    except Exception as exc:  # RecursionError (deep json), ValueError, ...
+        return ServerText(
+            text,
+            f"column {name!r}: could not convert with {getattr(convert, '__name__', convert)!s}: "
+            f"{type(exc).__name__}: {exc}",
+        )
+
+
+def _careful_row_parser(
+    schema: str, table: str, columns: list[tuple[str, Converter | None]], encoding: str
+) -> RowParser:
+    """The slow, per-column TupleData parser used when the compiled one raised.
+
+    Same wire handling, but each value goes through :func:`_careful_value`, so
+    one bad value costs only itself. Protocol errors (a row that does not
+    match its Relation message) still raise.
+    """
+    count = len(columns)
+    mismatch = f"pgoutput row of {schema}.{table} does not match its Relation message"
+    unpack = _INT32.unpack_from
+
+    def parse(payload: bytes, pos: int, old: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
+        if _INT16.unpack_from(payload, pos)[0] != count:
+            raise ReplicationError(mismatch)
+        pos += 2
+        row: dict[str, Any] = {}
+        for name, convert in columns:
+            if payload[pos] == 116:  # 't': text value
+                start = pos + 5
+                pos = start + unpack(payload, pos + 1)[0]
+                row[name] = _careful_value(payload[start:pos], convert, encoding, name)
+            else:
+                pos = _other_kind(payload, pos, row, name, old)
+        return row, pos
+
+    return parse
+
+
 class _Relation:
     """What a Relation message told us about a table."""
 
-    __slots__ = ("columns", "key_names", "name", "oid", "parse", "schema")
+    __slots__ = ("columns", "key_names", "name", "oid", "parse", "parse_carefully", "schema")
 
     def __init__(
         self,
@@ -254,6 +313,8 @@ class _Relation:
         self.name = name
         self.columns = columns
         self.parse = _compile_row_parser(schema, name, columns, encoding)
+        #: Used only when ``parse`` raised (a value it cannot convert).
+        self.parse_carefully = _careful_row_parser(schema, name, columns, encoding)
         self.key_names = key_names
 
 
@@ -298,6 +359,11 @@ class PgOutputDecoder:
         #: Transactions and changes decoded (statistics).
         self.transactions = 0
         self.changes = 0
+
+    @property
+    def in_transaction(self) -> bool:
+        """True between a Begin and its Commit (a transaction read only in part)."""
+        return self._in_transaction
 
     # ---- entry point -------------------------------------------------------
 
@@ -354,7 +420,17 @@ class PgOutputDecoder:
 
     def _string(self, payload: bytes, pos: int) -> tuple[str, int]:
         end = payload.index(0, pos)
-        return payload[pos:end].decode(self.encoding), end + 1
+        raw = payload[pos:end]
+        try:
+            return raw.decode(self.encoding), end + 1
+        except UnicodeDecodeError as exc:
+            # A name the database's encoding does not cover (SQL_ASCII takes any
+            # bytes): keep it, escaped, rather than stop the stream for good.
+            name = ServerText(
+                raw.decode(self.encoding, "backslashreplace"),
+                f"name not valid in the database encoding ({self.encoding}): {exc.reason}",
+            )
+            return name, end + 1
 
     def _relation(self, payload: bytes) -> None:
         (oid,) = _RELATION_HEAD.unpack_from(payload, 1)
@@ -389,7 +465,11 @@ class PgOutputDecoder:
     def _tuple(
         self, payload: bytes, pos: int, relation: _Relation, old: dict[str, Any] | None = None
     ) -> tuple[dict[str, Any], int]:
-        return relation.parse(payload, pos, old)
+        try:
+            return relation.parse(payload, pos, old)
+        except Exception:
+            # A value the fast path cannot convert: redo the row column by column.
+            return relation.parse_carefully(payload, pos, old)
 
     def _event(
         self,
@@ -427,7 +507,11 @@ class PgOutputDecoder:
         if relation is None:
             relation = self._relation_for(payload)  # raises
         # payload[5] is 'N'
-        new, _ = relation.parse(payload, 6, None)
+        try:
+            new, _ = relation.parse(payload, 6, None)
+        except Exception:
+            # A value the fast path cannot convert: redo the row column by column.
+            new, _ = relation.parse_carefully(payload, 6, None)
         self._event(relation, "INSERT", None, new, out)
 
     def _key_only(self, relation: _Relation, row: dict[str, Any]) -> dict[str, Any]:
