@@ -55,9 +55,10 @@ from ._errors import (
 )
 from ._events import Event, StreamGap
 from ._nursery import open_unwrapping_nursery
-from ._options import GapPolicy, StreamOptions
+from ._options import DEFAULT_CONNECT_TIMEOUT, GapPolicy, StreamOptions
 from ._pgoutput import PgOutputDecoder, ack_position, format_lsn
-from ._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket
+from ._secrets import redactor_for
+from ._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket, thread_handoff
 
 __all__ = [
     "ChangeStream",
@@ -145,27 +146,37 @@ def replication_dsn(engine: Engine) -> str:
     return str(psycopg2.extensions.make_dsn(**{k: v for k, v in params.items() if v is not None}))
 
 
-def _run(engine: Engine, work: Any) -> Any:
-    """Run ``work(cursor)`` on an autocommit connection from ``engine``; return its result."""
+def _run(engine: Engine, work: Any, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Any:
+    """Run ``work(cursor)`` on an autocommit connection from ``engine``; return its result.
+
+    Blocking. Connecting is bounded by ``connect_timeout``; run by
+    :func:`~trio_pgevents._threads.run_abandonable`, the socket is attached to
+    its caller's handoff, so a caller that gives up unblocks this thread.
+    """
+    handoff = thread_handoff()
+    redactor = redactor_for(engine)
     try:
-        proxy = engine.raw_connection()
+        proxy = conn_mod.checkout(engine, (), None, handoff, connect_timeout)
     except _DB_ERRORS as exc:
-        raise ConnectError(f"could not connect to {conn_mod.describe_source(engine)}: {exc}".strip()) from exc
+        raise ConnectError(f"could not connect to {redactor.source}: {redactor.describe(exc)}") from exc
+    broken = True
     try:
-        dbapi: Any = proxy.dbapi_connection
-        assert dbapi is not None
-        dbapi.autocommit = True
-        with dbapi.cursor() as cursor:
-            return work(cursor)
+        with proxy.dbapi_connection.cursor() as cursor:
+            result = work(cursor)
+        broken = False
+        return result
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        raise
+    except BaseException:
+        broken = False
+        raise
     finally:
-        try:
-            dbapi = proxy.dbapi_connection
-            if dbapi is not None and not dbapi.closed:
-                dbapi.autocommit = False
-            proxy.close()
-        except Exception:
-            with contextlib.suppress(Exception):
-                proxy.invalidate()
+        if handoff is not None:
+            handoff.detach()
+        if broken:
+            conn_mod.discard(proxy)
+        else:
+            _return_proxy(proxy)
 
 
 # ---------------------------------------------------------------------------
@@ -212,42 +223,37 @@ class ChangeStreamStatus:
 
 
 _STATUS_SQL = """
-SELECT s.active, s.active_pid, s.plugin, s.database,
+SELECT s.slot_name, s.active, s.active_pid, s.plugin, s.database,
        s.confirmed_flush_lsn::text, s.restart_lsn::text, pg_current_wal_lsn()::text,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint,
        pg_wal_lsn_diff(pg_current_wal_lsn(), s.restart_lsn)::bigint,
        s.wal_status
-FROM pg_replication_slots AS s
-WHERE s.slot_name = %s
+FROM pg_catalog.pg_replication_slots AS s
 """
+_ONE_SLOT = "WHERE s.slot_name = %s"
+_CHANGE_STREAM_SLOTS = (
+    "WHERE s.slot_type = 'logical' AND s.plugin = 'pgoutput' AND s.database = current_database() "
+    "ORDER BY s.slot_name"
+)
 
 
-def change_stream_status(
-    engine: Engine | str, slot: str, *, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES
-) -> ChangeStreamStatus:
-    """Report a change stream's slot: active?, lag in bytes, WAL it retains.
+def read_slot_statuses(
+    cursor: Any, *, slot: str | None = None, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES
+) -> list[ChangeStreamStatus]:
+    """The status of one slot, or of every change stream slot of the database (one query).
 
-    A slot whose consumer went away keeps WAL on the server forever; past
-    ``lag_warning_bytes`` of unconfirmed WAL the status carries a ``warning``
-    and it is logged at WARNING level. Blocking: from Trio, call it through
-    ``trio.to_thread.run_sync``.
-
-    Args:
-        engine: SQLAlchemy engine (psycopg2) or URL of the database.
-        slot: the replication slot name.
-        lag_warning_bytes: warn when ``lag_bytes`` exceeds this (default 1 GiB).
+    Each past ``lag_warning_bytes`` of unconfirmed WAL, or lost, carries a
+    ``warning`` (also logged). Blocking; ``cursor`` is a psycopg2 cursor.
     """
-    engine = conn_mod.as_engine(engine)
-    _check_slot_name(slot)
+    if slot is None:
+        cursor.execute(_STATUS_SQL + _CHANGE_STREAM_SLOTS)
+    else:
+        cursor.execute(_STATUS_SQL + _ONE_SLOT, (slot,))
+    return [_slot_status(row, lag_warning_bytes) for row in cursor.fetchall()]
 
-    def work(cursor: Any) -> Any:
-        cursor.execute(_STATUS_SQL, (slot,))
-        return cursor.fetchone()
 
-    row = _run(engine, work)
-    if row is None:
-        return ChangeStreamStatus(slot=slot, exists=False)
-    active, pid, plugin, database, confirmed, restart, current, lag, retained, wal_status = row
+def _slot_status(row: tuple[Any, ...], lag_warning_bytes: int) -> ChangeStreamStatus:
+    slot, active, pid, plugin, database, confirmed, restart, current, lag, retained, wal_status = row
     warning = None
     if wal_status == "lost":
         warning = f"replication slot {slot!r} is lost: the WAL it needed was removed; drop and recreate it"
@@ -274,6 +280,29 @@ def change_stream_status(
         wal_status=wal_status,
         warning=warning,
     )
+
+
+def change_stream_status(
+    engine: Engine | str, slot: str, *, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES
+) -> ChangeStreamStatus:
+    """Report a change stream's slot: active?, lag in bytes, WAL it retains.
+
+    A slot whose consumer went away keeps WAL on the server forever; past
+    ``lag_warning_bytes`` of unconfirmed WAL the status carries a ``warning``
+    and it is logged at WARNING level. Blocking: from Trio, call it through
+    ``trio.to_thread.run_sync``.
+
+    Args:
+        engine: SQLAlchemy engine (psycopg2) or URL of the database.
+        slot: the replication slot name.
+        lag_warning_bytes: warn when ``lag_bytes`` exceeds this (default 1 GiB).
+    """
+    engine = conn_mod.as_engine(engine)
+    _check_slot_name(slot)
+    found = _run(
+        engine, lambda cursor: read_slot_statuses(cursor, slot=slot, lag_warning_bytes=lag_warning_bytes)
+    )
+    return found[0] if found else ChangeStreamStatus(slot=slot, exists=False)
 
 
 def drop_change_stream(engine: Engine | str, slot: str, publication: str | None) -> None:
@@ -1358,7 +1387,7 @@ async def open_change_stream(
     reconnect_timeout: float | None = None,
     keepalive: KeepaliveSettings | None = None,
     close_timeout: float = 1.0,
-    connect_timeout: float = 10.0,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
 ) -> AsyncIterator[ChangeStream]:
     """Stream every committed row change of ``tables`` from a logical replication slot.
 

@@ -140,8 +140,10 @@ def checkout(
     keepalive: KeepaliveSettings | None,
     handoff: Handoff | None = None,
     connect_timeout: float | None = None,
+    *,
+    autocommit: bool = True,
 ) -> Any:
-    """Take a raw connection from ``engine``, make it autocommit, LISTEN.
+    """Take a raw connection from ``engine``, make it autocommit (by default), LISTEN.
 
     Returns SQLAlchemy's pool proxy (``.dbapi_connection`` is the psycopg2
     connection). On failure the connection is invalidated and the error raised.
@@ -162,7 +164,7 @@ def checkout(
             raise ConfigurationError("engine did not give a psycopg2 connection")
         if handoff is not None:
             handoff.attach(dbapi_conn.fileno())
-        dbapi_conn.autocommit = True
+        dbapi_conn.autocommit = autocommit
         if keepalive is not None:
             set_keepalive(dbapi_conn.fileno(), keepalive)
         names = list(channels)

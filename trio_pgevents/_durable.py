@@ -430,6 +430,8 @@ class DurableStream(BufferedStream):
             while True:
                 if self._finished.is_set():
                     raise StreamClosedError(f"durable stream of consumer {self.consumer!r} is closed")
+                if self._proxy is None and not reconnect:
+                    raise ConnectionLostError(f"no connection to {self.source}")
                 try:
                     if self._proxy is None:
                         limit = options.connect_timeout

@@ -26,28 +26,30 @@ worker thread, for Trio code.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
-import trio
 from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
 from . import _cdc
+from . import _connection as conn_mod
 from ._cdc import DEFAULT_LAG_WARNING_BYTES, ChangeStreamStatus
 from ._connection import MAX_IDENTIFIER_BYTES, as_engine, describe_source, validate_channel
 from ._errors import ConfigurationError, InstallError, InsufficientPrivilegeError
 from ._installer_sql import OBSOLETE_FUNCTIONS, PAYLOAD_MODES, Definition, SqlBuilder
+from ._options import DEFAULT_CONNECT_TIMEOUT
+from ._secrets import describe_error, redactor_for
+from ._threads import run_abandonable, thread_handoff
 
 __all__ = [
     "ActionKind",
@@ -249,6 +251,11 @@ def _lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
+def _check_lag_warning(value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigurationError(f"lag_warning_bytes must be an int >= 0, not {value!r}")
+
+
 def _check_payload(value: object) -> PayloadMode:
     if value not in PAYLOAD_MODES:
         raise ConfigurationError(
@@ -283,6 +290,8 @@ class Installer:
         include_query: put the statement text (``current_query()``) into row
             events. It can leak data to every listener: turn it off when
             listeners should see only rows.
+        connect_timeout: bound on connecting, seconds (libpq's, unless the
+            engine sets its own).
         payload: what row events of the tables this installer watches carry
             (each ``watch_*`` call may choose otherwise): ``"row"`` (default,
             the whole row) or ``"keys"`` (table, operation and primary key
@@ -303,6 +312,7 @@ class Installer:
         channel: str = "pgevents",
         include_query: bool = True,
         payload: PayloadMode = "row",
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     ) -> None:
         self._engine = as_engine(engine)
         self.schema = _validate_schema_name(schema, "schema name")
@@ -311,6 +321,13 @@ class Installer:
             raise ConfigurationError(f"include_query must be a bool, not {include_query!r}")
         self.include_query = include_query
         self.payload = _check_payload(payload)
+        if (
+            isinstance(connect_timeout, bool)
+            or not isinstance(connect_timeout, (int, float))
+            or not (0 < connect_timeout < float("inf"))
+        ):
+            raise ConfigurationError(f"connect_timeout must be a positive number, not {connect_timeout!r}")
+        self.connect_timeout = float(connect_timeout)
         self._lock = _lock_key(self.schema)
 
     def __repr__(self) -> str:
@@ -341,17 +358,19 @@ class Installer:
 
     def _run(self, what: str, work: Callable[[_Cursor, SqlBuilder], T], *, lock: bool = True) -> T:
         """Run ``work`` in one transaction on a connection from the engine."""
+        redactor = redactor_for(self._engine)
+        # Set when AsyncInstaller runs this in its worker thread: a caller that gives up
+        # shuts the socket down, so the thread returns and the server rolls back.
+        handoff = thread_handoff()
         try:
-            proxy = self._engine.raw_connection()
+            proxy = conn_mod.checkout(self._engine, (), None, handoff, self.connect_timeout, autocommit=False)
         except Exception as exc:
-            raise InstallError(f"{what}: cannot connect to {describe_source(self._engine)}: {exc}") from exc
+            raise InstallError(
+                f"{what}: cannot connect to {redactor.source}: {redactor.describe(exc)}"
+            ) from exc
         broken = False
         try:
             conn = proxy.dbapi_connection
-            if not isinstance(conn, psycopg2.extensions.connection):
-                raise ConfigurationError("engine did not give a psycopg2 connection")
-            if conn.autocommit:
-                conn.autocommit = False
             try:
                 with conn.cursor() as cur:
                     # Every name below resolves in pg_catalog (or is schema-qualified):
@@ -374,14 +393,16 @@ class Installer:
             broken = broken or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
             raise self._wrap(what, exc) from exc
         finally:
+            if handoff is not None:
+                handoff.detach()
             if broken:
-                with contextlib.suppress(Exception):
-                    proxy.invalidate()
+                conn_mod.discard(proxy)
             else:
                 proxy.close()
 
     def _wrap(self, what: str, exc: psycopg2.Error) -> InstallError:
-        message = (exc.diag.message_primary if exc.diag else None) or str(exc).strip()
+        message = (exc.diag.message_primary if exc.diag else None) or describe_error(exc)
+        message = redactor_for(self._engine).redact(message)
         hint = exc.diag.message_hint if exc.diag else None
         if hint:
             message = f"{message} (hint: {hint})"
@@ -785,9 +806,13 @@ class Installer:
         slots; each one more than ``lag_warning_bytes`` behind (default 1 GiB)
         carries a ``warning`` (also logged at WARNING level).
         """
-        status = self._run("status", lambda cur, b: self._status(cur, b), lock=False)
-        streams = self.change_streams(lag_warning_bytes=lag_warning_bytes)
-        return dataclasses.replace(status, change_streams=streams)
+        _check_lag_warning(lag_warning_bytes)
+
+        def work(cur: _Cursor, b: SqlBuilder) -> InstallStatus:
+            streams = tuple(_cdc.read_slot_statuses(cur, lag_warning_bytes=lag_warning_bytes))
+            return dataclasses.replace(self._status(cur, b), change_streams=streams)
+
+        return self._run("status", work, lock=False)  # one connection, one transaction
 
     def _object_state(self, wanted: dict[str, str], current: dict[str, str | None]) -> ObjectState:
         if any(name not in current for name in wanted):
@@ -1100,19 +1125,6 @@ class Installer:
 
     # -- change streams (logical replication slots) ---------------------------------------------
 
-    def _slot_names(self) -> list[str]:
-        """Logical ``pgoutput`` slots of the current database, by name."""
-
-        def work(cur: _Cursor, b: SqlBuilder) -> list[str]:
-            cur.execute(
-                "SELECT slot_name FROM pg_catalog.pg_replication_slots "
-                "WHERE slot_type = 'logical' AND plugin = 'pgoutput' AND database = current_database() "
-                "ORDER BY slot_name"
-            )
-            return [str(name) for (name,) in cur.fetchall()]
-
-        return self._run("change_streams", work, lock=False)
-
     def change_streams(
         self, *, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES
     ) -> tuple[ChangeStreamStatus, ...]:
@@ -1123,23 +1135,13 @@ class Installer:
         :func:`~trio_pgevents.change_stream_status` reports it. A slot more
         than ``lag_warning_bytes`` of WAL behind (default 1 GiB), or lost,
         carries a ``warning``: a slot nobody consumes keeps WAL forever.
-        A slot dropped while listing is left out.
         """
-        if (
-            not isinstance(lag_warning_bytes, int)
-            or isinstance(lag_warning_bytes, bool)
-            or lag_warning_bytes < 0
-        ):
-            raise ConfigurationError(f"lag_warning_bytes must be an int >= 0, not {lag_warning_bytes!r}")
-        statuses = []
-        for slot in self._slot_names():
-            try:
-                status = _cdc.change_stream_status(self._engine, slot, lag_warning_bytes=lag_warning_bytes)
-            except ConfigurationError:
-                continue  # a name change_stream_status cannot take: not one of ours
-            if status.exists:
-                statuses.append(status)
-        return tuple(statuses)
+        _check_lag_warning(lag_warning_bytes)
+        return self._run(
+            "change_streams",
+            lambda cur, b: tuple(_cdc.read_slot_statuses(cur, lag_warning_bytes=lag_warning_bytes)),
+            lock=False,
+        )
 
     def drop_change_stream(self, slot: str, publication: str | None = None) -> InstallReport:
         """Drop a change stream's replication slot and (if given) its publication.
@@ -1306,102 +1308,57 @@ class Installer:
         return self._run("drop_consumer", work, lock=False)
 
 
+P = ParamSpec("P")
+
+
+def _async_twin(
+    method: Callable[Concatenate[Installer, P], T],
+) -> Callable[Concatenate[AsyncInstaller, P], Coroutine[Any, Any, T]]:
+    """The coroutine version of an :class:`Installer` method (as ``trio.Path`` derives its own)."""
+
+    async def twin(self: AsyncInstaller, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return await self._call(method, *args, **kwargs)
+
+    twin.__name__ = twin.__qualname__ = method.__name__
+    twin.__doc__ = (
+        f"Like :meth:`Installer.{method.__name__}`, run in a worker thread the caller can give up on."
+    )
+    return twin
+
+
 class AsyncInstaller:
     """:class:`Installer`'s operations as coroutines, for Trio code.
 
-    Each runs in a worker thread (``trio.to_thread.run_sync``), so the event
-    loop never blocks on DDL. A cancelled call still finishes (or rolls back)
-    its transaction before the cancellation is delivered: nothing is half done.
+    Each runs the synchronous method in a worker thread, so the event loop
+    never blocks on DDL. A cancelled call returns at once: its connection is
+    shut down, so the server rolls its one transaction back -- nothing is
+    half done, and a silent server cannot hold the caller.
     """
 
     def __init__(self, installer: Installer) -> None:
         self.installer = installer
 
     async def _call(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await trio.to_thread.run_sync(functools.partial(method, *args, **kwargs))
-
-    async def install(
-        self, *, ddl: bool = False, auto_rebuild: bool = False, durable: bool = False
-    ) -> InstallReport:
-        """See :meth:`Installer.install`."""
-        return await self._call(self.installer.install, ddl=ddl, auto_rebuild=auto_rebuild, durable=durable)
-
-    async def install_sql(
-        self, *, ddl: bool = False, auto_rebuild: bool = False, durable: bool = False
-    ) -> str:
-        """See :meth:`Installer.install_sql`."""
-        return await self._call(
-            self.installer.install_sql, ddl=ddl, auto_rebuild=auto_rebuild, durable=durable
+        return await run_abandonable(
+            functools.partial(method, self.installer, *args, **kwargs), timeout=None, what=method.__name__
         )
 
-    async def watch_table(
-        self, table: str, schema: str = "public", *, durable: bool = False
-    ) -> InstallReport:
-        """See :meth:`Installer.watch_table`."""
-        return await self._call(self.installer.watch_table, table, schema, durable=durable)
-
-    async def watch_table_sql(self, table: str, schema: str = "public", *, durable: bool = False) -> str:
-        """See :meth:`Installer.watch_table_sql`."""
-        return await self._call(self.installer.watch_table_sql, table, schema, durable=durable)
-
-    async def watch_schema(self, schema: str, *, durable: bool = False) -> InstallReport:
-        """See :meth:`Installer.watch_schema`."""
-        return await self._call(self.installer.watch_schema, schema, durable=durable)
-
-    async def watch_schema_sql(self, schema: str, *, durable: bool = False) -> str:
-        """See :meth:`Installer.watch_schema_sql`."""
-        return await self._call(self.installer.watch_schema_sql, schema, durable=durable)
-
-    async def unwatch_table(self, table: str, schema: str = "public") -> InstallReport:
-        """See :meth:`Installer.unwatch_table`."""
-        return await self._call(self.installer.unwatch_table, table, schema)
-
-    async def unwatch_table_sql(self, table: str, schema: str = "public") -> str:
-        """See :meth:`Installer.unwatch_table_sql`."""
-        return await self._call(self.installer.unwatch_table_sql, table, schema)
-
-    async def status(self, *, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES) -> InstallStatus:
-        """See :meth:`Installer.status`."""
-        return await self._call(self.installer.status, lag_warning_bytes=lag_warning_bytes)
-
-    async def change_streams(
-        self, *, lag_warning_bytes: int = DEFAULT_LAG_WARNING_BYTES
-    ) -> tuple[ChangeStreamStatus, ...]:
-        """See :meth:`Installer.change_streams`."""
-        return await self._call(self.installer.change_streams, lag_warning_bytes=lag_warning_bytes)
-
-    async def drop_change_stream(self, slot: str, publication: str | None = None) -> InstallReport:
-        """See :meth:`Installer.drop_change_stream`."""
-        return await self._call(self.installer.drop_change_stream, slot, publication)
-
-    async def drop_change_stream_sql(self, slot: str, publication: str | None = None) -> str:
-        """See :meth:`Installer.drop_change_stream_sql`."""
-        return await self._call(self.installer.drop_change_stream_sql, slot, publication)
-
-    async def prune(self) -> InstallReport:
-        """See :meth:`Installer.prune`."""
-        return await self._call(self.installer.prune)
-
-    async def prune_sql(self) -> str:
-        """See :meth:`Installer.prune_sql`."""
-        return await self._call(self.installer.prune_sql)
-
-    async def uninstall(self) -> InstallReport:
-        """See :meth:`Installer.uninstall`."""
-        return await self._call(self.installer.uninstall)
-
-    async def uninstall_sql(self) -> str:
-        """See :meth:`Installer.uninstall_sql`."""
-        return await self._call(self.installer.uninstall_sql)
-
-    async def delete_acknowledged(self, batch_size: int = 10000) -> int:
-        """See :meth:`Installer.delete_acknowledged`."""
-        return await self._call(self.installer.delete_acknowledged, batch_size)
-
-    async def list_consumers(self) -> list[ConsumerInfo]:
-        """See :meth:`Installer.list_consumers`."""
-        return await self._call(self.installer.list_consumers)
-
-    async def drop_consumer(self, name: str) -> bool:
-        """See :meth:`Installer.drop_consumer`."""
-        return await self._call(self.installer.drop_consumer, name)
+    install = _async_twin(Installer.install)
+    install_sql = _async_twin(Installer.install_sql)
+    watch_table = _async_twin(Installer.watch_table)
+    watch_table_sql = _async_twin(Installer.watch_table_sql)
+    watch_schema = _async_twin(Installer.watch_schema)
+    watch_schema_sql = _async_twin(Installer.watch_schema_sql)
+    unwatch_table = _async_twin(Installer.unwatch_table)
+    unwatch_table_sql = _async_twin(Installer.unwatch_table_sql)
+    status = _async_twin(Installer.status)
+    change_streams = _async_twin(Installer.change_streams)
+    drop_change_stream = _async_twin(Installer.drop_change_stream)
+    drop_change_stream_sql = _async_twin(Installer.drop_change_stream_sql)
+    prune = _async_twin(Installer.prune)
+    prune_sql = _async_twin(Installer.prune_sql)
+    uninstall = _async_twin(Installer.uninstall)
+    uninstall_sql = _async_twin(Installer.uninstall_sql)
+    delete_acknowledged = _async_twin(Installer.delete_acknowledged)
+    list_consumers = _async_twin(Installer.list_consumers)
+    drop_consumer = _async_twin(Installer.drop_consumer)

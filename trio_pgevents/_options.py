@@ -16,6 +16,9 @@ __all__ = ["GapPolicy", "StreamOptions", "DEFAULT_DECODERS"]
 
 GapPolicy = Literal["event", "raise"]
 
+#: Bound on one connect attempt, seconds (every opener, the installer, the CLI).
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
 #: Channels whose payloads are decoded by default: the installer's default channel.
 DEFAULT_DECODERS: Mapping[str, Decoder] = {"pgevents": decode_trigger_payload}
 
@@ -50,7 +53,7 @@ class StreamOptions:
     queue_usage_warning: float = 0.5
     keepalive: KeepaliveSettings | None = field(default_factory=KeepaliveSettings)
     close_timeout: float = 1.0
-    connect_timeout: float = 10.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     decoders: Mapping[str, Decoder] = field(default_factory=lambda: dict(DEFAULT_DECODERS))
 
     def __post_init__(self) -> None:

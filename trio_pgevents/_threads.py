@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 
 import trio
 
-__all__ = ["CallTimeout", "Handoff", "run_abandonable", "shutdown_socket"]
+__all__ = ["CallTimeout", "Handoff", "run_abandonable", "shutdown_socket", "thread_handoff"]
 
 T = TypeVar("T")
 
@@ -134,6 +134,19 @@ class Handoff:
             self._close(leaked)
 
 
+_local = threading.local()
+
+
+def thread_handoff() -> Handoff | None:
+    """The :class:`Handoff` of the :func:`run_abandonable` call running in this thread, if any.
+
+    Blocking code that connects (the installer, the change stream's helpers)
+    attaches its socket to it, so a caller that gives up shuts that socket down.
+    """
+    handoff: Handoff | None = getattr(_local, "handoff", None)
+    return handoff
+
+
 async def run_abandonable(
     fn: Callable[[], T],
     *,
@@ -167,9 +180,11 @@ async def run_abandonable(
     ended = trio.Event()
 
     def work() -> T:
+        _local.handoff = handoff
         try:
             return fn()
         finally:
+            _local.handoff = None
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(ended.set)
 
