@@ -20,7 +20,6 @@ replayed whole. Delivery is at-least-once.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import random
 import re
@@ -57,7 +56,7 @@ from ._events import Event, StreamGap
 from ._nursery import open_unwrapping_nursery
 from ._options import DEFAULT_CONNECT_TIMEOUT, GapPolicy, StreamOptions
 from ._pgoutput import PgOutputDecoder, ack_position, format_lsn
-from ._secrets import redactor_for
+from ._secrets import get_logger, redactor_for
 from ._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket, thread_handoff
 
 __all__ = [
@@ -69,7 +68,7 @@ __all__ = [
     "set_replica_identity",
 ]
 
-logger = logging.getLogger("trio_pgevents")
+logger = get_logger("trio_pgevents")
 
 #: Default lag (bytes of WAL not yet confirmed) past which status warns.
 DEFAULT_LAG_WARNING_BYTES = 1 << 30

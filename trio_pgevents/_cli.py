@@ -34,6 +34,7 @@ from ._connection import as_engine
 from ._decode import decode_trigger_payload
 from ._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError, TrioPgEventsError
 from ._events import Event, Overflow, RowChange, SchemaChange, StreamGap
+from ._secrets import RedactingFilter, get_logger, safe_url, scrub
 from ._settings import DATABASE_URL, Settings, load_settings
 from ._stream import open_event_stream
 from ._worker import CallbackRouter, Dispatcher
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 
 __all__ = ["main", "build_parser"]
 
-logger = logging.getLogger("trio_pgevents.cli")
+logger = get_logger("trio_pgevents.cli")
 
 T = TypeVar("T")
 
@@ -176,9 +177,7 @@ def _check_connection(engine: Engine, setting: str) -> None:
     except Exception as exc:
         detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
         reason = detail[0] if detail else type(exc).__name__
-        raise ConfigurationError(
-            f"{setting}: cannot connect to {engine.url.render_as_string(hide_password=True)}: {reason}"
-        ) from exc
+        raise ConfigurationError(f"{setting}: cannot connect to {safe_url(engine.url)}: {reason}") from exc
 
 
 async def _connect(args: argparse.Namespace, settings: Settings) -> Engine:
@@ -938,7 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _fail(message: str, status: int) -> int:
-    line = " ".join(message.split())  # one line, always
+    line = scrub(" ".join(message.split()))  # one line, always, and no secret in it
     print(f"{PROG}: error: {line}", file=sys.stderr)
     return status
 
@@ -959,16 +958,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for handler in logging.getLogger().handlers:
+        # Other libraries' records too (SQLAlchemy logs URLs): no secret reaches stderr.
+        handler.addFilter(RedactingFilter())
     try:
         return int(args.func(args))
     except BaseException as raised:
         exc = _leaf(raised)
         if isinstance(exc, ExitStatus):
             return _fail(exc.message, exc.status) if exc.message else exc.status
-        if isinstance(exc, TrioPgEventsError):
-            if args.debug:
-                traceback.print_exception(raised)
-            return _fail(str(exc), 2 if isinstance(exc, ConfigurationError) else 1)
         if isinstance(exc, KeyboardInterrupt):
             return 130
         if isinstance(exc, BrokenPipeError):
@@ -977,4 +975,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
-        raise
+        if args.debug:
+            sys.stderr.write(scrub("".join(traceback.format_exception(raised))))
+        if isinstance(exc, TrioPgEventsError):
+            return _fail(str(exc), 2 if isinstance(exc, ConfigurationError) else 1)
+        if isinstance(exc, SystemExit):
+            return exc.code if isinstance(exc.code, int) else 1
+        hint = "" if args.debug else " (--debug shows the traceback)"
+        return _fail(f"unexpected {type(exc).__name__}: {exc}{hint}", 1)

@@ -65,6 +65,7 @@ def as_engine(engine_or_url: Engine | str) -> Engine:
         raise ConfigurationError(
             f"engine must be a SQLAlchemy Engine or a URL string, not {type(engine_or_url).__name__}"
         )
+    redactor_for(engine)  # its secrets are masked in every message from now on
     if engine.dialect.driver != "psycopg2":
         raise ConfigurationError(
             f"engine {describe_source(engine)!r} uses driver {engine.dialect.driver!r}; "

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import inspect
 import json
-import logging
 import math
 import random
 import traceback
@@ -57,7 +56,7 @@ from ._events import Event, Notification, RowChange, SchemaChange, StreamGap
 from ._installer import Installer
 from ._nursery import open_unwrapping_nursery
 from ._options import StreamOptions
-from ._secrets import redactor_for
+from ._secrets import get_logger, redactor_for
 from ._stream import EventStream, connect_event_stream
 from ._threads import CallTimeout, Handoff, run_abandonable
 
@@ -70,7 +69,7 @@ __all__ = [
     "open_durable_stream",
 ]
 
-logger = logging.getLogger("trio_pgevents")
+logger = get_logger("trio_pgevents")
 
 _DB_ERRORS = (psycopg2.Error, sqlalchemy.exc.DBAPIError, sqlalchemy.exc.InterfaceError, OSError)
 #: Errors after which the connection cannot be used again.

@@ -23,9 +23,18 @@ from __future__ import annotations
 
 import trio
 
+from ._secrets import scrub
+
 
 class TrioPgEventsError(Exception):
-    """Base class of every error raised by trio_pgevents."""
+    """Base class of every error raised by trio_pgevents.
+
+    Its message never carries a password: every secret the library was given
+    (URL, query string, DSN) is masked, whatever text went into it.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(scrub(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigurationError(TrioPgEventsError, ValueError):

@@ -9,7 +9,6 @@ loop is held off by ``_exclusive()``, so the event loop never blocks on I/O.
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
@@ -35,12 +34,12 @@ from ._errors import (
 )
 from ._events import StreamGap
 from ._options import StreamOptions
-from ._secrets import redactor_for
+from ._secrets import get_logger, redactor_for
 from ._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket
 
 __all__ = ["Listener"]
 
-logger = logging.getLogger("trio_pgevents")
+logger = get_logger("trio_pgevents")
 
 #: Failures of one connect attempt that reconnecting may cure (a full pool too).
 _DB_ERRORS = (

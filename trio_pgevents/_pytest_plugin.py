@@ -19,18 +19,17 @@ Nothing starts until a test asks for one of these fixtures.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Any
 
 import psycopg2
 import pytest
-import sqlalchemy
 import trio
 from sqlalchemy.engine import Engine
 
 from ._embedded import EmbeddedPostgres
 from ._stream import EventStream, connect_event_stream
-from ._testing import configured_test_dsn, libpq_dsn
+from ._testing import SecretStr, configured_test_dsn, engine_for_url, libpq_dsn, scrub_report
 
 OpenStream = Callable[..., Awaitable[EventStream]]
 Notify = Callable[[str, str], Awaitable[None]]
@@ -57,7 +56,7 @@ def pg_url(pg_server: EmbeddedPostgres | None) -> str:
     if configured is not None:
         return configured
     assert pg_server is not None
-    return pg_server.url
+    return SecretStr(pg_server.url)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +68,7 @@ def pg_dsn(pg_url: str) -> str:
 @pytest.fixture(scope="session")
 def pg_engine(pg_url: str) -> Iterator[Engine]:
     """A SQLAlchemy engine (psycopg2, default pool) for the test database."""
-    engine = sqlalchemy.create_engine(pg_url)
+    engine = engine_for_url(pg_url)
     try:
         yield engine
     finally:
@@ -113,3 +112,14 @@ def notify(pg_dsn: str) -> Iterator[Notify]:
         yield send
     finally:
         conn.close()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """No secret of the test database in a failure report (a traceback may show one)."""
+    report = yield
+    if report.longrepr is not None:
+        safe = scrub_report(str(report.longrepr))
+        if safe is not None:
+            report.longrepr = safe
+    return report

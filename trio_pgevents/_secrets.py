@@ -14,7 +14,9 @@ a database goes through one of them.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import threading
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -27,10 +29,14 @@ __all__ = [
     "MASK",
     "SECRET_PARAMETERS",
     "Redactor",
+    "RedactingFilter",
     "describe_error",
+    "get_logger",
     "redact_dsn",
     "redactor_for",
+    "register_secrets",
     "safe_url",
+    "scrub",
 ]
 
 MASK = "***"
@@ -38,11 +44,11 @@ MASK = "***"
 SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
 
 _DSN_SECRET = re.compile(
-    r"(?P<key>\b(?:" + "|".join(SECRET_PARAMETERS) + r")\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s]*)",
+    r"(?P<key>\b(?:" + "|".join(SECRET_PARAMETERS) + r")\s*=\s*)(?P<value>'(?:[^'\\]|\\.)*'|[^\s'\"&]*)",
     re.IGNORECASE,
 )
 _QUERY_SECRET = re.compile(
-    r"(?P<key>[?&](?:" + "|".join(SECRET_PARAMETERS) + r")=)(?P<value>[^&#]*)", re.IGNORECASE
+    r"(?P<key>[?&](?:" + "|".join(SECRET_PARAMETERS) + r")=)(?P<value>[^&#\s'\"]*)", re.IGNORECASE
 )
 
 
@@ -141,6 +147,7 @@ class Redactor:
         # Longest first, so no part of a longer secret is left behind.
         self._secrets = sorted((v for v in variants if v), key=len, reverse=True)
         self.source = safe_url(url)
+        register_secrets(self._secrets)
 
     @property
     def has_secrets(self) -> bool:
@@ -149,14 +156,69 @@ class Redactor:
 
     def redact(self, text: str) -> str:
         """``text`` with every secret of this database (and any DSN password) masked."""
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, MASK)
-        return _QUERY_SECRET.sub(lambda m: m.group("key") + MASK, redact_dsn(text))
+        return _mask(text, self._secrets)
 
     def describe(self, exc: BaseException) -> str:
         """An exception as one safe line: the driver's own error, secrets masked."""
         return self.redact(describe_error(exc))
+
+
+#: Secrets shorter than this are masked only where they sit in a URL or DSN:
+#: masking "pw" in free text would mangle every message.
+_MIN_FREE_TEXT_SECRET = 4
+
+
+def _mask(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret not in text:
+            continue
+        if len(secret) >= _MIN_FREE_TEXT_SECRET:
+            text = text.replace(secret, MASK)
+        else:
+            text = text.replace(f":{secret}@", f":{MASK}@").replace(f'"{secret}@', f'"{MASK}@')
+    return _QUERY_SECRET.sub(lambda m: m.group("key") + MASK, redact_dsn(text))
+
+
+# Every secret the library has been given, in this process: errors and log records
+# are scrubbed of all of them (a driver's message may echo one; a traceback may hold one).
+_known: list[str] = []
+_known_lock = threading.Lock()
+
+
+def register_secrets(secrets: Iterable[str]) -> None:
+    """Remember secrets so that :func:`scrub` masks them everywhere."""
+    with _known_lock:
+        fresh = [s for s in secrets if s and s not in _known]
+        if fresh:
+            _known.extend(fresh)
+            _known.sort(key=len, reverse=True)
+
+
+def scrub(text: str) -> str:
+    """``text`` with every secret the library knows, and any DSN or URL-query password, masked."""
+    return _mask(text, list(_known))
+
+
+class RedactingFilter(logging.Filter):
+    """Masks known secrets in log records (message and arguments, rendered once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        safe = scrub(message)
+        if safe != message or record.args:
+            record.msg, record.args = safe, None
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def get_logger(name: str) -> logging.Logger:
+    """A library logger whose records never carry a secret."""
+    logger = logging.getLogger(name)
+    if _FILTER not in logger.filters:
+        logger.addFilter(_FILTER)
+    return logger
 
 
 def describe_error(exc: BaseException) -> str:

@@ -31,6 +31,7 @@ import psycopg2.extensions
 import sqlalchemy
 
 from ._errors import ConfigurationError
+from ._secrets import Redactor, safe_url
 
 __all__ = [
     "DATABASE_URL",
@@ -64,7 +65,7 @@ class Settings:
     @property
     def safe_url(self) -> str:
         """The database URL with its password hidden, for messages and logs."""
-        return sqlalchemy.make_url(self.database_url).render_as_string(hide_password=True)
+        return safe_url(self.database_url)
 
     def __repr__(self) -> str:
         return (
@@ -117,7 +118,7 @@ def load_settings_module(spec: str) -> ModuleType:
             # Callback paths in the file may name modules beside it.
             with _on_sys_path(os.getcwd(), str(path.resolve().parent)):
                 file_spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             del sys.modules[name]
             raise ConfigurationError(f"--settings: importing {spec!r} failed: {_first_line(exc)}") from exc
         # Keep the directory importable for callbacks resolved later.
@@ -135,7 +136,8 @@ def load_settings_module(spec: str) -> ModuleType:
         raise ConfigurationError(
             f"--settings: settings module {dotted!r} not found ({_first_line(exc)})"
         ) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # SystemExit: a settings module that calls sys.exit() is a broken setting, not our exit.
         raise ConfigurationError(f"--settings: importing {dotted!r} failed: {_first_line(exc)}") from exc
 
 
@@ -216,6 +218,7 @@ def resolve_database_url(
             f"{setting}: must be a database URL like postgresql://user@host/db, not {value!r}"
         )
     text = value.strip()
+    Redactor(text)  # its secrets are masked in every message from now on
     try:
         if "://" in text:
             url = sqlalchemy.make_url(text)
@@ -235,8 +238,7 @@ def resolve_database_url(
             url = url.set(drivername="postgresql+psycopg2")
         else:
             raise ConfigurationError(
-                f"{setting}: {url.render_as_string(hide_password=True)!r} is not a PostgreSQL URL "
-                "(postgresql://...)"
+                f"{setting}: {safe_url(url)!r} is not a PostgreSQL URL (postgresql://...)"
             )
         _ = url.port  # a non-numeric port fails here
     except ConfigurationError:
