@@ -343,8 +343,7 @@ def event_to_json(event: Event) -> dict[str, Any]:
         "source": event.source,
     }
     if isinstance(event, (RowChange, SchemaChange)):
-        with contextlib.suppress(ValueError):  # not JSON after all: the payload says it all
-            out["data"] = event.data
+        out["data"] = event.data  # never raises: {} for a hand-built event whose payload is not JSON
     elif isinstance(event, StreamGap):
         out.update(
             disconnected_at=event.disconnected_at.isoformat(),
@@ -355,6 +354,30 @@ def event_to_json(event: Event) -> dict[str, Any]:
     elif isinstance(event, Overflow):
         out["dropped"] = event.dropped
     return out
+
+
+def event_line(event: Event, *, ascii_only: bool = False) -> str:
+    """One event as one line of JSON, newline included. Never raises.
+
+    Should the event's data not serialise (nesting past what ``json.dumps``
+    recurses into), the line is printed without ``data``: the payload is in it.
+    """
+    fields = event_to_json(event)
+    try:
+        text = json.dumps(fields, ensure_ascii=ascii_only, default=str)
+    except Exception:  # RecursionError, ...: whatever a payload's data can cause
+        fields.pop("data", None)
+        text = json.dumps(fields, ensure_ascii=ascii_only, default=str)
+    return text + "\n"
+
+
+def _print_event(out: TextIO, event: Event) -> None:
+    try:
+        out.write(event_line(event))
+    except UnicodeEncodeError:
+        # Text the output cannot encode (a lone surrogate; a terminal that is not UTF-8):
+        # the same JSON with \u escapes. The encoding failed before anything was written.
+        out.write(event_line(event, ascii_only=True))
 
 
 async def _run_listen(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
@@ -370,8 +393,8 @@ async def _run_listen(args: argparse.Namespace, settings: Settings, out: TextIO)
             logger.info("listening on %s at %s", ", ".join(args.channels), settings.safe_url)
             async for batch in stream.batches():
                 for event in batch:
-                    out.write(json.dumps(event_to_json(event), ensure_ascii=False, default=str))
-                    out.write("\n")
+                    # Any payload prints as a line: a bad one is a Notification by now.
+                    _print_event(out, event)
                     printed += 1
                     if args.count is not None and printed >= args.count:
                         break

@@ -12,23 +12,33 @@ subclass) is, so events built in the listener and left waiting in a full
 buffer were promoted through every GC generation and made full collections
 (tens of ms each, ~0.3 us per event) frequent. Built on delivery, events
 mostly die young.
+
+Turning a batch into events never raises and never loses an event: a
+payload a decoder rejects, or a decoder that raises or returns something
+other than an event, gives a plain :class:`Notification` for that one
+notification (logged, rate-limited: see ``_decode.SetAsideLog``); should
+building the batch fail anyway, the whole batch is delivered as
+Notifications rather than dropped.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import trio
 
 from ._buffer import EventBuffer
-from ._decode import _ROW_PREFIX, Decoder, decode_trigger_payload
+from ._decode import Decoder, set_aside
 from ._errors import StreamClosedError
-from ._events import Event, Notification, RowChange
+from ._events import Event, Notification, _why
 
 __all__ = ["BatchIterator", "BufferedStream", "NotifyBatch"]
 
 _new = tuple.__new__
+
+logger = logging.getLogger("trio_pgevents.decode")
 
 
 class NotifyBatch(list[Any]):
@@ -48,11 +58,11 @@ class NotifyBatch(list[Any]):
         self.decoders = decoders
 
     def events(self) -> list[Event]:
-        """The batch as events, in order."""
+        """The batch as events, in order; one per notification, whatever its payload."""
         source = self.source
         decoders = self.decoders
         if decoders is None:
-            return [_new(Notification, (n.channel, n.payload, n.pid, source)) for n in self]
+            return self.notifications()
         get = decoders.get
         batch: list[Event] = []
         append = batch.append
@@ -61,16 +71,25 @@ class NotifyBatch(list[Any]):
             decoder = get(channel)
             if decoder is None:
                 append(_new(Notification, (channel, n.payload, n.pid, source)))
-            elif decoder is decode_trigger_payload:
-                # The installer's format, inlined (one call less per event).
-                payload = n.payload
-                if payload.startswith(_ROW_PREFIX):
-                    append(_new(RowChange, (channel, payload, n.pid, source)))
-                else:
-                    append(decode_trigger_payload(channel, payload, n.pid, source))
+                continue
+            payload = n.payload
+            try:
+                event = decoder(channel, payload, n.pid, source)
+            except Exception as exc:  # a custom decoder's bug must not cost the batch
+                event = set_aside(
+                    channel, payload, n.pid, source, f"the channel's decoder raised {_why(exc)}"
+                )
             else:
-                append(decoder(channel, n.payload, n.pid, source))
+                if not isinstance(event, Event):
+                    reason = f"the channel's decoder returned {type(event).__name__}, not an Event"
+                    event = set_aside(channel, payload, n.pid, source, reason)
+            append(event)
         return batch
+
+    def notifications(self) -> list[Event]:
+        """The batch as plain :class:`Notification` events, in order (nothing decoded)."""
+        source = self.source
+        return [_new(Notification, (n.channel, n.payload, n.pid, source)) for n in self]
 
     def __getitem__(self, index: Any) -> Any:
         # The drop-oldest policy slices queued batches: a slice stays a NotifyBatch.
@@ -80,7 +99,20 @@ class NotifyBatch(list[Any]):
 
 
 def _events(batch: list[Event]) -> list[Event]:
-    return batch.events() if type(batch) is NotifyBatch else batch
+    """A queued batch as events (a :class:`NotifyBatch` is converted; others are events already)."""
+    if type(batch) is not NotifyBatch:
+        return batch
+    try:
+        return batch.events()
+    except Exception as exc:
+        # events() handles each payload on its own; reaching here is a bug (or a decoders
+        # mapping that fails). The batch is already out of the buffer: deliver it undecoded.
+        logger.error(
+            "could not decode a batch of %d notifications (%s): delivered as Notifications",
+            len(batch),
+            _why(exc),
+        )
+        return batch.notifications()
 
 
 class BufferedStream:

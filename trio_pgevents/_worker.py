@@ -6,7 +6,10 @@ picks for each. Plain functions run in a worker thread (``trio.to_thread``), so
 a slow callback does not stall the loop; ``async def`` functions run directly.
 A ``trio.CapacityLimiter`` bounds how many run at once (``concurrency=1``, the
 default, calls them one after another, in event order). A callback that raises
-is logged with its event; dispatching goes on.
+is logged with its event (its repr cut short: a payload may be ~8 KB);
+dispatching goes on. No event can stop dispatching: a payload that is not a
+valid event reaches the dispatcher as a plain Notification (see ``_decode``)
+and is skipped unless it is on one of pg_events' own channels.
 
 Stopping is graceful: :meth:`Dispatcher.stop` stops *reading*, the callbacks
 already running are given ``shutdown_timeout`` seconds to finish, then the
@@ -57,6 +60,21 @@ def _is_async(function: Callable[..., Any]) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+#: Log lines show at most this much of an event's repr (a payload may be ~8 KB).
+_SHOWN = 300
+
+
+def describe_event(event: Event) -> str:
+    """An event's repr for a log line: cut to a few hundred characters, never raising."""
+    try:
+        text = repr(event)
+    except Exception:  # e.g. data nested past the recursion limit
+        return f"<{type(event).__name__} on channel {event.channel!r}>"
+    if len(text) <= _SHOWN:
+        return text
+    return f"{text[:_SHOWN]}... ({len(text):,} characters)"
+
+
 def describe_callback(function: Callable[..., Any]) -> str:
     """``module.qualname`` of a callback, for logs."""
     module = getattr(function, "__module__", None) or "?"
@@ -105,7 +123,8 @@ class CallbackRouter:
                 return self.data
             if event.channel in LEGACY_SCHEMA_CHANNELS:
                 return self.schema
-        logger.debug("ignoring %r: not a data or schema event", event)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("ignoring %s: not a data or schema event", describe_event(event))
         return None
 
     def argument(self, event: Event) -> Any:
@@ -238,18 +257,20 @@ class Dispatcher:
             self.statistics.succeeded += 1
         except trio.Cancelled:
             self.statistics.cancelled += 1
-            logger.warning("callback %s cancelled at shutdown for %r", describe_callback(callback), event)
+            logger.warning(
+                "callback %s cancelled at shutdown for %s", describe_callback(callback), describe_event(event)
+            )
             raise
         except Exception:
             self.statistics.failed += 1
-            logger.exception("callback %s raised for %r", describe_callback(callback), event)
+            logger.exception("callback %s raised for %s", describe_callback(callback), describe_event(event))
         finally:
             self._limiter.release_on_behalf_of(token)
             if self.on_done is not None:
                 try:
                     self.on_done(event, ok)
                 except Exception:
-                    logger.exception("on_done hook raised for %r", event)
+                    logger.exception("on_done hook raised for %s", describe_event(event))
 
 
 async def dispatch_events(

@@ -20,7 +20,12 @@ name and the event JSON (``event_id``, ``event_type``, ``schema_name``,
 - schema and table names are quoted identifiers (spaces, quotes, upper case
   work; nothing can be injected);
 - ``search_path`` is never changed (the original reset it to
-  ``"$user", public`` after every install).
+  ``"$user", public`` after every install);
+- a payload on the channel that is not an event -- whatever it holds: not
+  JSON, nested past the parser's depth, fields of the wrong type -- is
+  skipped by ``poll`` with a warning (a few lines per interval at most) and
+  makes ``Event.fromjson`` raise a ``ValueError`` that is also a
+  :class:`~trio_pgevents.TrioPgEventsError`: any role can NOTIFY any channel.
 
 Every function takes a plain psycopg2 connection and commits its own work,
 like the original. For everything else, see :class:`trio_pgevents.Installer`.
@@ -36,6 +41,9 @@ from typing import Any
 from uuid import UUID
 
 from psycopg2 import sql
+
+from ._decode import PayloadError, SetAsideLog
+from ._events import _why, parse_json
 
 __all__ = [
     "CHANNEL",
@@ -57,6 +65,10 @@ logger = logging.getLogger("trio_pgevents.compat")
 CHANNEL = "psycopg2_pgevents_channel"
 _FUNCTION = sql.SQL("public.psycopg2_pgevents_create_event")
 _TRIGGER = sql.Identifier("psycopg2_pgevents_trigger")
+#: The values of ``event_type`` (the trigger fires AFTER INSERT OR UPDATE OR DELETE).
+_EVENT_TYPES = frozenset({"INSERT", "UPDATE", "DELETE"})
+#: Payloads ``poll`` skipped: one warning each, then a count every interval.
+_SKIPPED = SetAsideLog(logger, "skipped: not a psycopg2-pgevents event")
 
 _FUNCTION_BODY = """
 DECLARE
@@ -124,11 +136,36 @@ class Event:
 
     @classmethod
     def fromjson(cls, json_string: str) -> Event:
-        """Create an Event from its JSON (the notification payload)."""
-        obj = json.loads(json_string)
-        return cls(
-            UUID(obj["event_id"]), obj["event_type"], obj["schema_name"], obj["table_name"], obj["row_id"]
-        )
+        """Create an Event from its JSON (the notification payload).
+
+        Raises ``ValueError`` (a :class:`~trio_pgevents.TrioPgEventsError` too)
+        saying why, for any text that is not such an event -- whatever it
+        holds, even nesting deeper than Python parses.
+        """
+        try:
+            obj = parse_json(json_string)
+        except Exception as exc:  # RecursionError too, not only ValueError
+            raise PayloadError(f"not JSON ({_why(exc)})") from None
+        if type(obj) is not dict:
+            raise PayloadError(f"JSON {type(obj).__name__}, not an object")
+        for key in ("event_id", "event_type", "schema_name", "table_name", "row_id"):
+            if key not in obj:
+                raise PayloadError(f"no {key!r} key")
+        event_id, event_type = obj["event_id"], obj["event_type"]
+        if type(event_id) is not str:
+            raise PayloadError(f"event_id is {type(event_id).__name__}, not a UUID string")
+        try:
+            uuid = UUID(event_id)
+        except ValueError:
+            raise PayloadError(f"event_id {event_id[:40]!r} is not a UUID") from None
+        if type(event_type) is not str:
+            raise PayloadError(f"event_type is {type(event_type).__name__}, not a string")
+        if event_type not in _EVENT_TYPES:
+            raise PayloadError(f"event_type {event_type[:40]!r} is not INSERT, UPDATE or DELETE")
+        for key in ("schema_name", "table_name"):
+            if type(obj[key]) is not str:
+                raise PayloadError(f"{key} is {type(obj[key]).__name__}, not a string")
+        return cls(uuid, event_type, obj["schema_name"], obj["table_name"], obj["row_id"])
 
     def tojson(self) -> str:
         """Serialise the Event to JSON (the payload's format)."""
@@ -238,8 +275,9 @@ def poll(connection: Any, timeout: float = 1.0) -> Iterator[Event]:
     """Yield the events waiting on ``connection``, in the order they were sent.
 
     Blocks up to ``timeout`` seconds for the first one (0: do not block);
-    yields nothing if none arrives. Notifications on other channels, or
-    payloads that are not psycopg2-pgevents events, are left alone / skipped.
+    yields nothing if none arrives. Notifications on other channels are left
+    alone; payloads that are not psycopg2-pgevents events -- whatever they
+    hold -- are skipped with a warning (rate-limited).
     """
     if not connection.notifies:
         ready, _, _ = select.select([connection], [], [], max(0.0, timeout))
@@ -256,10 +294,8 @@ def poll(connection: Any, timeout: float = 1.0) -> Iterator[Event]:
             continue
         try:
             event = Event.fromjson(notify.payload)
-        except (ValueError, KeyError, TypeError):
-            logger.warning(
-                "ignoring a payload that is not a psycopg2-pgevents event: %r", notify.payload[:200]
-            )
+        except Exception as exc:  # PayloadError; anything else is no reason to stop either
+            _SKIPPED.note(notify.channel, notify.payload, str(exc))
             continue
         yield event
     pending.extend(kept)
