@@ -414,7 +414,19 @@ async def test_wakeup_connection_lost_gives_replayed_gap(outbox: Outbox, query: 
             sql.SQL("INSERT INTO {}.events (channel, payload) VALUES (%s, %s::jsonb)").format(
                 sql.Identifier(outbox.schema)
             ),
-            (outbox.channel, '{"v": 1, "kind": "row", "method": "INSERT", "new_data": {"n": 2}}'),
+            (
+                outbox.channel,
+                json.dumps(
+                    {
+                        "v": 1,
+                        "kind": "row",
+                        "table_schema": "public",
+                        "table_name": outbox.table,
+                        "method": "INSERT",
+                        "new_data": {"n": 2},
+                    }
+                ),
+            ),
         )
         await query("SELECT pg_terminate_backend(%s)", (pid,))
         with trio.fail_after(20):

@@ -30,6 +30,7 @@ from ._errors import ConnectionLostError as ConnectionLostError
 from ._errors import InstallError as InstallError
 from ._errors import InsufficientPrivilegeError as InsufficientPrivilegeError
 from ._errors import InvalidChannelError as InvalidChannelError
+from ._errors import PayloadError as PayloadError
 from ._errors import ReplicationError as ReplicationError
 from ._errors import StreamClosedError as StreamClosedError
 from ._errors import StreamGapError as StreamGapError

@@ -23,7 +23,6 @@ Notifications rather than dropped.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,12 +32,13 @@ from ._buffer import EventBuffer
 from ._decode import Decoder, set_aside
 from ._errors import StreamClosedError
 from ._events import Event, Notification, _why
+from ._secrets import get_logger
 
 __all__ = ["BatchIterator", "BufferedStream", "NotifyBatch"]
 
 _new = tuple.__new__
 
-logger = logging.getLogger("trio_pgevents.decode")
+logger = get_logger("trio_pgevents.decode")
 
 
 class NotifyBatch(list[Any]):

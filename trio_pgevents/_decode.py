@@ -26,8 +26,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ._errors import TrioPgEventsError
+from ._errors import PayloadError
 from ._events import _METHODS, Event, Notification, RowChange, SchemaChange, _why, parse_json
+from ._secrets import get_logger
 
 __all__ = [
     "Decoder",
@@ -38,7 +39,7 @@ __all__ = [
     "set_aside",
 ]
 
-logger = logging.getLogger("trio_pgevents.decode")
+logger = get_logger("trio_pgevents.decode")
 
 #: Signature of a per-channel decoder: (channel, payload, pid, source) -> Event.
 Decoder = Callable[[str, str, int, str], Event]
@@ -77,10 +78,6 @@ _TEXT = frozenset({str, _NONE})
 _ROW = frozenset({dict, _NONE})
 _FLAG = frozenset({bool, _NONE})
 _INT = frozenset({int, _NONE})
-
-
-class PayloadError(TrioPgEventsError, ValueError):
-    """A payload is not an event of the expected format (the message says why)."""
 
 
 class SetAsideLog:

@@ -45,6 +45,7 @@ from ._backoff import Attempts, Backoff
 from ._buffer import EventBuffer
 from ._connection import as_engine, describe_source, validate_channel
 from ._consumer import BufferedStream
+from ._decode import decode_trigger_payload
 from ._errors import (
     ConfigurationError,
     ConnectError,
@@ -52,7 +53,7 @@ from ._errors import (
     StreamClosedError,
     TrioPgEventsError,
 )
-from ._events import Event, Notification, RowChange, SchemaChange, StreamGap
+from ._events import Event, Notification, RowChange, StreamGap
 from ._installer import Installer
 from ._nursery import open_unwrapping_nursery
 from ._options import StreamOptions
@@ -219,12 +220,8 @@ class DurableStream(BufferedStream):
         self._sql_read = sql.SQL(
             # xid8 is read as text (psycopg2 has no type for it). The ORDER BY is
             # qualified: a bare "txid" would sort by the text output column.
-            # The payload comes as text with "id" and "txid" added, and is parsed
-            # lazily (on first field access): parsing 1000 rows into dicts up front
-            # cost more than the query (allocation and garbage-collector churn).
-            # Its event type is the "kind" the trigger wrote at the top level, where
-            # no row data can put it.
-            "SELECT e.id, e.txid::pg_catalog.text, e.channel, e.payload OPERATOR(pg_catalog.->>) 'kind', "
+            # The payload comes as text with "id" and "txid" added.
+            "SELECT e.id, e.txid::pg_catalog.text, e.channel, "
             "((CASE WHEN pg_catalog.jsonb_typeof(e.payload) OPERATOR(pg_catalog.=) 'object' THEN e.payload "
             "ELSE pg_catalog.jsonb_build_object('value', e.payload) END) OPERATOR(pg_catalog.||) "
             "pg_catalog.jsonb_build_object('id', e.id, 'txid', "
@@ -989,19 +986,15 @@ class DurableWorker:
         return False  # pragma: no cover - the loop always returns
 
 
-#: Event classes by the ``kind`` the trigger wrote at the payload's top level.
-_KINDS: dict[str | None, type[Event]] = {"row": RowChange, "ddl": SchemaChange}
-
-
-def _event_class(kind: str | None) -> type[Event]:
-    return _KINDS.get(kind, OutboxNotification)
-
-
 def _make_event(row: tuple[Any, ...], source: str) -> Event:
-    event_id, txid_text, channel, kind, payload = row
-    # Anything else (a row written by hand, another format) is a plain Notification:
-    # it still has a position, so it can be acknowledged, never mistaken for a change.
-    event = _new(_event_class(kind), (channel, payload, 0, source))
+    event_id, txid_text, channel, payload = row
+    # Checked as a NOTIFY payload is: the type comes from the "kind" the trigger wrote at
+    # the top level (never from row data), and every typed field has its type. Anything
+    # else (a row written by hand, another format) is set aside as an OutboxNotification:
+    # it still has a position, so it is acknowledged, never mistaken for a change.
+    event = decode_trigger_payload(channel, payload, 0, source)
+    if type(event) is Notification:
+        event = _new(OutboxNotification, (channel, payload, 0, source))
     # Known without parsing the payload: acknowledging needs it for every event.
     event.__dict__["_position"] = (int(txid_text), event_id)
     return event

@@ -14,6 +14,7 @@ Every error the library raises derives from :class:`TrioPgEventsError`, so one
     ├── StreamGapError            a gap happened and the stream was opened with on_gap="raise"
     ├── StreamOverflowError       the buffer overflowed with overflow="raise"
     ├── StreamClosedError         receive on a closed stream (also a trio.EndOfChannel)
+    ├── PayloadError              a payload is not an event of the expected format (a ValueError)
     ├── InstallError              the installer could not do what was asked
     │   └── InsufficientPrivilegeError   the role lacks a privilege (says which)
     └── ReplicationError          logical replication is not possible (says why)
@@ -67,6 +68,14 @@ class StreamGapError(TrioPgEventsError):
 
 class StreamOverflowError(TrioPgEventsError):
     """The consumer fell behind past the buffer with ``overflow="raise"``."""
+
+
+class PayloadError(TrioPgEventsError, ValueError):
+    """A payload is not an event of the expected format (the message says why).
+
+    Streams never raise it (a bad payload is delivered as a plain
+    Notification); ``compat.Event.fromjson`` does.
+    """
 
 
 class StreamClosedError(TrioPgEventsError, trio.EndOfChannel):

@@ -189,6 +189,7 @@ async def run_abandonable(
                 token.run_sync_soon(ended.set)
 
     answered = False  # the thread returned or raised: nothing to abandon
+    returned = False  # ...and its result is ours
     result: Any = None
     try:
         with trio.move_on_after(math.inf if timeout is None else timeout):
@@ -200,15 +201,16 @@ async def run_abandonable(
                         await ended.wait()
                 if ended.is_set():
                     answered = True
-                    handoff.finish()
+                    handoff.finish()  # closes what it delivered: nobody takes it now
                 raise
             except BaseException:
                 answered = True
                 raise
-            answered = True
+            answered = returned = True
     finally:
         if not answered:
             handoff.abandon()
-    if not answered:
+    if not returned:
+        # Our own time limit fired (the thread may have ended at that same moment).
         raise CallTimeout(f"{what}: no answer within {timeout:g}s")
     return result  # type: ignore[no-any-return]

@@ -29,6 +29,7 @@ import trio
 
 from ._errors import ConfigurationError
 from ._events import Event, Notification, Overflow, RowChange, SchemaChange, StreamGap
+from ._secrets import get_logger
 
 __all__ = [
     "CallbackArg",
@@ -40,7 +41,7 @@ __all__ = [
     "dispatch_events",
 ]
 
-logger = logging.getLogger("trio_pgevents.worker")
+logger = get_logger("trio_pgevents.worker")
 
 #: What a callback receives: the payload text (as pg_events did), or the event object.
 CallbackArg = Literal["json", "event"]

@@ -34,7 +34,6 @@ like the original. For everything else, see :class:`trio_pgevents.Installer`.
 from __future__ import annotations
 
 import json
-import logging
 import select
 from collections.abc import Iterator
 from typing import Any
@@ -44,6 +43,7 @@ from psycopg2 import sql
 
 from ._decode import PayloadError, SetAsideLog
 from ._events import _why, parse_json
+from ._secrets import get_logger
 
 __all__ = [
     "CHANNEL",
@@ -59,7 +59,7 @@ __all__ = [
     "unregister_event_channel",
 ]
 
-logger = logging.getLogger("trio_pgevents.compat")
+logger = get_logger("trio_pgevents.compat")
 
 #: The channel psycopg2-pgevents' trigger function notifies on.
 CHANNEL = "psycopg2_pgevents_channel"
