@@ -242,6 +242,8 @@ async def backends(query: Query, application_name: str) -> int:
         ),
         # Unreachable: the module's own URL points at port 1.
         (["--settings", SETTINGS], {}, "PG_EVENTS_DATABASE_URL"),
+        # A settings module that calls sys.exit() while being imported.
+        (["--settings", "tests.cli_settings.exits"], {}, "--settings"),
         (["--settings", SETTINGS, "--database-url", BOGUS_URL], {}, "--database-url"),
         (
             [],

@@ -549,6 +549,16 @@ def test_non_superuser_gets_everything_but_ddl_triggers(
         run_sql(pg_dsn, f"INSERT INTO {ident(user_schema, 't')} VALUES (1)")
         assert events.payloads(1)[0]["session_user"] == run_sql(pg_dsn, "SELECT session_user")[0][0]
         assert installer.status().ok
+        # A table of another owner in its schema: reported as skipped, the others are watched.
+        run_sql(pg_dsn, f"CREATE TABLE {ident(user_schema, 'not_mine')} (id int PRIMARY KEY)")
+        run_sql(pg_dsn, f"CREATE TABLE {ident(user_schema, 'u')} (id int PRIMARY KEY)")
+        run_sql(pg_dsn, f"ALTER TABLE {ident(user_schema, 'u')} OWNER TO {ident(role)}")
+        report = installer.watch_schema(user_schema)
+        skipped = {a.name: a.reason for a in report.skipped}
+        assert any("not_mine" in name and "owned by" in (reason or "") for name, reason in skipped.items())
+        assert any(a.name.endswith(f" on {user_schema}.u") for a in report.installed)
+        states = {t.table: t.state for t in installer.status().tables}
+        assert (states["t"], states["u"], states["not_mine"]) == ("INSTALLED", "INSTALLED", "MISSING")
     finally:
         installer.uninstall()
         installer.engine.dispose()

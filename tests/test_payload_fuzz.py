@@ -11,16 +11,25 @@ payloads.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 from collections.abc import Callable
 
+import psycopg2
 import pytest
 import trio
 from sqlalchemy.engine import Engine
 
-from trio_pgevents import Notification, RowChange, open_event_stream
+from trio_pgevents import (
+    Installer,
+    Notification,
+    OutboxNotification,
+    RowChange,
+    open_durable_stream,
+    open_event_stream,
+)
 
 from .conftest import Query
 from .test_payloads import ROW_PREFIX, assert_typed, row_text
@@ -184,3 +193,61 @@ async def test_fuzzed_payloads_never_stop_the_stream(
     records = [r for r in caplog.records if r.name == "trio_pgevents.decode"]
     assert 0 < len(records) <= 40
     assert all(len(r.getMessage()) < 600 for r in records)
+
+
+async def test_fuzzed_outbox_rows_never_stop_a_durable_stream(
+    pg_url: str, query: Query, unique: Callable[[str], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The same kinds of payloads as outbox rows (written by hand: only what jsonb accepts).
+    caplog.set_level(logging.WARNING, logger="trio_pgevents")
+    installer = Installer(pg_url, schema=unique("fuzzdur"), channel=unique("fuzzdurch"))
+    installer.install(durable=True)
+    table = unique("fuzz_dur_valid")
+    payloads, valid = fuzz_plan(SEED + 1, table)
+    events_table = f'"{installer.schema}".events'
+    try:
+        stored: list[str] = []
+        for payload in payloads:
+            try:
+                json.loads(payload)
+            except (ValueError, RecursionError):
+                continue  # not JSON at all: jsonb refuses it, nobody can write it
+            stored.append(payload)
+        for start in range(0, len(stored), PER_STATEMENT):
+            chunk = stored[start : start + PER_STATEMENT]
+            try:
+                await query(
+                    f"INSERT INTO {events_table} (channel, payload) "
+                    "SELECT %s, p::jsonb FROM unnest(%s::text[]) p",
+                    (installer.channel, chunk),
+                )
+            except psycopg2.Error:  # one value jsonb refuses (too deep): row by row
+                for payload in chunk:
+                    with contextlib.suppress(psycopg2.Error):
+                        await query(
+                            f"INSERT INTO {events_table} (channel, payload) VALUES (%s, %s::jsonb)",
+                            (installer.channel, payload),
+                        )
+        numbers: list[int] = []
+        set_aside = 0
+        with trio.fail_after(60):
+            async with open_durable_stream(
+                pg_url, "fuzz", schema=installer.schema, channel=installer.channel, auto_ack=False
+            ) as events:
+                async for batch in events.batches():
+                    for event in batch:
+                        assert_typed(event)
+                        if type(event) is RowChange and event.table_name == table:
+                            assert event.new_data is not None
+                            numbers.append(event.new_data["n"])
+                        elif isinstance(event, OutboxNotification):
+                            set_aside += 1
+                        await events.ack(event, flush=False)
+                    if numbers and numbers[-1] == valid - 1:
+                        break
+        assert numbers == list(range(valid))
+        assert set_aside > 1000
+        records = [r for r in caplog.records if r.name == "trio_pgevents.decode"]
+        assert len(records) <= 40
+    finally:
+        installer.uninstall()

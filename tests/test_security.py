@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import select
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -488,3 +490,55 @@ def test_keys_payload_sends_only_the_key(
         assert (dele["old_data"], dele["new_data"]) == ({"id": 1, "k2": "a"}, None)
     keyless = payloads[3]
     assert (keyless["table_name"], keyless["new_data"]) == ("keyless", None)
+
+
+def test_cli_build_with_keys_payload_and_status_reports_privilege_problems(
+    pg_url: str, pg_dsn: str, app_schema: str, unique: Unique
+) -> None:
+    lib, channel = unique("seccli"), unique("seccli_ch")
+    run_sql(pg_dsn, f"CREATE TABLE {ident(app_schema, 'cards')} (id int PRIMARY KEY, pin text)")
+    common = ["--database-url", pg_url, "--installer-schema", lib, "--channel", channel]
+    cli = [sys.executable, "-m", "trio_pgevents"]
+    try:
+        built = subprocess.run(
+            [*cli, "build", "--schema", app_schema, "--payload", "keys", "--auto-rebuild", "false", *common],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert built.returncode == 0, built.stderr
+        listener = psycopg2.connect(pg_dsn)
+        listener.autocommit = True
+        try:
+            with listener.cursor() as cur:
+                cur.execute(f"LISTEN {ident(channel)}")
+            run_sql(pg_dsn, f"INSERT INTO {ident(app_schema, 'cards')} VALUES (7, '0000')")
+            select.select([listener], [], [], 10)
+            listener.poll()
+            [note] = listener.notifies
+        finally:
+            listener.close()
+        event = json.loads(note.payload)
+        assert (event["new_data"], event["keys_only"]) == ({"id": 7}, True)
+        # What 0.1.0 left behind is reported, and build repairs it.
+        run_sql(pg_dsn, f"GRANT USAGE ON SCHEMA {ident(lib)} TO PUBLIC")
+        status = subprocess.run(
+            [*cli, "status", *common], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert status.returncode == 1, status.stdout
+        assert f"privileges: USAGE on schema {lib} is granted to PUBLIC" in status.stdout
+        rebuilt = subprocess.run(
+            [*cli, "build", "--schema", app_schema, "--payload", "keys", "--auto-rebuild", "false", *common],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert rebuilt.returncode == 0, rebuilt.stderr
+        status = subprocess.run(
+            [*cli, "status", *common], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert status.returncode == 0, status.stdout
+    finally:
+        Installer(pg_url, schema=lib, channel=channel).uninstall()

@@ -16,6 +16,7 @@ from trio_pgevents import (
     ConfigurationError,
     ConnectError,
     InvalidChannelError,
+    KeepaliveSettings,
     Notification,
     Overflow,
     StreamClosedError,
@@ -164,7 +165,14 @@ async def test_hostile_channel_names(pg_engine: Engine, query: Query) -> None:
 
 @pytest.mark.parametrize(
     ("name", "reason"),
-    [("", "empty"), ("x" * 64, "64 bytes"), ("é" * 32, "64 bytes"), ("nul\x00byte", "NUL"), (42, "str")],
+    [
+        ("", "empty"),
+        ("x" * 64, "64 bytes"),
+        ("é" * 32, "64 bytes"),
+        ("nul\x00byte", "NUL"),
+        (42, "str"),
+        ("lone\ud800surrogate", "Unicode"),
+    ],
 )
 async def test_rejected_channel_names(pg_engine: Engine, name: Any, reason: str) -> None:
     with pytest.raises(InvalidChannelError) as info:
@@ -190,6 +198,15 @@ async def test_bad_arguments_are_named(pg_engine: Engine) -> None:
     with pytest.raises(ConfigurationError, match="driver"):
         async with open_event_stream(sqlalchemy.create_engine("sqlite://"), ["x"]):
             pass  # pragma: no cover
+    with pytest.raises(ConfigurationError, match="decoders must be a mapping"):
+        async with open_event_stream(pg_engine, ["x"], decoders=[1]):  # type: ignore[arg-type]
+            pass  # pragma: no cover
+    with pytest.raises(ConfigurationError, match="must be callable"):
+        async with open_event_stream(pg_engine, ["x"], decoders={"x": 1}):  # type: ignore[dict-item]
+            pass  # pragma: no cover
+    for settings, match in (({"count": 0}, "count"), ({"idle": -1}, "idle"), ({"interval": "5"}, "interval")):
+        with pytest.raises(ConfigurationError, match=match):
+            KeepaliveSettings(**settings)
 
 
 async def test_unreachable_server_is_a_connect_error() -> None:

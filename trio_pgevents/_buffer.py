@@ -26,11 +26,19 @@ _CONTROL_TYPES = (StreamGap, Overflow)
 class EventBuffer:
     """Batches of events waiting for the consumer, bounded in events."""
 
-    def __init__(self, max_size: int, overflow: OverflowPolicy, source: str = "") -> None:
+    def __init__(
+        self, max_size: int, overflow: OverflowPolicy, source: str = "", *, max_bytes: int | None = None
+    ) -> None:
+        if max_bytes is not None and overflow != "backpressure":
+            raise ValueError("max_bytes needs the backpressure policy")
         self.max_size = max_size
+        #: Bound on the bytes buffered (as counted by the writer), or None.
+        self.max_bytes = max_bytes
         self.overflow = overflow
         self._source = source
         self._batches: deque[list[Event]] = deque()
+        self._sizes: deque[int] = deque()  # bytes of each batch (max_bytes only)
+        self._bytes = 0
         self._count = 0
         self._readers = trio.lowlevel.ParkingLot()
         self._writers = trio.lowlevel.ParkingLot()
@@ -50,12 +58,22 @@ class EventBuffer:
         """True once :meth:`close` was called."""
         return self._closed
 
-    async def put(self, batch: list[Event]) -> None:
-        """Queue a batch, applying the overflow policy when full."""
-        if self._count + len(batch) > self.max_size:
+    @property
+    def bytes(self) -> int:
+        """Bytes buffered now (0 unless ``max_bytes`` is set)."""
+        return self._bytes
+
+    def _full(self) -> bool:
+        return self._count >= self.max_size or (self.max_bytes is not None and self._bytes >= self.max_bytes)
+
+    async def put(self, batch: list[Event], nbytes: int = 0) -> None:
+        """Queue a batch (of ``nbytes`` bytes, with ``max_bytes``), applying the overflow policy when full."""
+        if self._count + len(batch) > self.max_size or (
+            self.max_bytes is not None and self._bytes >= self.max_bytes
+        ):
             if self.overflow == "backpressure":
                 # Stop reading the socket; the server queues for us.
-                while self._count >= self.max_size and not self._closed:
+                while self._full() and not self._closed:
                     await self._writers.park()
             elif self.overflow == "raise":
                 raise StreamOverflowError(
@@ -65,6 +83,9 @@ class EventBuffer:
         if self._closed:
             return
         self._batches.append(batch)
+        if self.max_bytes is not None:
+            self._sizes.append(nbytes)
+            self._bytes += nbytes
         self._count += len(batch)
         self.events_in += len(batch)
         self.batches_in += 1
@@ -77,6 +98,8 @@ class EventBuffer:
         if self._closed:
             return
         self._batches.append([event])
+        if self.max_bytes is not None:
+            self._sizes.append(0)
         self._count += 1
         self._readers.unpark()
 
@@ -109,8 +132,10 @@ class EventBuffer:
             dropped, self._dropped_pending = self._dropped_pending, 0
             return [Overflow(self._source, dropped)]
         batch = self._batches.popleft()
+        if self.max_bytes is not None:
+            self._bytes -= self._sizes.popleft()
         self._count -= len(batch)
-        if self._count < self.max_size:
+        if not self._full():
             self._writers.unpark_all()
         return batch
 

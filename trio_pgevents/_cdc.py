@@ -53,6 +53,7 @@ from ._errors import (
     StreamGapError,
 )
 from ._events import Event, StreamGap
+from ._names import check_identifier
 from ._nursery import open_unwrapping_nursery
 from ._options import DEFAULT_CONNECT_TIMEOUT, GapPolicy, StreamOptions
 from ._pgoutput import PgOutputDecoder, ack_position, format_lsn
@@ -102,14 +103,7 @@ def _check_slot_name(slot: object) -> str:
 
 
 def _check_identifier(what: str, name: object) -> str:
-    if not isinstance(name, str) or not name or "\x00" in name:
-        raise ConfigurationError(f"{what} must be a non-empty str, not {name!r}")
-    if len(name.encode("utf-8")) > conn_mod.MAX_IDENTIFIER_BYTES:
-        raise ConfigurationError(
-            f"{what} {name[:20]!r}... is longer than {conn_mod.MAX_IDENTIFIER_BYTES} bytes "
-            "(Postgres would truncate it)"
-        )
-    return name
+    return check_identifier(what, name)
 
 
 def _split_table(table: object) -> tuple[str, str]:

@@ -557,7 +557,9 @@ async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) 
             for name, count in schemas:
                 report = await progress.while_waiting(
                     f"schema {name} ({count} tables)",
-                    functools.partial(installer.aio.watch_schema, name, durable=args.durable),
+                    functools.partial(
+                        installer.aio.watch_schema, name, durable=args.durable, payload=args.payload
+                    ),
                 )
                 _merge(actions, report.actions)
                 progress.advance(count, f"schema {name} done")
@@ -631,7 +633,16 @@ async def _run_status(args: argparse.Namespace, settings: Settings, out: TextIO)
             out.write("change streams\n")
             headers = ("SLOT", "ACTIVE", "LAG", "WAL STATUS", "WARNING")
             out.write(_format_table(headers, _change_stream_rows(status.change_streams)) + "\n")
-        out.write(("ok" if status.ok else "NOT OK: something is OUTDATED or MISSING (run build)") + "\n")
+        for problem in status.problems:
+            out.write(f"privileges: {problem}\n")
+        if status.ok:
+            out.write("ok\n")
+        elif status.problems:
+            out.write(
+                "NOT OK: privileges left by an earlier install, or something OUTDATED/MISSING (run build)\n"
+            )
+        else:
+            out.write("NOT OK: something is OUTDATED or MISSING (run build)\n")
     for lagging in status.lagging_change_streams:
         hint = f"To drop it: {PROG} drop-change-stream --slot {lagging.slot}"
         sys.stderr.write(f"{PROG}: WARNING: {lagging.warning} {hint}\n")
@@ -818,6 +829,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-ddl", action="store_true", help="do not install DDL event triggers")
     build.add_argument(
         "--durable", action="store_true", help="durable (outbox) triggers instead of NOTIFY only"
+    )
+    build.add_argument(
+        "--payload",
+        choices=["row", "keys"],
+        default="row",
+        help="what row events carry: the whole row (default), or only the table, operation and "
+        "primary key (any role that can connect can LISTEN and read NOTIFY payloads)",
     )
     _installer_options(build)
     build.set_defaults(func=cmd_build)

@@ -23,7 +23,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from ._errors import ConfigurationError, InvalidChannelError
+from ._errors import ConfigurationError
+from ._names import check_channel
 from ._secrets import redactor_for, safe_url
 from ._threads import Handoff, _dup_socket
 
@@ -39,9 +40,6 @@ __all__ = [
     "discard",
     "set_keepalive",
 ]
-
-#: Postgres truncates identifiers to NAMEDATALEN-1 bytes.
-MAX_IDENTIFIER_BYTES = 63
 
 
 def as_engine(engine_or_url: Engine | str) -> Engine:
@@ -81,19 +79,7 @@ def describe_source(engine: Engine) -> str:
 
 def validate_channel(channel: object) -> str:
     """Return ``channel`` if Postgres accepts it as a channel name unchanged."""
-    if not isinstance(channel, str):
-        raise InvalidChannelError(f"channel name must be a str, not {type(channel).__name__}: {channel!r}")
-    if not channel:
-        raise InvalidChannelError("channel name must not be empty")
-    if "\x00" in channel:
-        raise InvalidChannelError(f"channel name {channel!r} contains a NUL character")
-    size = len(channel.encode("utf-8"))
-    if size > MAX_IDENTIFIER_BYTES:
-        raise InvalidChannelError(
-            f"channel name {channel[:20]!r}... is {size} bytes; Postgres truncates names "
-            f"longer than {MAX_IDENTIFIER_BYTES} bytes (LISTEN would silently listen elsewhere)"
-        )
-    return channel
+    return check_channel(channel)
 
 
 def listen_sql(channels: Iterable[str]) -> sql.Composed:
@@ -238,9 +224,17 @@ class KeepaliveSettings:
     """TCP keepalive and user-timeout settings applied to a listening socket."""
 
     def __init__(self, idle: float = 10.0, interval: float = 5.0, count: int = 3) -> None:
+        for name, value in (("idle", idle), ("interval", interval)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+                raise ConfigurationError(f"KeepaliveSettings {name} must be a positive number, not {value!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigurationError(f"KeepaliveSettings count must be an int >= 1, not {count!r}")
         self.idle = idle
         self.interval = interval
         self.count = count
+
+    def __repr__(self) -> str:
+        return f"KeepaliveSettings(idle={self.idle!r}, interval={self.interval!r}, count={self.count!r})"
 
     @property
     def user_timeout_ms(self) -> int:

@@ -55,6 +55,7 @@ from ._errors import (
 )
 from ._events import Event, Notification, RowChange, StreamGap
 from ._installer import Installer
+from ._names import check_identifier, check_text
 from ._nursery import open_unwrapping_nursery
 from ._options import StreamOptions
 from ._secrets import get_logger, redactor_for
@@ -78,6 +79,10 @@ _CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 _MAX_BIGINT = 2**63 - 1
 _new = tuple.__new__
 
+#: How long a cancelled query may still finish before its connection is given up (seconds).
+_QUERY_GRACE = 0.25
+#: Default ``max_buffer_bytes`` of :func:`open_durable_stream`.
+DEFAULT_MAX_BUFFER_BYTES = 64 << 20
 #: Default ``query_timeout`` of :func:`open_durable_stream` (seconds).
 DEFAULT_QUERY_TIMEOUT = 30.0
 
@@ -89,14 +94,6 @@ Handler = Callable[[RowChange], Awaitable[object] | object]
 
 # Options of the wake-up EventStream that a durable stream must control itself.
 _FIXED_STREAM_OPTIONS = ("on_gap", "decoders", "overflow")
-
-
-def _check_identifier(what: str, value: object) -> str:
-    if not isinstance(value, str) or not value:
-        raise ConfigurationError(f"{what} must be a non-empty str, not {value!r}")
-    if "\x00" in value or len(value.encode()) > 63:
-        raise ConfigurationError(f"{what} {value!r} is not a valid Postgres name (NUL or over 63 bytes)")
-    return value
 
 
 def _positive(what: str, value: object, *, allow_none: bool = False) -> None:
@@ -155,6 +152,8 @@ class DurableStatistics:
     retention_deleted: int
     #: Events waiting in the buffer now.
     buffered: int
+    #: Bytes of payload waiting in the buffer now (bounded by ``max_buffer_bytes``).
+    buffered_bytes: int = 0
 
 
 class DurableStream(BufferedStream):
@@ -189,10 +188,13 @@ class DurableStream(BufferedStream):
         retention_interval: float | None,
         retention_batch_size: int,
         max_buffer_size: int,
+        max_buffer_bytes: int,
         query_timeout: float,
         stream_options: dict[str, Any],
     ) -> None:
-        super().__init__(EventBuffer(max_buffer_size, "backpressure"))
+        super().__init__(EventBuffer(max_buffer_size, "backpressure", max_bytes=max_buffer_bytes))
+        # One read takes at most a quarter of the buffer's bytes (and always one row).
+        self._read_budget = max(1, max_buffer_bytes // 4)
         self.engine = engine
         self.consumer = consumer
         self.schema = schema
@@ -218,18 +220,26 @@ class DurableStream(BufferedStream):
         # Every function, operator and type is schema-qualified: the reader runs no
         # code another role put on this connection's search_path.
         self._sql_read = sql.SQL(
-            # xid8 is read as text (psycopg2 has no type for it). The ORDER BY is
-            # qualified: a bare "txid" would sort by the text output column.
-            # The payload comes as text with "id" and "txid" added.
-            "SELECT e.id, e.txid::pg_catalog.text, e.channel, "
-            "((CASE WHEN pg_catalog.jsonb_typeof(e.payload) OPERATOR(pg_catalog.=) 'object' THEN e.payload "
-            "ELSE pg_catalog.jsonb_build_object('value', e.payload) END) OPERATOR(pg_catalog.||) "
-            "pg_catalog.jsonb_build_object('id', e.id, 'txid', "
-            "e.txid::pg_catalog.text::pg_catalog.numeric))::pg_catalog.text "
+            # xid8 is read as text (psycopg2 has no type for it). The payload comes as
+            # text with "id" and "txid" added. At most %s rows, and no more bytes than
+            # the read budget (counted as stored, without reading the values: always at
+            # least one row), so a few huge rows cannot fill the process's memory; the
+            # last column says how many rows were there, to tell a cut batch from the end.
+            "SELECT r.id, r.txid::pg_catalog.text, r.channel, "
+            "((CASE WHEN pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' THEN r.payload "
+            "ELSE pg_catalog.jsonb_build_object('value', r.payload) END) OPERATOR(pg_catalog.||) "
+            "pg_catalog.jsonb_build_object('id', r.id, 'txid', "
+            "r.txid::pg_catalog.text::pg_catalog.numeric))::pg_catalog.text, r.available "
+            "FROM (SELECT e.id, e.txid, e.channel, e.payload, "
+            "pg_catalog.count(*) OVER () AS available, "
+            "pg_catalog.sum(pg_catalog.pg_column_size(e.payload)) OVER (ORDER BY e.txid, e.id) "
+            "OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(e.payload) AS before "
             "FROM {}.{} AS e "
             "WHERE (e.txid, e.id) OPERATOR(pg_catalog.>) (%s::pg_catalog.xid8, %s::pg_catalog.int8) "
             "AND e.txid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) "
-            "ORDER BY e.txid, e.id LIMIT %s"
+            "ORDER BY e.txid, e.id LIMIT %s) AS r "
+            "WHERE r.before OPERATOR(pg_catalog.<) %s::pg_catalog.int8 "
+            "ORDER BY r.txid, r.id"
         ).format(ident(schema), ident("events"))
         self._sql_store = sql.SQL(
             "UPDATE {}.{} SET last_txid = %s::pg_catalog.xid8, last_id = %s, updated_at = pg_catalog.now() "
@@ -405,8 +415,9 @@ class DurableStream(BufferedStream):
             timeout=self._query_timeout,
             handoff=handoff,
             what=f"durable reader query (query_timeout={self._query_timeout:g}s)",
-            # Closing mid-query: let a healthy server answer, so the position can be stored.
-            grace=self._options.close_timeout,
+            # Cancelled mid-query (closing, a caller's deadline): let a healthy server
+            # answer, so the connection stays usable (the position can still be stored).
+            grace=min(_QUERY_GRACE, self._options.close_timeout),
         )
 
     async def _db(self, fn: Callable[[Any], Any], *, reconnect: bool = True) -> Any:
@@ -541,6 +552,7 @@ class DurableStream(BufferedStream):
     async def _catch_up(self) -> None:
         """Read until the table has nothing more below xmin (one query per ``batch_size`` rows)."""
         limit = self._batch_size
+        budget = self._read_budget
         read_sql = self._sql_read
         source = self.source
 
@@ -548,19 +560,21 @@ class DurableStream(BufferedStream):
             txid, event_id = self._read_pos
 
             def work(cursor: Any, txid: int = txid, event_id: int = event_id) -> list[Any]:
-                cursor.execute(read_sql, (str(txid), event_id, limit))
+                cursor.execute(read_sql, (str(txid), event_id, limit, budget))
                 return list(cursor.fetchall())
 
             rows: list[Any] = await self._db(work)
             self._reads += 1
-            if rows:
-                batch = [_make_event(row, source) for row in rows]
-                last = rows[-1]
-                self._read_pos = (int(last[1]), int(last[0]))
-                self._events_read += len(batch)
-                await self._buffer.put(batch)
-            if len(rows) < limit:
+            if not rows:
                 return
+            batch = [_make_event(row, source) for row in rows]
+            last = rows[-1]
+            self._read_pos = (int(last[1]), int(last[0]))
+            self._events_read += len(batch)
+            await self._buffer.put(batch, sum(len(row[3]) for row in rows))
+            available = int(last[4])
+            if len(rows) == available and available < limit:
+                return  # everything there was read (not cut by the limit or the budget)
 
     # ---- acknowledging ---------------------------------------------------------
 
@@ -573,6 +587,8 @@ class DurableStream(BufferedStream):
         self._handed_count = 0
 
     async def _after_processed(self) -> None:
+        # A read that is cancelled takes nothing, and acknowledges nothing more either.
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._mark_processed()
         if self._unstored >= self._ack_every and not self._closed:
             if self._ack_every == 1:
@@ -790,6 +806,7 @@ class DurableStream(BufferedStream):
             retention_runs=self._retention_runs,
             retention_deleted=self._retention_deleted,
             buffered=len(self._buffer) + len(self._batch) - self._pos,
+            buffered_bytes=self._buffer.bytes,
         )
 
     def __repr__(self) -> str:
@@ -987,7 +1004,7 @@ class DurableWorker:
 
 
 def _make_event(row: tuple[Any, ...], source: str) -> Event:
-    event_id, txid_text, channel, payload = row
+    event_id, txid_text, channel, payload, _ = row
     # Checked as a NOTIFY payload is: the type comes from the "kind" the trigger wrote at
     # the top level (never from row data), and every typed field has its type. Anything
     # else (a row written by hand, another format) is set aside as an OutboxNotification:
@@ -1016,6 +1033,7 @@ async def open_durable_stream(
     retention_interval: float | None = None,
     retention_batch_size: int = 10000,
     max_buffer_size: int | None = None,
+    max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
     query_timeout: float = DEFAULT_QUERY_TIMEOUT,
     **stream_options: Any,
 ) -> AsyncIterator[DurableStream]:
@@ -1051,6 +1069,9 @@ async def open_durable_stream(
             None (default): never, leave it to ``trio-pgevents`` or a cron job.
         retention_batch_size: rows deleted per retention statement.
         max_buffer_size: events read ahead of the consumer (default: 2 x batch_size).
+        max_buffer_bytes: bytes of payload read ahead of the consumer (default
+            64 MiB): a stuck consumer with huge rows holds at most about this
+            much (one read takes at most a quarter of it, and at least one row).
         query_timeout: a query of the reader (a read, a position store) with
             no answer in this time means the connection is dead: it is
             dropped and the reader reconnects, seconds.
@@ -1064,10 +1085,11 @@ async def open_durable_stream(
         ConnectError: the database could not be reached at open.
     """
     engine = as_engine(engine)
-    if not isinstance(consumer, str) or not consumer.strip():
-        raise ConfigurationError(f"consumer must be a non-empty str, not {consumer!r}")
-    _check_identifier("schema", schema)
-    _check_identifier("channel", channel)
+    check_text("consumer", consumer)
+    if not consumer.strip():
+        raise ConfigurationError(f"consumer must not be blank, not {consumer!r}")
+    check_identifier("schema", schema)
+    check_identifier("channel", channel)
     validate_channel(channel + ".durable")
     _positive_int("batch_size", batch_size)
     _positive_int("ack_every", ack_every)
@@ -1104,6 +1126,7 @@ async def open_durable_stream(
         retention_interval=retention_interval,
         retention_batch_size=retention_batch_size,
         max_buffer_size=buffer_size,
+        max_buffer_bytes=_positive_int("max_buffer_bytes", max_buffer_bytes),
         query_timeout=query_timeout,
         stream_options=dict(stream_options),
     )

@@ -44,9 +44,10 @@ from sqlalchemy.engine import Engine
 from . import _cdc
 from . import _connection as conn_mod
 from ._cdc import DEFAULT_LAG_WARNING_BYTES, ChangeStreamStatus
-from ._connection import MAX_IDENTIFIER_BYTES, as_engine, describe_source, validate_channel
+from ._connection import as_engine, describe_source, validate_channel
 from ._errors import ConfigurationError, InstallError, InsufficientPrivilegeError
 from ._installer_sql import OBSOLETE_FUNCTIONS, PAYLOAD_MODES, Definition, SqlBuilder
+from ._names import MAX_IDENTIFIER_BYTES, check_identifier
 from ._options import DEFAULT_CONNECT_TIMEOUT
 from ._secrets import describe_error, redactor_for
 from ._threads import run_abandonable, thread_handoff
@@ -265,18 +266,7 @@ def _check_payload(value: object) -> PayloadMode:
 
 
 def _validate_schema_name(value: object, what: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigurationError(f"{what} must be a str, not {type(value).__name__}: {value!r}")
-    if not value:
-        raise ConfigurationError(f"{what} must not be empty")
-    if "\x00" in value:
-        raise ConfigurationError(f"{what} {value!r} contains a NUL character")
-    if len(value.encode("utf-8")) > MAX_IDENTIFIER_BYTES:
-        raise ConfigurationError(
-            f"{what} {value[:20]!r}... is longer than {MAX_IDENTIFIER_BYTES} bytes; "
-            "Postgres would truncate it"
-        )
-    return value
+    return check_identifier(what, value)
 
 
 class Installer:

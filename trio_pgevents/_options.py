@@ -85,6 +85,14 @@ class StreamOptions:
             raise ConfigurationError(
                 f"queue_usage_warning must be in (0, 1], not {self.queue_usage_warning!r}"
             )
+        if self.keepalive is not None and not isinstance(self.keepalive, KeepaliveSettings):
+            raise ConfigurationError(f"keepalive must be KeepaliveSettings or None, not {self.keepalive!r}")
+        if not isinstance(self.decoders, Mapping):
+            raise ConfigurationError(
+                f"decoders must be a mapping of channel name to decoder, not {type(self.decoders).__name__}"
+            )
         for channel, decoder in self.decoders.items():
+            if not isinstance(channel, str):
+                raise ConfigurationError(f"decoders keys must be channel names, not {channel!r}")
             if not callable(decoder):
                 raise ConfigurationError(f"decoders[{channel!r}] must be callable, not {decoder!r}")
