@@ -45,7 +45,7 @@ from ._backoff import Attempts, Backoff
 from ._buffer import EventBuffer
 from ._connection import as_engine, describe_source, validate_channel
 from ._consumer import BufferedStream
-from ._decode import decode_trigger_payload
+from ._decode import SET_ASIDE
 from ._errors import (
     ConfigurationError,
     ConnectError,
@@ -223,22 +223,25 @@ class DurableStream(BufferedStream):
             # xid8 is read as text (psycopg2 has no type for it). The payload comes as
             # text with "id" and "txid" added. At most %s rows, and no more bytes than
             # the read budget (counted as stored, without reading the values: always at
-            # least one row), so a few huge rows cannot fill the process's memory; the
-            # last column says how many rows were there, to tell a cut batch from the end.
+            # least one row), so a few huge rows cannot fill the process's memory. "upto"
+            # (bytes up to and with the row) tells a batch the budget cut from the end.
             "SELECT r.id, r.txid::pg_catalog.text, r.channel, "
             "((CASE WHEN pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' THEN r.payload "
             "ELSE pg_catalog.jsonb_build_object('value', r.payload) END) OPERATOR(pg_catalog.||) "
             "pg_catalog.jsonb_build_object('id', r.id, 'txid', "
-            "r.txid::pg_catalog.text::pg_catalog.numeric))::pg_catalog.text, r.available "
-            "FROM (SELECT e.id, e.txid, e.channel, e.payload, "
-            "pg_catalog.count(*) OVER () AS available, "
-            "pg_catalog.sum(pg_catalog.pg_column_size(e.payload)) OVER (ORDER BY e.txid, e.id) "
-            "OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(e.payload) AS before "
-            "FROM {}.{} AS e "
+            "r.txid::pg_catalog.text::pg_catalog.numeric))::pg_catalog.text, r.upto, "
+            + _ROW_EVENT_CHECK
+            + " "
+            # The LIMIT is innermost: a window function of the same level would see every
+            # unread row (a sort of the whole backlog per read).
+            "FROM (SELECT l.*, pg_catalog.sum(pg_catalog.pg_column_size(l.payload)) "
+            "OVER (ORDER BY l.txid, l.id ROWS UNBOUNDED PRECEDING) AS upto "
+            "FROM (SELECT e.id, e.txid, e.channel, e.payload FROM {}.{} AS e "
             "WHERE (e.txid, e.id) OPERATOR(pg_catalog.>) (%s::pg_catalog.xid8, %s::pg_catalog.int8) "
             "AND e.txid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) "
-            "ORDER BY e.txid, e.id LIMIT %s) AS r "
-            "WHERE r.before OPERATOR(pg_catalog.<) %s::pg_catalog.int8 "
+            "ORDER BY e.txid, e.id LIMIT %s) AS l) AS r "
+            "WHERE r.upto OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(r.payload) "
+            "OPERATOR(pg_catalog.<) %s::pg_catalog.int8 "
             "ORDER BY r.txid, r.id"
         ).format(ident(schema), ident("events"))
         self._sql_store = sql.SQL(
@@ -572,9 +575,8 @@ class DurableStream(BufferedStream):
             self._read_pos = (int(last[1]), int(last[0]))
             self._events_read += len(batch)
             await self._buffer.put(batch, sum(len(row[3]) for row in rows))
-            available = int(last[4])
-            if len(rows) == available and available < limit:
-                return  # everything there was read (not cut by the limit or the budget)
+            if len(rows) < limit and int(last[4]) < budget:
+                return  # everything there was read (not cut by the limit, nor by the budget)
 
     # ---- acknowledging ---------------------------------------------------------
 
@@ -1003,14 +1005,42 @@ class DurableWorker:
         return False  # pragma: no cover - the loop always returns
 
 
+def _typed(key: str, *types: str) -> str:
+    """SQL: the payload's ``key`` is absent or of one of these jsonb types (qualified throughout)."""
+    kinds = ", ".join(f"'{t}'" for t in (*types, "null"))
+    return (
+        f"coalesce(pg_catalog.jsonb_typeof(r.payload OPERATOR(pg_catalog.->) '{key}'), 'null') "
+        f"OPERATOR(pg_catalog.=) ANY (ARRAY[{kinds}])"
+    )
+
+
+#: SQL: the row is a row event of the trigger's format (kind, table, method, row data). The
+#: server checks it (in C, per row), so the reader parses nothing up front: the payload is
+#: parsed on first field access (the other fields read as their empty values if a row
+#: written by hand gave them the wrong type). The type comes from the top-level "kind" the
+#: trigger wrote, never from row data.
+_ROW_EVENT_CHECK = (
+    "coalesce(pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' "
+    "AND r.payload OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.=) 'row' "
+    "AND pg_catalog.jsonb_typeof(r.payload OPERATOR(pg_catalog.->) 'table_name') "
+    "OPERATOR(pg_catalog.=) 'string' "
+    "AND r.payload OPERATOR(pg_catalog.->>) 'method' OPERATOR(pg_catalog.=) "
+    "ANY (ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AND "
+    + " AND ".join([_typed("old_data", "object"), _typed("new_data", "object")])
+    + ", false)"
+)
+
+
 def _make_event(row: tuple[Any, ...], source: str) -> Event:
-    event_id, txid_text, channel, payload, _ = row
-    # Checked as a NOTIFY payload is: the type comes from the "kind" the trigger wrote at
-    # the top level (never from row data), and every typed field has its type. Anything
-    # else (a row written by hand, another format) is set aside as an OutboxNotification:
-    # it still has a position, so it is acknowledged, never mistaken for a change.
-    event = decode_trigger_payload(channel, payload, 0, source)
-    if type(event) is Notification:
+    event_id, txid_text, channel, payload, _, is_row_event = row
+    event: Event
+    if is_row_event:
+        event = _new(RowChange, (channel, payload, 0, source))
+    else:
+        # A row written by hand, or another format: set aside (and logged, at a limited
+        # rate), never mistaken for a change. It keeps its position: acknowledged like any
+        # event, moved to the dead letters by DurableWorker.
+        SET_ASIDE.note(channel, payload, "an outbox row that is not a row event of the trigger's format")
         event = _new(OutboxNotification, (channel, payload, 0, source))
     # Known without parsing the payload: acknowledging needs it for every event.
     event.__dict__["_position"] = (int(txid_text), event_id)

@@ -486,10 +486,11 @@ class Installer:
                 actions.append(self._ensure_table(cur, table, state))
             for name in b.DURABLE_FUNCTIONS:
                 actions.append(self._ensure_function(cur, b, name, state))
-            # A superuser's install hands outbox_row to the least-privileged writer role.
-            cur.execute(b.writer_role_script())
         for name in b.BASE_FUNCTIONS:
             actions.append(self._ensure_function(cur, b, name, state))
+        if self._has_outbox(state):
+            # A superuser's install hands the outbox functions to the least-privileged writer role.
+            cur.execute(b.writer_role_script())
         return actions
 
     @staticmethod
@@ -869,7 +870,7 @@ class Installer:
         for name, definer, owner, owner_super, public in cur.fetchall():
             if public and name not in public_functions:
                 problems.append(f"EXECUTE on {self.schema}.{name}() is granted to PUBLIC")
-            if definer and name != "outbox_row":
+            if definer and name not in b.WRITER_FUNCTIONS:
                 problems.append(f"{self.schema}.{name}() is SECURITY DEFINER")
             if definer and owner_super:
                 problems.append(

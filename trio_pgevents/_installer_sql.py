@@ -198,6 +198,13 @@ _FUNCTIONS = (
         "unwatch_table",
         extra=_PINNED_PATH,
     ),
+    _FunctionSpec(
+        "attach_outbox",
+        "rel regclass, trigger text",
+        "TABLE(tgname text)",
+        "attach_outbox",
+        extra=f"SECURITY DEFINER {_PINNED_PATH}",
+    ),
     _FunctionSpec("ddl_end", "", "event_trigger", "ddl_end", extra=_PINNED_PATH),
     _FunctionSpec("sql_drop", "", "event_trigger", "sql_drop", extra=_PINNED_PATH),
     _FunctionSpec("auto_rebuild", "", "event_trigger", "auto_rebuild", extra=_PINNED_PATH),
@@ -226,13 +233,23 @@ class SqlBuilder:
         "watch_schema",
         "unwatch_table",
     )
-    DURABLE_FUNCTIONS = ("outbox_capture", "outbox_row")
+    DURABLE_FUNCTIONS = ("outbox_capture", "outbox_row", "attach_outbox")
     DDL_FUNCTIONS = ("ddl_end", "sql_drop")
     AUTO_REBUILD_FUNCTIONS = ("auto_rebuild",)
     #: Functions nothing depends on: replaced by DROP + CREATE (their signature may change).
-    HELPER_FUNCTIONS = ("watch_schema", "watch_table", "unwatch_table", "watch_relation", "trigger_specs")
-    #: What PUBLIC may use once auto-rebuild is installed (the table's creator attaches triggers).
-    AUTO_REBUILD_GRANTS = ("notify_row", "outbox_capture", "outbox_row", "trigger_specs")
+    HELPER_FUNCTIONS = (
+        "watch_schema",
+        "watch_table",
+        "unwatch_table",
+        "watch_relation",
+        "trigger_specs",
+        "attach_outbox",
+    )
+    #: What PUBLIC may use once auto-rebuild is installed (the table's creator attaches
+    #: triggers; outbox_row only through attach_outbox).
+    AUTO_REBUILD_GRANTS = ("notify_row", "outbox_capture", "trigger_specs", "attach_outbox")
+    #: SECURITY DEFINER functions, owned by the writer role (superuser installs).
+    WRITER_FUNCTIONS = ("outbox_row", "attach_outbox")
 
     def __init__(self, context: Any, schema: str, channel: str, include_query: bool) -> None:
         self._ctx = context
@@ -285,6 +302,7 @@ class SqlBuilder:
                 sql.SQL(", ").join(sql.Literal(n) for n in names.table_triggers)
             ),
             "own": sql.Literal(self._own_trigger_pattern()),
+            "writer": sql.Literal(names.writer_role),
             "comment_prefix": sql.Literal(COMMENT_PREFIX),
             "key_columns": sql.SQL(_template("key_columns").strip()),
         }

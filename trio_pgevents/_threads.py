@@ -76,9 +76,22 @@ class Handoff:
     def __init__(self, close: Callable[[Any], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._abandoned = False
+        self._running = False  # the thread has begun the call (its socket may be in use)
         self._result: Any = None
         self._fd: int | None = None
         self._close = close
+
+    def begin(self) -> None:
+        """Thread: the call starts now.
+
+        Raises:
+            Abandoned: the caller gave up before the thread got to it: the
+                call must not run (its connection is untouched and usable).
+        """
+        with self._lock:
+            if self._abandoned:
+                raise Abandoned("the caller gave up before the call began")
+            self._running = True
 
     @property
     def abandoned(self) -> bool:
@@ -122,11 +135,11 @@ class Handoff:
             self._close(leaked)
 
     def abandon(self) -> None:
-        """Task: give up. Shuts the attached socket down, closes anything delivered."""
+        """Task: give up. Shuts the attached socket down (if the call began), closes anything delivered."""
         with self._lock:
             self._abandoned = True
             leaked, self._result = self._result, None
-            if self._fd is not None:
+            if self._fd is not None and self._running:
                 # The thread is between attach() and deliver()/detach(): the fd is
                 # still its connection's, so this cannot hit an unrelated socket.
                 shutdown_socket(self._fd)
@@ -182,12 +195,15 @@ async def run_abandonable(
     def work() -> T:
         _local.handoff = handoff
         try:
+            handoff.begin()
             return fn()
         finally:
             _local.handoff = None
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(ended.set)
 
+    # Given up on before anything started: nothing to wait for, nothing to undo.
+    await trio.lowlevel.checkpoint_if_cancelled()
     answered = False  # the thread returned or raised: nothing to abandon
     returned = False  # ...and its result is ours
     result: Any = None

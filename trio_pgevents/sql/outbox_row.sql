@@ -4,37 +4,14 @@
 -- the registry and append to the events table: writers need no privilege on the outbox.
 -- It runs no code a user can define: the row arrives as text from outbox_capture, every
 -- name is schema-qualified (operators too), and it converts no user values. The table it
--- reports comes from the trigger itself, never from the handed-over text, and only tables
--- the registry watches in durable mode get events: attaching this function to a table of
--- one's own writes nothing.
+-- reports comes from the trigger itself, never from the handed-over text. Nobody but the
+-- installer may attach it (no EXECUTE for PUBLIC); auto-rebuild attaches it through
+-- attach_outbox, only to tables the registry watches in durable mode. So it checks nothing
+-- per row: a registry lookup here cost every write ~15% (benchmarks/durable.py).
 DECLARE
-    watch pg_catalog.text;
-    root pg_catalog.oid;
     stash pg_catalog.jsonb;
     note pg_catalog.text;
 BEGIN
-    SELECT w.mode INTO watch FROM {S}.watched w
-     WHERE w.schema_name OPERATOR(pg_catalog.=) TG_TABLE_SCHEMA
-       AND w.table_name OPERATOR(pg_catalog.=) ANY (ARRAY[TG_TABLE_NAME::pg_catalog.text, ''])
-     ORDER BY w.table_name DESC LIMIT 1;
-    IF watch IS NULL THEN
-        -- A partition: its partitioned table's registry entry counts.
-        root := pg_catalog.pg_partition_root(TG_RELID);
-        IF root OPERATOR(pg_catalog.<>) TG_RELID THEN
-            SELECT w.mode INTO watch
-              FROM pg_catalog.pg_class c
-              JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
-              JOIN {S}.watched w ON w.schema_name OPERATOR(pg_catalog.=) n.nspname
-               AND w.table_name OPERATOR(pg_catalog.=) ANY (ARRAY[c.relname::pg_catalog.text, ''])
-             WHERE c.oid OPERATOR(pg_catalog.=) root
-             ORDER BY w.table_name DESC LIMIT 1;
-        END IF;
-    END IF;
-    IF watch IS NULL OR watch OPERATOR(pg_catalog.<>) 'durable' THEN
-        RAISE WARNING 'trio_pgevents: %.% is not watched in durable mode: no outbox event written',
-            TG_TABLE_SCHEMA, TG_TABLE_NAME;
-        RETURN NULL;
-    END IF;
     IF TG_LEVEL OPERATOR(pg_catalog.=) 'ROW' THEN
         stash := CASE WHEN pg_catalog.current_setting({stash}, true) OPERATOR(pg_catalog.=) '' THEN NULL
                       ELSE pg_catalog.current_setting({stash}, true)::pg_catalog.jsonb END;

@@ -14,6 +14,16 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'invalid_parameter_value',
             MESSAGE = format('schema %I is the library schema and cannot be watched', target);
     END IF;
+    IF durable AND EXISTS (SELECT FROM pg_roles WHERE rolname = {writer}) THEN
+        -- Auto-rebuild attaches outbox_row to tables created here later, as the writer
+        -- role: it must be able to name them. (Not permitted: those tables wait for the
+        -- next install(), and status() reports them.)
+        BEGIN
+            EXECUTE format('GRANT USAGE ON SCHEMA %I TO %I', target, {writer});
+        EXCEPTION WHEN insufficient_privilege THEN
+            NULL;
+        END;
+    END IF;
     INSERT INTO {S}.watched AS w (schema_name, table_name, mode, options) VALUES (target, '', want, options)
         ON CONFLICT ON CONSTRAINT watched_pkey DO UPDATE SET mode = EXCLUDED.mode, options = EXCLUDED.options
         WHERE (w.mode, w.options) IS DISTINCT FROM (EXCLUDED.mode, EXCLUDED.options);

@@ -20,6 +20,8 @@ BEGIN
     GRANT USAGE ON SCHEMA {S} TO {role};
     GRANT SELECT ON {S}.watched TO {role};
     GRANT INSERT ON {S}.events TO {role};
+    GRANT EXECUTE ON FUNCTION {S}.trigger_specs(boolean, jsonb) TO {role};
     ALTER FUNCTION {S}.outbox_row() OWNER TO {role};
+    ALTER FUNCTION {S}.attach_outbox(regclass, text) OWNER TO {role};
 END
 {tag_close}
