@@ -34,7 +34,7 @@ from trio_pgevents import (
     open_change_stream,
     set_replica_identity,
 )
-from trio_pgevents._pgoutput import PgOutputDecoder, format_lsn, parse_lsn, widen_xid
+from trio_pgevents._cdc.pgoutput import PgOutputDecoder, format_lsn, parse_lsn, widen_xid
 
 from .conftest import Query, drain, run_sql
 
@@ -100,7 +100,7 @@ async def test_public_names() -> None:
     }
     for name in names:
         obj = getattr(trio_pgevents, name)
-        assert obj.__module__ == "trio_pgevents._cdc", name
+        assert obj.__module__.startswith("trio_pgevents._cdc."), name
         assert obj.__doc__, name
     assert issubclass(ReplicationError, TrioPgEventsError)
 
@@ -529,19 +529,35 @@ async def test_resume_after_acknowledged_transaction(
         await query(f"INSERT INTO {name} VALUES (6, 'f')")
         events = await take(changes, 3)
         assert [e.new_data["id"] for e in events] == [4, 5, 6]
-    # Everything was consumed with auto_ack (the stream closed after moving past
-    # event 5 and while holding event 6): only 6 comes back.
+    # With auto_ack the body ending without an error counts the event it held
+    # (6) as processed, as in every resumable stream: only 7 comes next.
     async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=[name]) as changes:
         await query(f"INSERT INTO {name} VALUES (7, 'g')")
-        events = await take(changes, 2)
-        assert [e.new_data["id"] for e in events] == [6, 7]
+        events = await take(changes, 1)
+        assert [e.new_data["id"] for e in events] == [7]
+
+    # A body that raises leaves the event it held (8) unprocessed: it comes back.
+    async def fail_while_holding_8() -> None:
+        async with open_change_stream(
+            pg_engine, slot=slot, publication=publication, tables=[name]
+        ) as changes:
+            await query(f"INSERT INTO {name} VALUES (8, 'h')")
+            events = await take(changes, 1)
+            assert [e.new_data["id"] for e in events] == [8]
+            raise RuntimeError("handler failed")
+
+    with pytest.raises(RuntimeError, match="handler failed"):
+        await fail_while_holding_8()
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=[name]) as changes:
+        events = await take(changes, 1)
+        assert [e.new_data["id"] for e in events] == [8]
 
 
 async def test_ack_rejects_foreign_events(pg_engine: Engine, table: Any, cdc_names: Any) -> None:
     name = await table()
     slot, publication = cdc_names()
     async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=[name]) as changes:
-        with pytest.raises(ConfigurationError, match="did not come from a change stream"):
+        with pytest.raises(ConfigurationError, match="needs an event read from a change stream"):
             await changes.ack(trio_pgevents.Notification("c", "p", 1, "s"))
 
 

@@ -24,7 +24,7 @@ from trio_pgevents import (
     drop_change_stream,
     open_change_stream,
 )
-from trio_pgevents._pgoutput import parse_lsn
+from trio_pgevents._cdc.pgoutput import parse_lsn
 
 from .conftest import Query, read_with_cancellations, run_sql
 

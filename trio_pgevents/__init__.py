@@ -10,6 +10,7 @@ Every public name is importable from here; the modules are private.
 """
 
 from ._cdc import ChangeStream as ChangeStream
+from ._cdc import ChangeStreamStatistics as ChangeStreamStatistics
 from ._cdc import ChangeStreamStatus as ChangeStreamStatus
 from ._cdc import change_stream_status as change_stream_status
 from ._cdc import drop_change_stream as drop_change_stream
@@ -50,10 +51,11 @@ from ._installer import Installer as Installer
 from ._installer import InstallReport as InstallReport
 from ._installer import InstallStatus as InstallStatus
 from ._installer import TableStatus as TableStatus
-from ._stream import EventStream as EventStream
-from ._stream import SourceStatistics as SourceStatistics
-from ._stream import StreamStatistics as StreamStatistics
-from ._stream import connect_event_stream as connect_event_stream
-from ._stream import open_event_stream as open_event_stream
+from ._listen import EventStream as EventStream
+from ._listen import StreamStatistics as StreamStatistics
+from ._listen import connect_event_stream as connect_event_stream
+from ._listen import open_event_stream as open_event_stream
+from ._options import StreamOptions as StreamOptions
+from ._source import SourceStatistics as SourceStatistics
 
 __version__ = "0.1.0"

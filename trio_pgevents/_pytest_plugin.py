@@ -28,7 +28,7 @@ import trio
 from sqlalchemy.engine import Engine
 
 from ._embedded import EmbeddedPostgres
-from ._stream import EventStream, connect_event_stream
+from ._listen import EventStream, connect_event_stream
 from ._testing import SecretStr, configured_test_dsn, engine_for_url, libpq_dsn, scrub_report
 
 OpenStream = Callable[..., Awaitable[EventStream]]

@@ -63,8 +63,8 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from typing import Any
 
-from ._errors import ReplicationError
-from ._events import Event, RowChange, ServerText
+from .._errors import ReplicationError
+from .._events import Event, RowChange, ServerText
 
 __all__ = ["PgOutputDecoder", "format_lsn", "parse_lsn", "converter_for_type", "widen_xid"]
 

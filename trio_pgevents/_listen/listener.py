@@ -1,4 +1,4 @@
-"""One listening connection: the task that reads it, and its reconnect loop.
+"""One LISTEN connection: the pump of a :class:`~trio_pgevents._source.ReconnectingSource`.
 
 The hot loop is ``wait_readable(fd)`` -> ``conn.poll()`` -> swap out
 ``conn.notifies`` -> one list comprehension -> one buffer put. Everything
@@ -12,55 +12,32 @@ import functools
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
-import sqlalchemy.exc
 import trio
 from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
-from . import _connection as conn_mod
-from ._backoff import Backoff
-from ._buffer import EventBuffer
-from ._consumer import NotifyBatch
-from ._decode import Decoder
-from ._errors import (
-    ConnectError,
-    ConnectionLostError,
-    StreamGapError,
-    TrioPgEventsError,
-)
-from ._events import StreamGap
-from ._options import StreamOptions
-from ._secrets import get_logger, redactor_for
-from ._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket
+from .. import _connection as conn_mod
+from .._buffer import EventBuffer
+from .._consumer import NotifyBatch
+from .._decode import Decoder
+from .._errors import TrioPgEventsError
+from .._options import StreamOptions
+from .._secrets import get_logger, redactor_for
+from .._source import DB_ERRORS, Lost, ReconnectingSource
+from .._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket
 
 __all__ = ["Listener"]
 
 logger = get_logger("trio_pgevents")
 
-#: Failures of one connect attempt that reconnecting may cure (a full pool too).
-_DB_ERRORS = (
-    psycopg2.Error,
-    sqlalchemy.exc.DBAPIError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-    OSError,
-)
 
+class Listener(ReconnectingSource):
+    """Reads one engine's LISTEN connection into the shared buffer, reconnecting on loss."""
 
-class _Lost(Exception):
-    """Internal: the connection is gone (reason in args[0])."""
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-class Listener:
-    """Reads one engine's connection into the shared buffer, reconnecting on loss."""
+    connecting = "connect and LISTEN on"
 
     def __init__(
         self,
@@ -70,11 +47,11 @@ class Listener:
         options: StreamOptions,
         decoders_for: Callable[[], Mapping[str, Decoder] | None],
     ) -> None:
+        super().__init__(
+            conn_mod.describe_source(engine), redactor_for(engine), buffer, options, replayed=False
+        )
         self.engine = engine
-        self.source = conn_mod.describe_source(engine)
         self._channels = channels  # the stream's live set, shared by all listeners
-        self._buffer = buffer
-        self._options = options
         self._decoders_for = decoders_for
         self._proxy: Any = None
         self._command_lock = trio.Lock()
@@ -84,97 +61,20 @@ class Listener:
         self._queue_read_at = -math_inf
         self._listened: list[str] = []  # the channels the current connection LISTENed to
         self._tainted = False  # a thread was abandoned mid-command: do not reuse the connection
-        # Health, for statistics().
-        self.connected = False
-        self.reconnects = 0
-        self.last_event_at: float | None = None
-        self.last_gap: StreamGap | None = None
-        self.queue_usage: float | None = None
-        self.backend_pid: int | None = None
 
-    # ---- lifecycle -------------------------------------------------------
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Connect, LISTEN, report started, then pump until cancelled."""
-        try:
-            try:
-                await self._connect()
-            except _DB_ERRORS as exc:
-                raise ConnectError(
-                    f"could not connect and LISTEN on {self.source}: {self._describe(exc)}"
-                ) from exc
-            await self._sync_channels()
-            task_status.started()
-            while True:
-                try:
-                    await self._pump()
-                except _Lost as lost:
-                    await self._recover(str(lost.args[0]), lost.__cause__)
-        finally:
-            await self._close_connection(broken=self._tainted)
-
-    def _describe(self, exc: BaseException) -> str:
-        """A driver error as one line, without any secret (even if the driver echoed one)."""
-        return redactor_for(self.engine).describe(exc)
-
-    async def _recover(self, reason: str, cause: BaseException | None) -> None:
-        disconnected_at = _utcnow()
-        self.connected = False
-        logger.warning("lost connection to %s: %s", self.source, reason)
-        await self._close_connection(broken=True)
-        if not self._options.reconnect:
-            raise ConnectionLostError(f"lost connection to {self.source}: {reason}") from cause
-        await self._reconnect(reason)
-        gap = StreamGap(self.source, disconnected_at, _utcnow(), reason)
-        self.last_gap = gap
-        self.reconnects += 1
-        logger.warning("reconnected to %s after %.3fs", self.source, gap.duration)
-        if self._options.on_gap == "raise":
-            raise StreamGapError(
-                f"connection to {self.source} was lost for {gap.duration:.3f}s; "
-                "notifications may have been missed",
-                gap,
-            )
-        # The gap goes in before anything the new connection reads, so it is
-        # delivered exactly where it happened.
-        self._buffer.put_control(gap)
+    async def _after_connect(self) -> None:
         await self._sync_channels()
 
-    async def _reconnect(self, reason: str) -> None:
-        options = self._options
-        attempts = Backoff(options.backoff_initial, options.backoff_max).attempts(
-            now=trio.current_time(),
-            max_attempts=options.max_reconnect_attempts,
-            timeout=options.reconnect_timeout,
-        )
-        while True:
-            try:
-                # No attempt outlives reconnect_timeout (a silent server would hold one
-                # for all of connect_timeout).
-                await self._connect(attempts.limit(trio.current_time(), options.connect_timeout))
-                return
-            except _DB_ERRORS as exc:
-                delay = attempts.failed(trio.current_time())
-                if delay is None:
-                    raise ConnectionLostError(
-                        f"lost connection to {self.source} ({reason}) and could not reconnect "
-                        f"after {attempts.failures} attempt(s): {self._describe(exc)}"
-                    ) from exc
-                logger.info(
-                    "reconnect to %s failed (attempt %d): %s",
-                    self.source,
-                    attempts.failures,
-                    self._describe(exc),
-                )
-            await trio.sleep(delay)
+    async def _close(self, *, broken: bool) -> None:
+        await self._close_connection(broken=broken or self._tainted)
 
-    async def _connect(self, limit: float | None = None) -> None:
-        """One attempt: check a connection out and LISTEN, within ``limit`` s (default connect_timeout)."""
+    async def _connect(self, limit: float) -> None:
+        """One attempt: check a connection out and LISTEN, within ``limit`` seconds."""
         self._listened = list(self._channels)
         keepalive = self._options.keepalive
         handoff = Handoff(close=lambda proxy: conn_mod.release(proxy, broken=True))
         channels = self._listened
-        timeout = self._options.connect_timeout if limit is None else limit
+        timeout = limit
 
         def work() -> Any:
             return handoff.deliver(conn_mod.checkout(self.engine, channels, keepalive, handoff, timeout))
@@ -290,14 +190,14 @@ class Listener:
                 # while connected: deliver them before reporting the loss.
                 if conn.notifies:
                     await self._drain(conn)
-                raise _Lost(" ".join(str(exc).split()) or type(exc).__name__) from exc
+                raise Lost(" ".join(str(exc).split()) or type(exc).__name__) from exc
             if conn.notifies:
                 more = True
                 await self._drain(conn)
             else:
                 more = False
                 if conn.closed:
-                    raise _Lost("connection closed")
+                    raise Lost("connection closed")
 
     async def _drain(self, conn: Any) -> None:
         notifies = conn.notifies
@@ -346,7 +246,7 @@ class Listener:
                 return
             if isinstance(result, psycopg2.Error):
                 raise TrioPgEventsError(
-                    f"{statement!r} failed on {self.source}: {self._describe(result)}"
+                    f"{statement!r} failed on {self.source}: {self.describe(result)}"
                 ) from result
             if conn.notifies:
                 await self._drain(conn)
@@ -410,8 +310,8 @@ class Listener:
                     usage = await trio.to_thread.run_sync(
                         conn_mod.queue_usage, self.engine, abandon_on_cancel=True
                     )
-                except _DB_ERRORS as exc:
-                    logger.debug("queue usage of %s not read: %s", self.source, self._describe(exc))
+                except DB_ERRORS as exc:
+                    logger.debug("queue usage of %s not read: %s", self.source, self.describe(exc))
                     continue
                 self._record_queue_usage(usage)
 
@@ -420,11 +320,11 @@ class Listener:
         async with self._exclusive():
             usage = await self._in_thread(conn, _probe_sync, conn)
             if usage is _TIMED_OUT:
-                raise _Lost(
+                raise Lost(
                     f"liveness probe got no answer within probe_timeout={self._options.probe_timeout}s"
                 )
             if isinstance(usage, BaseException):
-                raise _Lost(f"liveness probe failed: {self._describe(usage)}") from usage
+                raise Lost(f"liveness probe failed: {self.describe(usage)}") from usage
             self._record_queue_usage(usage)
             if conn.notifies:
                 await self._drain(conn)

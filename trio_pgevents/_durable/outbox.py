@@ -1,0 +1,173 @@
+"""The outbox from the reader's side: its SQL, and rows turned into events (no I/O).
+
+How reading stays correct when commit order is not id order (PgQ's idea):
+the events table is read in ``(txid, id)`` order and only rows whose
+transaction id is below the reading snapshot's ``xmin`` are read. Every
+transaction below ``xmin`` has finished (committed or rolled back), so no
+row can ever appear *behind* the read position later: a transaction that took
+a low id but commits late has a txid at or above ``xmin`` until it commits,
+and is read then.
+
+Every function, operator and type in this SQL is schema-qualified: the
+reader runs no code another role put on its connection's search_path.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from psycopg2 import sql
+
+from .._decode import SET_ASIDE
+from .._events import Event, Notification, RowChange
+
+__all__ = ["OutboxNotification", "OutboxSql", "Position", "make_event", "position_of", "stored_payload"]
+
+#: A position in the events table: ``(txid, id)``; events after it are unread.
+Position = tuple[int, int]
+
+_new = tuple.__new__
+
+
+class OutboxNotification(Notification):
+    """An outbox row that is not a change event (written by hand, or in another format).
+
+    It keeps its position, so acknowledging it moves the consumer past it;
+    :class:`DurableWorker` moves it to the dead letters rather than skipping it.
+    """
+
+
+def position_of(event: object) -> Position | None:
+    """The outbox position of an event a durable stream delivered (None for others)."""
+    attributes = getattr(event, "__dict__", None)
+    if attributes is None:
+        return None
+    position: Position | None = attributes.get("_position")
+    return position
+
+
+def _typed(key: str, *types: str) -> str:
+    """SQL: the payload's ``key`` is absent or of one of these jsonb types."""
+    kinds = ", ".join(f"'{t}'" for t in (*types, "null"))
+    return (
+        f"coalesce(pg_catalog.jsonb_typeof(r.payload OPERATOR(pg_catalog.->) '{key}'), 'null') "
+        f"OPERATOR(pg_catalog.=) ANY (ARRAY[{kinds}])"
+    )
+
+
+#: SQL: the row is a row event of the trigger's format (kind, table, method, row data). The
+#: server checks it (in C, per row), so the reader parses nothing up front: the payload is
+#: parsed on first field access (the other fields read as their empty values if a row
+#: written by hand gave them the wrong type). The type comes from the top-level "kind" the
+#: trigger wrote, never from row data.
+_ROW_EVENT_CHECK = (
+    "coalesce(pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' "
+    "AND r.payload OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.=) 'row' "
+    "AND pg_catalog.jsonb_typeof(r.payload OPERATOR(pg_catalog.->) 'table_name') "
+    "OPERATOR(pg_catalog.=) 'string' "
+    "AND r.payload OPERATOR(pg_catalog.->>) 'method' OPERATOR(pg_catalog.=) "
+    "ANY (ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AND "
+    + " AND ".join([_typed("old_data", "object"), _typed("new_data", "object")])
+    + ", false)"
+)
+
+
+class OutboxSql:
+    """The statements of one consumer of one library schema (quoted once, reused)."""
+
+    def __init__(self, schema: str) -> None:
+        events = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier("events"))
+        consumers = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier("consumers"))
+        dead = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier("dead_letters"))
+        #: Params: last txid (text), last id, most rows, byte budget.
+        self.read = sql.SQL(
+            # xid8 is read as text (psycopg2 has no type for it). The payload comes as
+            # text with "id" and "txid" added. At most %s rows, and no more bytes than
+            # the read budget (counted as stored, without reading the values: always at
+            # least one row), so a few huge rows cannot fill the process's memory. "upto"
+            # (bytes up to and with the row) tells a batch the budget cut from the end.
+            "SELECT r.id, r.txid::pg_catalog.text, r.channel, "
+            "((CASE WHEN pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' THEN r.payload "
+            "ELSE pg_catalog.jsonb_build_object('value', r.payload) END) OPERATOR(pg_catalog.||) "
+            "pg_catalog.jsonb_build_object('id', r.id, 'txid', "
+            "r.txid::pg_catalog.text::pg_catalog.numeric))::pg_catalog.text, r.upto, "
+            + _ROW_EVENT_CHECK
+            + " "
+            # The LIMIT is innermost: a window function of the same level would see every
+            # unread row (a sort of the whole backlog per read).
+            "FROM (SELECT l.*, pg_catalog.sum(pg_catalog.pg_column_size(l.payload)) "
+            "OVER (ORDER BY l.txid, l.id ROWS UNBOUNDED PRECEDING) AS upto "
+            "FROM (SELECT e.id, e.txid, e.channel, e.payload FROM {events} AS e "
+            "WHERE (e.txid, e.id) OPERATOR(pg_catalog.>) (%s::pg_catalog.xid8, %s::pg_catalog.int8) "
+            "AND e.txid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) "
+            "ORDER BY e.txid, e.id LIMIT %s) AS l) AS r "
+            "WHERE r.upto OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(r.payload) "
+            "OPERATOR(pg_catalog.<) %s::pg_catalog.int8 "
+            "ORDER BY r.txid, r.id"
+        ).format(events=events)
+        #: Params: txid (text), id, consumer, txid, id. Never moves a position backwards.
+        self.store = sql.SQL(
+            "UPDATE {} SET last_txid = %s::pg_catalog.xid8, last_id = %s, updated_at = pg_catalog.now() "
+            "WHERE name OPERATOR(pg_catalog.=) %s::pg_catalog.text "
+            "AND (last_txid, last_id) OPERATOR(pg_catalog.<) (%s::pg_catalog.xid8, %s::pg_catalog.int8)"
+        ).format(consumers)
+        #: Params: consumer, txid (text), id.
+        self.register = sql.SQL(
+            "INSERT INTO {} (name, last_txid, last_id) VALUES (%s, %s::pg_catalog.xid8, %s) "
+            "ON CONFLICT (name) DO NOTHING"
+        ).format(consumers)
+        #: Params: consumer.
+        self.position = sql.SQL(
+            "SELECT last_txid::pg_catalog.text, last_id FROM {} "
+            "WHERE name OPERATOR(pg_catalog.=) %s::pg_catalog.text"
+        ).format(consumers)
+        #: No params: the oldest transaction still running (where "latest" starts).
+        self.xmin = sql.SQL(
+            "SELECT pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())::pg_catalog.text"
+        )
+        #: Params: consumer, event id, txid (text), channel, payload (JSON text), error, attempts.
+        self.dead_letter = sql.SQL(
+            "INSERT INTO {} (consumer, event_id, txid, channel, payload, error, attempts) "
+            "VALUES (%s, %s, %s::pg_catalog.xid8, %s, %s::pg_catalog.jsonb, %s, %s) "
+            "ON CONFLICT (consumer, event_id) DO UPDATE SET error = EXCLUDED.error, "
+            "attempts = EXCLUDED.attempts, failed_at = pg_catalog.now()"
+        ).format(dead)
+        #: Params: most rows. Deletes what every registered consumer has passed.
+        self.delete_acknowledged = sql.SQL(
+            "WITH slowest AS (SELECT c.last_txid, c.last_id FROM {consumers} c "
+            "ORDER BY c.last_txid, c.last_id LIMIT 1), "
+            "doomed AS (SELECT e.id FROM {events} e, slowest s "
+            "WHERE (e.txid, e.id) OPERATOR(pg_catalog.<=) (s.last_txid, s.last_id) "
+            "ORDER BY e.txid, e.id LIMIT %s) "
+            "DELETE FROM {events} e USING doomed WHERE e.id OPERATOR(pg_catalog.=) doomed.id"
+        ).format(consumers=consumers, events=events)
+
+
+def make_event(row: tuple[Any, ...], source: str) -> Event:
+    """The event of one row read by :attr:`OutboxSql.read` (its position attached)."""
+    event_id, txid_text, channel, payload, _, is_row_event = row
+    event: Event
+    if is_row_event:
+        event = _new(RowChange, (channel, payload, 0, source))
+    else:
+        # A row written by hand, or another format: set aside (and logged, at a limited
+        # rate), never mistaken for a change. It keeps its position: acknowledged like any
+        # event, moved to the dead letters by DurableWorker.
+        SET_ASIDE.note(channel, payload, "an outbox row that is not a row event of the trigger's format")
+        event = _new(OutboxNotification, (channel, payload, 0, source))
+    # Known without parsing the payload: acknowledging needs it for every event.
+    event.__dict__["_position"] = (int(txid_text), event_id)
+    return event
+
+
+def stored_payload(text: str) -> str:
+    """The payload as the outbox stored it: the reader's text without the ``id``/``txid`` it added."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return json.dumps({"unparsed_payload": text})
+    if isinstance(data, dict):
+        data.pop("id", None)
+        data.pop("txid", None)
+    return json.dumps(data)
