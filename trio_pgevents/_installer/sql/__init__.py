@@ -1,11 +1,11 @@
-"""The SQL the installer runs: definitions rendered from ``sql/*.sql``, and their hashes.
+"""The SQL the installer runs: definitions rendered from ``*.sql`` beside this module, and their hashes.
 
 Every object the installer creates carries ``trio_pgevents <hash>`` in its
 ``COMMENT``, where the hash is the SHA-256 of the object's rendered
 definition. ``status()`` compares comments with what this module would build
 now: a different comment means OUTDATED (an upgrade changed the SQL).
 
-The bodies of the functions live in ``trio_pgevents/sql/`` as readable SQL
+The bodies of the functions live in ``trio_pgevents/_installer/sql/`` as readable SQL
 with ``{placeholders}``; they are rendered with ``psycopg2.sql``, so the
 schema name is always a quoted identifier and every value a quoted literal
 (nothing user-supplied is formatted into SQL by hand). Rendering needs a live
@@ -38,7 +38,7 @@ from typing import Any
 
 from psycopg2 import sql
 
-from ._errors import ConfigurationError
+from ..._errors import ConfigurationError
 
 __all__ = [
     "COMMENT_PREFIX",
@@ -78,7 +78,7 @@ def comment_for(definition: str) -> str:
 
 @cache
 def _template(name: str) -> str:
-    return resources.files("trio_pgevents").joinpath("sql", f"{name}.sql").read_text(encoding="utf-8")
+    return resources.files("trio_pgevents._installer.sql").joinpath(f"{name}.sql").read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True)

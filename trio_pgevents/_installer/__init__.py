@@ -38,19 +38,19 @@ from typing import Any, Concatenate, Literal, ParamSpec, TypeVar
 import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
-from psycopg2 import sql
+from psycopg2 import sql as pgsql  # not "sql": that is the subpackage .sql
 from sqlalchemy.engine import Engine
 
-from . import _cdc
-from . import _connection as conn_mod
-from ._cdc import DEFAULT_LAG_WARNING_BYTES, ChangeStreamStatus
-from ._connection import as_engine, describe_source, validate_channel
-from ._errors import ConfigurationError, InstallError, InsufficientPrivilegeError
-from ._installer_sql import OBSOLETE_FUNCTIONS, PAYLOAD_MODES, Definition, SqlBuilder
-from ._names import MAX_IDENTIFIER_BYTES, check_identifier
-from ._options import DEFAULT_CONNECT_TIMEOUT
-from ._secrets import describe_error, redactor_for
-from ._threads import run_abandonable, thread_handoff
+from .. import _cdc
+from .. import _connection as conn_mod
+from .._cdc import DEFAULT_LAG_WARNING_BYTES, ChangeStreamStatus
+from .._connection import as_engine, describe_source, validate_channel
+from .._errors import ConfigurationError, InstallError, InsufficientPrivilegeError
+from .._names import MAX_IDENTIFIER_BYTES, check_identifier
+from .._options import DEFAULT_CONNECT_TIMEOUT
+from .._secrets import describe_error, redactor_for
+from .._threads import run_abandonable, thread_handoff
+from .sql import OBSOLETE_FUNCTIONS, PAYLOAD_MODES, Definition, SqlBuilder
 
 __all__ = [
     "ActionKind",
@@ -546,7 +546,7 @@ class Installer:
     def _refresh_watched(self, cur: _Cursor, b: SqlBuilder) -> list[InstallAction]:
         """Bring every watched table's triggers up to date (what an upgrade needs)."""
         cur.execute(
-            sql.SQL(
+            pgsql.SQL(
                 """SELECT w.schema_name, w.table_name, w.mode, w.options::text,
                           EXISTS (SELECT FROM pg_catalog.pg_namespace n WHERE n.nspname = w.schema_name),
                           EXISTS (SELECT FROM pg_catalog.pg_class c
@@ -903,7 +903,7 @@ class Installer:
         if "watched" in state.tables:
             # to_jsonb(w): works before the registry's upgrade too (0.1.0 had no options).
             cur.execute(
-                sql.SQL(
+                pgsql.SQL(
                     "SELECT w.schema_name, w.table_name, w.mode, "
                     "coalesce((pg_catalog.to_jsonb(w) -> 'options')::text, '{{}}') FROM {S}.watched w"
                 )
@@ -1011,8 +1011,8 @@ class Installer:
                 continue
             if t.reason == "the table no longer exists":
                 statement = b.render(
-                    sql.SQL("DELETE FROM {S}.watched WHERE schema_name = {s} AND table_name = {t}").format(
-                        S=b.S, s=sql.Literal(t.schema), t=sql.Literal(t.table)
+                    pgsql.SQL("DELETE FROM {S}.watched WHERE schema_name = {s} AND table_name = {t}").format(
+                        S=b.S, s=pgsql.Literal(t.schema), t=pgsql.Literal(t.table)
                     )
                 )
                 plan.append((InstallAction("watch", f"{t.schema}.{t.table}", "removed", t.reason), statement))
@@ -1198,14 +1198,15 @@ class Installer:
         if publication is not None:
             _cdc._check_identifier("publication", publication)
         statements = [
-            sql.SQL(
+            pgsql.SQL(
                 "SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots "
                 "WHERE slot_name = {} AND slot_type = 'logical' AND plugin = 'pgoutput' "
                 "AND database = current_database()"
-            ).format(sql.Literal(slot))
+            ).format(pgsql.Literal(slot))
         ]
         if publication is not None:
-            statements.append(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
+            drop = pgsql.SQL("DROP PUBLICATION IF EXISTS {}").format(pgsql.Identifier(publication))
+            statements.append(drop)
         return self._run(
             "building SQL",
             lambda cur, b: "".join(s.as_string(cur) + ";\n" for s in statements),
@@ -1218,8 +1219,8 @@ class Installer:
         cur.execute(
             "SELECT pg_catalog.to_regclass(%s) IS NOT NULL AND pg_catalog.to_regclass(%s) IS NOT NULL",
             (
-                sql.SQL("{}.events").format(sql.Identifier(self.schema)).as_string(cur),
-                sql.SQL("{}.consumers").format(sql.Identifier(self.schema)).as_string(cur),
+                pgsql.SQL("{}.events").format(pgsql.Identifier(self.schema)).as_string(cur),
+                pgsql.SQL("{}.consumers").format(pgsql.Identifier(self.schema)).as_string(cur),
             ),
         )
         row = cur.fetchone()
@@ -1243,7 +1244,7 @@ class Installer:
             if not self._durable_exists(cur):
                 return 0
             cur.execute(
-                sql.SQL(
+                pgsql.SQL(
                     """WITH slowest AS (
                            SELECT last_txid, last_id FROM {S}.consumers ORDER BY last_txid, last_id LIMIT 1),
                        doomed AS (
@@ -1270,7 +1271,7 @@ class Installer:
             if not self._durable_exists(cur):
                 return []
             cur.execute(
-                sql.SQL(
+                pgsql.SQL(
                     """SELECT c.name, c.last_txid::text, c.last_id, c.created_at, c.updated_at,
                               (SELECT count(*) FROM {S}.events e
                                 WHERE (e.txid, e.id) > (c.last_txid, c.last_id))
@@ -1293,7 +1294,7 @@ class Installer:
         def work(cur: _Cursor, b: SqlBuilder) -> bool:
             if not self._durable_exists(cur):
                 return False
-            cur.execute(sql.SQL("DELETE FROM {S}.consumers WHERE name = %s").format(S=b.S), (name,))
+            cur.execute(pgsql.SQL("DELETE FROM {S}.consumers WHERE name = %s").format(S=b.S), (name,))
             return bool(cur.rowcount)
 
         return self._run("drop_consumer", work, lock=False)
