@@ -1,6 +1,7 @@
 """The installer package's shape: AsyncInstaller mirrors Installer, and imports flow one way.
 
-No database needed: these read classes and source files.
+These read classes and source files; the last one renders SQL (a connection
+quotes it) and changes nothing in the database.
 """
 
 from __future__ import annotations
@@ -94,3 +95,14 @@ def test_installer_imports_only_core_modules(path: Path) -> None:
             assert module == "trio_pgevents._cdc", f"{path.name} imports {module}"
             assert names, f"{path.name}: import names from _cdc, not the module"
             assert names <= _CDC_NAMES, f"{path.name} imports {names - _CDC_NAMES} from _cdc"
+
+
+@pytest.mark.parametrize("schema", ["a{b}", "a{{b", "a{}", "{0}"])
+def test_privileges_name_the_library_schema_whatever_braces_it_has(pg_url: str, schema: str) -> None:
+    # The grants were once pasted into the DO block's template before it was formatted:
+    # "a{b}" failed, "a{{b" granted EXECUTE on another schema's functions ("a{b").
+    script = Installer(pg_url, schema=schema).install_sql(auto_rebuild=True, durable=True)
+    quoted = '"' + schema + '"'
+    grants = [line for line in script.split(";") if "GRANT EXECUTE" in line and "TO PUBLIC" in line]
+    assert len(grants) == 4
+    assert all(f"ON FUNCTION {quoted}." in grant for grant in grants), grants

@@ -75,7 +75,9 @@ class SqlBuilder(FunctionSql):
         base = "; ".join(grant(n) for n in self.AUTO_REBUILD_GRANTS if n not in self.DURABLE_FUNCTIONS)
         durable = "; ".join(grant(n) for n in self.AUTO_REBUILD_GRANTS if n in self.DURABLE_FUNCTIONS)
         return self._do(
-            _PRIVILEGES.replace("{base_grants}", base).replace("{durable_grants}", durable),
+            _PRIVILEGES,
+            base_grants=sql.SQL(base),
+            durable_grants=sql.SQL(durable),
             auto=sql.Literal(self.names.auto_rebuild_trigger),
             outbox=sql.Literal(self.render(sql.SQL("{}.outbox_row()").format(self.S))),
         )
