@@ -131,11 +131,7 @@ class Definition:
 class Renderer:
     """Quotes SQL for one (schema, channel, include_query) with a connection's rules.
 
-    Args:
-        context: a psycopg2 connection or cursor (used only for quoting).
-        schema: the library schema.
-        channel: the NOTIFY channel.
-        include_query: put ``current_query()`` into row payloads.
+    The arguments are :class:`~.builder.SqlBuilder`'s.
     """
 
     def __init__(self, context: Any, schema: str, channel: str, include_query: bool) -> None:
