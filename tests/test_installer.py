@@ -32,7 +32,7 @@ from trio_pgevents import (
     decode_trigger_payload,
     open_event_stream,
 )
-from trio_pgevents._installer_sql import NOTIFY_MAX_BYTES, object_names
+from trio_pgevents._installer.sql import NOTIFY_MAX_BYTES, object_names
 
 from .conftest import run_sql
 

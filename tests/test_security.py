@@ -38,7 +38,7 @@ from trio_pgevents import (
     open_durable_stream,
     open_event_stream,
 )
-from trio_pgevents._installer_sql import object_names
+from trio_pgevents._installer.sql import object_names
 
 from .conftest import run_sql
 
