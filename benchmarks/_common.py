@@ -35,7 +35,7 @@ import psycopg2.extensions
 import sqlalchemy
 from psycopg2 import sql
 
-from trio_pgevents import EmbeddedPostgres
+from trio_pgevents.testing import EmbeddedPostgres
 
 __all__ = [
     "BenchContext",
@@ -301,9 +301,9 @@ def pgbench_tps(
 
     The TPS is pgbench's figure without the initial connection time.
     """
-    from trio_pgevents._embedded import _bin_dir
+    from trio_pgevents.testing import postgres_bin_dir
 
-    command = [str(_bin_dir() / "pgbench"), "-n", "-c", str(clients), "-j", str(threads)]
+    command = [str(postgres_bin_dir() / "pgbench"), "-n", "-c", str(clients), "-j", str(threads)]
     command += ["-T", str(seconds), "-f", str(script), uri]
     pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
     result = subprocess.run(

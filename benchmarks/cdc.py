@@ -45,7 +45,7 @@ import trio
 from sqlalchemy.pool import NullPool
 
 from trio_pgevents import ChangeStream, RowChange, drop_change_stream, open_change_stream
-from trio_pgevents._embedded import _bin_dir
+from trio_pgevents.testing import postgres_bin_dir
 
 from ._common import BenchContext, Result, Server, median, open_server, pgbench_tps, unique_name, with_ratio
 
@@ -137,7 +137,7 @@ def _recvlogical_run(
     trio.run(create)
     report: dict[str, Any] = {}
     command = [
-        str(_bin_dir() / "pg_recvlogical"),
+        str(postgres_bin_dir() / "pg_recvlogical"),
         "--dbname",
         server.uri,
         "--slot",

@@ -32,7 +32,8 @@ import trio
 
 from tests.tcp_proxy import TcpProxy
 from tests.test_reliability import FaultFigures, NumberedRun, terminate_backend
-from trio_pgevents import EmbeddedPostgres, open_event_stream
+from trio_pgevents import open_event_stream
+from trio_pgevents.testing import EmbeddedPostgres
 
 
 def _summary(values: Sequence[float]) -> str:

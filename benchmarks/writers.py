@@ -66,9 +66,9 @@ MODES = ["no trigger", "pg_events-style trigger", "trio_pgevents notify mode", "
 
 def _pgbench() -> str | None:
     try:
-        from trio_pgevents._embedded import _bin_dir
+        from trio_pgevents.testing import postgres_bin_dir
 
-        candidate = _bin_dir() / "pgbench"
+        candidate = postgres_bin_dir() / "pgbench"
         if candidate.exists():
             return str(candidate)
     except Exception:

@@ -14,7 +14,8 @@ import sys
 import psycopg2
 import trio
 
-from trio_pgevents import EmbeddedPostgres, open_event_stream
+from trio_pgevents import open_event_stream
+from trio_pgevents.testing import EmbeddedPostgres
 
 
 async def send_some(dsn: str, count: int) -> None:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import psycopg2
 import pytest
 import trio
+from sqlalchemy.engine import Engine
 
-from trio_pgevents import Event
+from trio_pgevents import Event, Installer, drop_change_stream
 from trio_pgevents._consumer import BufferedStream
 
 Query = Callable[..., Awaitable[list[tuple[Any, ...]]]]
+#: A change stream's (slot, publication).
+Names = tuple[str, str]
 
 _counter = itertools.count()
 
@@ -28,6 +31,19 @@ async def drain(stream: BufferedStream, count: int, timeout: float) -> int:
             if received >= count:
                 break
     return received
+
+
+async def take(
+    stream: BufferedStream, count: int, timeout: float = 30, *, only: type | tuple[type, ...] = object
+) -> list[Any]:
+    """The next ``count`` events (of the types ``only``; others are passed over), within ``timeout`` s."""
+    events: list[Any] = []
+    with trio.fail_after(timeout):
+        while len(events) < count:
+            event = await stream.receive()
+            if isinstance(event, only):
+                events.append(event)
+    return events
 
 
 async def read_with_cancellations(stream: BufferedStream, count: int, timeout: float) -> list[Event]:
@@ -88,3 +104,39 @@ def query(pg_dsn: str) -> Query:
         return await trio.to_thread.run_sync(run_sql, pg_dsn, statement, params)
 
     return run
+
+
+@pytest.fixture
+async def cdc_names(pg_engine: Engine, unique: Callable[[str], str]) -> AsyncIterator[Callable[..., Names]]:
+    """``slot, publication = cdc_names(suffix="")``; every one made is dropped at teardown.
+
+    Dropped through ``pg_engine`` (not through a test's proxy): a forgotten
+    slot holds WAL forever, so none is left behind.
+    """
+    made: list[Names] = []
+
+    def make(suffix: str = "") -> Names:
+        names = (unique("cdc_slot"), unique("cdc_pub") + suffix)
+        made.append(names)
+        return names
+
+    yield make
+    for slot, publication in made:
+        await trio.to_thread.run_sync(drop_change_stream, pg_engine, slot, publication)
+
+
+@pytest.fixture
+def make_installer(pg_url: str, unique: Callable[[str], str]) -> Iterator[Callable[..., Installer]]:
+    """``make_installer(**kw)``: an Installer on its own schema and channel, uninstalled at teardown."""
+    made: list[Installer] = []
+
+    def make(**kwargs: Any) -> Installer:
+        kwargs.setdefault("schema", unique("pgev"))
+        kwargs.setdefault("channel", unique("ch"))
+        installer = Installer(kwargs.pop("engine", pg_url), **kwargs)
+        made.append(installer)
+        return installer
+
+    yield make
+    for installer in made:
+        installer.uninstall()

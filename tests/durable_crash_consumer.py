@@ -24,7 +24,7 @@ import trio
 from psycopg2 import sql
 
 from trio_pgevents import DurableStream, RowChange, open_durable_stream
-from trio_pgevents._testing import libpq_dsn
+from trio_pgevents.testing._database import libpq_dsn
 
 
 async def by_file(url: str, schema: str, channel: str, consumer: str, output: str) -> None:

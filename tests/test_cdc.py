@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from pathlib import Path
@@ -22,9 +22,7 @@ from sqlalchemy.pool import NullPool
 
 import trio_pgevents
 from trio_pgevents import (
-    ChangeStream,
     ConfigurationError,
-    EmbeddedPostgres,
     ReplicationError,
     RowChange,
     StreamGap,
@@ -35,26 +33,9 @@ from trio_pgevents import (
     set_replica_identity,
 )
 from trio_pgevents._cdc.pgoutput import PgOutputDecoder, format_lsn, parse_lsn, widen_xid
+from trio_pgevents.testing import EmbeddedPostgres
 
-from .conftest import Query, drain, run_sql
-
-Names = tuple[str, str]
-
-
-@pytest.fixture
-async def cdc_names(pg_engine: Engine, unique: Callable[[str], str]) -> AsyncIterator[Callable[[], Names]]:
-    """``slot, publication = cdc_names()``; every slot/publication made is dropped at teardown."""
-    made: list[Names] = []
-
-    def make() -> Names:
-        names = (unique("cdc_slot"), unique("cdc_pub"))
-        made.append(names)
-        return names
-
-    yield make
-    for slot, publication in made:
-        # A forgotten slot holds WAL forever: never leave one behind.
-        await trio.to_thread.run_sync(drop_change_stream, pg_engine, slot, publication)
+from .conftest import Query, drain, run_sql, take
 
 
 @pytest.fixture
@@ -67,17 +48,6 @@ def table(query: Query, unique: Callable[[str], str]) -> Callable[..., Any]:
         return name
 
     return make
-
-
-async def take(stream: ChangeStream, count: int, timeout: float = 30) -> list[Any]:
-    """The next ``count`` events, under a deadline."""
-    events: list[Any] = []
-    with trio.fail_after(timeout):
-        async for event in stream:
-            events.append(event)
-            if len(events) == count:
-                break
-    return events
 
 
 def summary(events: list[Any]) -> list[tuple[Any, ...]]:

@@ -10,7 +10,7 @@ meets.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +23,6 @@ from trio_pgevents import (
     ConnectError,
     ConnectionLostError,
     RowChange,
-    drop_change_stream,
     open_change_stream,
 )
 
@@ -32,23 +31,6 @@ from .tcp_proxy import TcpProxy
 
 #: What a busy machine may add to a bound (scheduling, thread start, a query).
 MARGIN = 2.0
-
-Names = tuple[str, str]
-
-
-@pytest.fixture
-async def cdc_names(pg_engine: Engine, unique: Callable[[str], str]) -> AsyncIterator[Callable[[], Names]]:
-    """``slot, publication = cdc_names()``; all dropped at teardown (directly, not via the proxy)."""
-    made: list[Names] = []
-
-    def make() -> Names:
-        names = (unique("cdcf_slot"), unique("cdcf_pub"))
-        made.append(names)
-        return names
-
-    yield make
-    for slot, publication in made:
-        await trio.to_thread.run_sync(drop_change_stream, pg_engine, slot, publication)
 
 
 @pytest.fixture

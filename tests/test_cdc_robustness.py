@@ -6,7 +6,7 @@ slot and publication a test makes is dropped at teardown.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg2
@@ -17,7 +17,6 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
 from trio_pgevents import (
-    ChangeStream,
     RowChange,
     ServerText,
     change_stream_status,
@@ -26,36 +25,7 @@ from trio_pgevents import (
 )
 from trio_pgevents._cdc.pgoutput import parse_lsn
 
-from .conftest import Query, read_with_cancellations, run_sql
-
-Names = tuple[str, str]
-
-
-@pytest.fixture
-async def cdc_names(pg_engine: Engine, unique: Callable[[str], str]) -> AsyncIterator[Callable[..., Names]]:
-    """``slot, publication = cdc_names(suffix="")``; all dropped at teardown."""
-    made: list[Names] = []
-
-    def make(suffix: str = "") -> Names:
-        names = (unique("cdcr_slot"), unique("cdcr_pub") + suffix)
-        made.append(names)
-        return names
-
-    yield make
-    for slot, publication in made:
-        await trio.to_thread.run_sync(drop_change_stream, pg_engine, slot, publication)
-
-
-async def take(stream: ChangeStream, count: int, timeout: float = 30) -> list[Any]:
-    """The next ``count`` events, under a deadline."""
-    events: list[Any] = []
-    with trio.fail_after(timeout):
-        async for event in stream:
-            events.append(event)
-            if len(events) == count:
-                break
-    return events
-
+from .conftest import Query, read_with_cancellations, run_sql, take
 
 # ---------------------------------------------------------------------------
 # 1. one bad value does not stop the stream

@@ -25,8 +25,9 @@ import trio
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from trio_pgevents import ChangeStream, EmbeddedPostgres, RowChange, StreamGap, open_change_stream
+from trio_pgevents import ChangeStream, RowChange, StreamGap, open_change_stream
 from trio_pgevents._cdc.pgoutput import parse_lsn
+from trio_pgevents.testing import EmbeddedPostgres
 
 from .conftest import run_sql
 

@@ -35,6 +35,7 @@ from trio_pgevents import (
 )
 
 from .conftest import Query, read_with_cancellations, run_sql
+from .conftest import take as take_events
 
 
 @dataclass
@@ -92,13 +93,7 @@ def outbox(pg_url: str, pg_dsn: str, unique: Callable[[str], str]) -> Iterator[O
 
 async def take(stream: DurableStream, count: int, timeout: float = 20) -> list[Any]:
     """The next ``count`` data events (control events are collected separately by callers)."""
-    events: list[Any] = []
-    with trio.fail_after(timeout):
-        while len(events) < count:
-            event = await stream.receive()
-            if isinstance(event, RowChange):
-                events.append(event)
-    return events
+    return await take_events(stream, count, timeout, only=RowChange)
 
 
 def ns(events: list[Any]) -> list[int]:
@@ -166,7 +161,7 @@ async def test_out_of_order_commit_is_not_skipped(outbox: Outbox) -> None:
             # The wake-up of T2's commit made the reader look (and look again):
             # it must not deliver T2 while T1, which is below it, is still open.
             await wait_for(lambda: events.statistics().reads >= reads_before + 2)
-            assert events.statistics().events_read == 0
+            assert events.statistics().events_received == 0
             with pytest.raises(trio.WouldBlock):
                 events.receive_nowait()
             await trio.to_thread.run_sync(first.commit)
@@ -896,10 +891,10 @@ async def test_read_ahead_is_bounded_in_bytes(outbox: Outbox, query: Query) -> N
         # Wait until the reader stops (the buffer is full), then look.
         last = -1
         with trio.fail_after(30):
-            while (now := events.statistics().events_read) != last:
+            while (now := events.statistics().events_received) != last:
                 last = now
                 await trio.sleep(0.5)  # the reader reads many MB per 0.5 s while it can
         stats = events.statistics()
-        assert stats.events_read < 100  # it did stop
+        assert stats.events_received < 100  # it did stop
         # The buffer's bound, plus the read that filled it (a quarter of the bound, one row more).
         assert stats.buffered_bytes <= limit + limit // 4 + (2 << 20)

@@ -96,24 +96,6 @@ class Listen:
 
 
 @pytest.fixture
-def make_installer(pg_url: str, unique: Unique) -> Iterator[Callable[..., Installer]]:
-    """make_installer(**kw) -> an Installer on its own schema/channel, uninstalled at teardown."""
-    made: list[Installer] = []
-
-    def make(**kwargs: Any) -> Installer:
-        kwargs.setdefault("schema", unique("pgev"))
-        kwargs.setdefault("channel", unique("ch"))
-        engine = kwargs.pop("engine", pg_url)
-        installer = Installer(engine, **kwargs)
-        made.append(installer)
-        return installer
-
-    yield make
-    for installer in made:
-        installer.uninstall()
-
-
-@pytest.fixture
 def schema(pg_dsn: str, unique: Unique) -> Iterator[str]:
     """A fresh user schema for the test's tables, dropped at teardown."""
     name = unique("app")

@@ -48,7 +48,6 @@ from sqlalchemy.pool import NullPool
 from trio_pgevents import (
     ConnectError,
     ConnectionLostError,
-    EmbeddedPostgres,
     EventStream,
     Notification,
     Overflow,
@@ -58,6 +57,7 @@ from trio_pgevents import (
     TrioPgEventsError,
     open_event_stream,
 )
+from trio_pgevents.testing import EmbeddedPostgres
 
 from .tcp_proxy import TcpProxy
 

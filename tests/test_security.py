@@ -87,23 +87,6 @@ def make_role(pg_dsn: str, unique: Unique) -> Iterator[Callable[..., str]]:
 
 
 @pytest.fixture
-def make_installer(pg_url: str, unique: Unique) -> Iterator[Callable[..., Installer]]:
-    """make_installer(**kw) -> an Installer (superuser) on its own schema/channel, uninstalled after."""
-    made: list[Installer] = []
-
-    def make(**kwargs: Any) -> Installer:
-        kwargs.setdefault("schema", unique("sec"))
-        kwargs.setdefault("channel", unique("secch"))
-        installer = Installer(kwargs.pop("engine", pg_url), **kwargs)
-        made.append(installer)
-        return installer
-
-    yield make
-    for installer in made:
-        installer.uninstall()
-
-
-@pytest.fixture
 def app_schema(pg_dsn: str, unique: Unique) -> Iterator[str]:
     name = unique("secapp")
     run_sql(pg_dsn, f"CREATE SCHEMA {ident(name)}")

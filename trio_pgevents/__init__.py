@@ -6,8 +6,12 @@
         async for event in events:
             ...
 
-Every public name is importable from here; the modules are private.
+Every public name is importable from here (``__all__``); the modules are
+private. Test helpers (the embedded server, the pytest plugin) are in
+:mod:`trio_pgevents.testing`.
 """
+
+from typing import TYPE_CHECKING
 
 from ._cdc import ChangeStream as ChangeStream
 from ._cdc import ChangeStreamStatistics as ChangeStreamStatistics
@@ -24,7 +28,6 @@ from ._durable import DurableWorker as DurableWorker
 from ._durable import DurableWorkerStatistics as DurableWorkerStatistics
 from ._durable import OutboxNotification as OutboxNotification
 from ._durable import open_durable_stream as open_durable_stream
-from ._embedded import EmbeddedPostgres as EmbeddedPostgres
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import ConnectError as ConnectError
 from ._errors import ConnectionLostError as ConnectionLostError
@@ -59,3 +62,71 @@ from ._options import StreamOptions as StreamOptions
 from ._source import SourceStatistics as SourceStatistics
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "AsyncInstaller",
+    "ChangeStream",
+    "ChangeStreamStatistics",
+    "ChangeStreamStatus",
+    "ConfigurationError",
+    "ConnectError",
+    "ConnectionLostError",
+    "ConsumerInfo",
+    "DurableStatistics",
+    "DurableStream",
+    "DurableWorker",
+    "DurableWorkerStatistics",
+    "Event",
+    "EventStream",
+    "InstallAction",
+    "InstallError",
+    "InstallReport",
+    "InstallStatus",
+    "Installer",
+    "InsufficientPrivilegeError",
+    "InvalidChannelError",
+    "KeepaliveSettings",
+    "Notification",
+    "OutboxNotification",
+    "Overflow",
+    "PayloadError",
+    "ReplicationError",
+    "RowChange",
+    "SchemaChange",
+    "ServerText",
+    "SourceStatistics",
+    "StreamClosedError",
+    "StreamGap",
+    "StreamGapError",
+    "StreamOptions",
+    "StreamOverflowError",
+    "StreamStatistics",
+    "TableStatus",
+    "TrioPgEventsError",
+    "change_stream_status",
+    "connect_event_stream",
+    "decode_trigger_payload",
+    "drop_change_stream",
+    "open_change_stream",
+    "open_durable_stream",
+    "open_event_stream",
+    "set_replica_identity",
+]
+
+
+if not TYPE_CHECKING:  # type checkers see no module __getattr__: a mistyped name stays an error
+
+    def __getattr__(name: str) -> object:
+        # Moved names still import, with a warning (PEP 562).
+        if name == "EmbeddedPostgres":
+            import warnings
+
+            from .testing import EmbeddedPostgres
+
+            warnings.warn(
+                "trio_pgevents.EmbeddedPostgres moved: import it from trio_pgevents.testing",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return EmbeddedPostgres
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

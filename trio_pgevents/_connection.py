@@ -13,6 +13,7 @@ import socket
 import threading
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
@@ -220,21 +221,27 @@ def discard(proxy: Any) -> None:
         proxy.invalidate()
 
 
+@dataclass(frozen=True)
 class KeepaliveSettings:
-    """TCP keepalive and user-timeout settings applied to a listening socket."""
+    """TCP keepalive and user-timeout settings of a stream's connections.
 
-    def __init__(self, idle: float = 10.0, interval: float = 5.0, count: int = 3) -> None:
-        for name, value in (("idle", idle), ("interval", interval)):
+    Args:
+        idle: seconds of silence before the first keepalive probe.
+        interval: seconds between probes.
+        count: unanswered probes after which the connection is dead.
+    """
+
+    idle: float = 10.0
+    interval: float = 5.0
+    count: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("idle", "interval"):
+            value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
                 raise ConfigurationError(f"KeepaliveSettings {name} must be a positive number, not {value!r}")
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ConfigurationError(f"KeepaliveSettings count must be an int >= 1, not {count!r}")
-        self.idle = idle
-        self.interval = interval
-        self.count = count
-
-    def __repr__(self) -> str:
-        return f"KeepaliveSettings(idle={self.idle!r}, interval={self.interval!r}, count={self.count!r})"
+        if isinstance(self.count, bool) or not isinstance(self.count, int) or self.count < 1:
+            raise ConfigurationError(f"KeepaliveSettings count must be an int >= 1, not {self.count!r}")
 
     @property
     def user_timeout_ms(self) -> int:

@@ -23,6 +23,7 @@ from ._buffer import OverflowPolicy
 from ._connection import KeepaliveSettings
 from ._decode import Decoder, decode_trigger_payload
 from ._errors import ConfigurationError
+from ._names import check_channel, check_identifier
 
 __all__ = [
     "ChangeStreamOptions",
@@ -273,6 +274,9 @@ class StreamOptions:
             raise ConfigurationError(
                 f"decoders must be a mapping of channel name to decoder, not {type(self.decoders).__name__}"
             )
+        check_identifier("schema", self.schema)
+        check_identifier("channel", self.channel)
+        check_channel(self.channel + ".durable")  # the durable stream's wake-up channel
         for channel, decoder in self.decoders.items():
             if not isinstance(channel, str):
                 raise ConfigurationError(f"decoders keys must be channel names, not {channel!r}")

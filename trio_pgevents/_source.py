@@ -33,7 +33,7 @@ from ._events import StreamGap
 from ._options import StreamOptions
 from ._secrets import Redactor, get_logger
 
-__all__ = ["DB_ERRORS", "Lost", "ReconnectingSource", "SourceStatistics"]
+__all__ = ["DB_ERRORS", "Lost", "ReconnectingSource", "SourceStatistics", "StreamHealth"]
 
 logger = get_logger("trio_pgevents")
 
@@ -73,6 +73,32 @@ class SourceStatistics:
     queue_usage: float | None
     #: Backend process id of the connection, when connected.
     backend_pid: int | None
+
+
+class StreamHealth:
+    """The health figures every stream's statistics share, from its sources.
+
+    Every stream's ``statistics()`` has ``events_received``, ``buffered`` and
+    ``sources`` (one :class:`SourceStatistics` per connection), and these.
+    """
+
+    sources: tuple[SourceStatistics, ...]
+
+    @property
+    def connected(self) -> bool:
+        """True when every connection of the stream is up."""
+        return all(s.connected for s in self.sources)
+
+    @property
+    def reconnects(self) -> int:
+        """Reconnects over all the stream's connections."""
+        return sum(s.reconnects for s in self.sources)
+
+    @property
+    def last_gap(self) -> StreamGap | None:
+        """The most recent gap over all the stream's connections, or None."""
+        gaps = [s.last_gap for s in self.sources if s.last_gap is not None]
+        return max(gaps, key=lambda gap: gap.reconnected_at, default=None)
 
 
 def utcnow() -> datetime:

@@ -35,7 +35,7 @@ from .._events import Event
 from .._nursery import open_unwrapping_nursery
 from .._options import ChangeStreamOptions, StreamOptions
 from .._positions import ResumableStream
-from .._source import SourceStatistics
+from .._source import SourceStatistics, StreamHealth
 from .admin import _check_identifier, _check_slot_name, split_table
 from .pgoutput import ack_position, format_lsn
 from .prepare import prepare
@@ -45,7 +45,7 @@ __all__ = ["ChangeStream", "ChangeStreamStatistics", "open_change_stream"]
 
 
 @dataclass(frozen=True)
-class ChangeStreamStatistics:
+class ChangeStreamStatistics(StreamHealth):
     """A snapshot of a change stream's counters (``stream.statistics()``)."""
 
     #: The replication slot.
@@ -61,16 +61,6 @@ class ChangeStreamStatistics:
     position_stores: int
     #: One entry: the replication connection's health.
     sources: tuple[SourceStatistics, ...]
-
-    @property
-    def connected(self) -> bool:
-        """True when the replication connection is up."""
-        return all(s.connected for s in self.sources)
-
-    @property
-    def reconnects(self) -> int:
-        """Reconnects so far."""
-        return sum(s.reconnects for s in self.sources)
 
 
 class ChangeStream(ResumableStream[int]):

@@ -33,12 +33,12 @@ from .._connection import as_engine, describe_source, validate_channel
 from .._errors import ConfigurationError, ConnectError, ConnectionLostError, TrioPgEventsError
 from .._events import Event, StreamGap
 from .._listen import EventStream, start_event_stream
-from .._names import check_identifier, check_text
+from .._names import check_text
 from .._nursery import open_unwrapping_nursery
 from .._options import DurableStreamOptions, StreamOptions
 from .._positions import ResumableStream
 from .._secrets import get_logger
-from .._source import DB_ERRORS, SourceStatistics
+from .._source import DB_ERRORS, SourceStatistics, StreamHealth
 from .outbox import OutboxSql, Position, make_event, position_of, stored_payload
 from .reader import OutboxConnection
 from .worker import DurableWorker, DurableWorkerStatistics, Handler
@@ -51,7 +51,7 @@ _MAX_BIGINT = 2**63 - 1
 
 
 @dataclass(frozen=True)
-class DurableStatistics:
+class DurableStatistics(StreamHealth):
     """Counters of a durable stream (``stream.statistics()``)."""
 
     #: The consumer's name.
@@ -63,7 +63,7 @@ class DurableStatistics:
     #: The position acknowledged in memory, stored soon (equal to or after stored).
     acked_position: Position
     #: Events read from the table since the stream opened.
-    events_read: int
+    events_received: int
     #: Reads of the table (one query each) since the stream opened.
     reads: int
     #: Position UPDATEs since the stream opened.
@@ -80,16 +80,6 @@ class DurableStatistics:
     buffered_bytes: int
     #: Health of the reader's connection, then of the wake-up listener's.
     sources: tuple[SourceStatistics, ...]
-
-    @property
-    def connected(self) -> bool:
-        """True when every connection is up."""
-        return all(s.connected for s in self.sources)
-
-    @property
-    def reconnects(self) -> int:
-        """Reconnects over all connections."""
-        return sum(s.reconnects for s in self.sources)
 
 
 class DurableStream(ResumableStream[Position]):
@@ -452,7 +442,7 @@ class DurableStream(ResumableStream[Position]):
         return DurableStatistics(
             consumer=self.consumer,
             read_position=self._read_pos,
-            events_read=self._events_read,
+            events_received=self._events_read,
             reads=self._reads,
             dead_lettered=self._dead_lettered,
             retention_runs=self._retention_runs,
@@ -509,9 +499,6 @@ async def open_durable_stream(
     check_text("consumer", consumer)
     if not consumer.strip():
         raise ConfigurationError(f"consumer must not be blank, not {consumer!r}")
-    check_identifier("schema", parsed.schema)
-    check_identifier("channel", parsed.channel)
-    validate_channel(parsed.channel + ".durable")
     stream = DurableStream(as_engine(engine), consumer, parsed)
     async with open_unwrapping_nursery() as nursery:
         await nursery.start(stream._run)

