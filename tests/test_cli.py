@@ -17,7 +17,7 @@ import sqlalchemy
 import trio
 
 from trio_pgevents import ConfigurationError, Event, Notification, RowChange, SchemaChange
-from trio_pgevents._worker import CallbackRouter, Dispatcher
+from trio_pgevents._cli.dispatch import CallbackRouter, Dispatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "trio-pgevents")

@@ -2,7 +2,7 @@
 
 Commands: ``build``, ``worker``, ``listen``, ``status``, ``uninstall``,
 ``drop-change-stream``, ``demo``.
-Settings follow pg_events (see :mod:`trio_pgevents._settings`). Exit status:
+Settings follow pg_events (see :mod:`trio_pgevents._cli.settings`). Exit status:
 0 success, 1 failure (or ``status`` found something OUTDATED/MISSING),
 2 bad usage or settings (one line naming what was wrong; ``--debug`` adds the
 traceback), 3 ``status`` found a change stream slot past ``--max-slot-lag``
@@ -30,18 +30,18 @@ import trio
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from ._connection import as_engine
-from ._decode import decode_trigger_payload
-from ._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError, TrioPgEventsError
-from ._events import Event, Overflow, RowChange, SchemaChange, StreamGap
-from ._secrets import RedactingFilter, get_logger, safe_url, scrub
-from ._settings import DATABASE_URL, Settings, load_settings
-from ._stream import open_event_stream
-from ._worker import CallbackRouter, Dispatcher
+from .._connection import as_engine
+from .._decode import decode_trigger_payload
+from .._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError, TrioPgEventsError
+from .._events import Event, Overflow, RowChange, SchemaChange, StreamGap
+from .._secrets import RedactingFilter, get_logger, safe_url, scrub
+from .._stream import open_event_stream
+from .dispatch import CallbackRouter, Dispatcher
+from .settings import DATABASE_URL, Settings, load_settings
 
 if TYPE_CHECKING:
-    from ._cdc import ChangeStreamStatus
-    from ._installer import InstallAction, Installer, InstallStatus
+    from .._cdc import ChangeStreamStatus
+    from .._installer import InstallAction, Installer, InstallStatus
 
 __all__ = ["main", "build_parser"]
 
@@ -145,7 +145,7 @@ def _human_bytes(amount: int) -> str:
 
 
 def _slot_name(text: str) -> str:
-    from ._cdc import _check_slot_name
+    from .._cdc import _check_slot_name
 
     try:
         return _check_slot_name(text)
@@ -284,7 +284,7 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _run_durable_worker(args: argparse.Namespace, settings: Settings, router: CallbackRouter) -> int:
     """``worker --consumer NAME``: read the durable outbox; retry, then dead-letter, failing events."""
-    from ._durable import DurableWorker, open_durable_stream
+    from .._durable import DurableWorker, open_durable_stream
 
     worker = DurableWorker(router, max_attempts=args.max_attempts, shutdown_timeout=args.shutdown_timeout)
     channel = (args.channel or [DEFAULT_CHANNEL])[0]
@@ -425,7 +425,7 @@ def _format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def _installer(args: argparse.Namespace, engine: Engine) -> Installer:
-    from ._installer import Installer  # imported when needed: listen/worker do not need it
+    from .._installer import Installer  # imported when needed: listen/worker do not need it
 
     return Installer(engine, schema=args.installer_schema, channel=args.channel)
 
@@ -531,7 +531,7 @@ def _merge(actions: list[InstallAction], more: Sequence[InstallAction]) -> None:
 
 
 async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from ._installer import InstallAction
+    from .._installer import InstallAction
 
     engine = await _connect(args, settings)
     try:
@@ -694,8 +694,8 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 
 async def _run_drop_change_stream(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    from ._cdc import change_stream_status
-    from ._installer import Installer
+    from .._cdc import change_stream_status
+    from .._installer import Installer
 
     command = "drop-change-stream"
     engine = await _connect(args, settings)
@@ -738,8 +738,8 @@ def cmd_drop_change_stream(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``demo``: an embedded Postgres, a table, triggers, a writer, live events and a summary."""
-    from ._demo import DemoOptions
-    from ._demo import main as demo_main
+    from .demo import DemoOptions
+    from .demo import main as demo_main
 
     options = DemoOptions(rows=args.rows, rate=args.rate, burst=args.burst, timeout=args.timeout)
     return demo_main(options)
