@@ -26,10 +26,16 @@ from typing import Any, ClassVar, TextIO
 import psycopg2
 import trio
 
-from .._embedded import EmbeddedPostgres
-from .._events import Event, Overflow, RowChange, SchemaChange, StreamGap
-from .._installer import Installer
-from .._stream import open_event_stream
+from .. import (
+    EmbeddedPostgres,
+    Event,
+    Installer,
+    Overflow,
+    RowChange,
+    SchemaChange,
+    StreamGap,
+    open_event_stream,
+)
 
 __all__ = ["DemoOptions", "DemoResult", "run_demo"]
 

@@ -27,8 +27,8 @@ from typing import Any, Literal
 
 import trio
 
+from .. import Event, Notification, Overflow, RowChange, SchemaChange, StreamGap
 from .._errors import ConfigurationError
-from .._events import Event, Notification, Overflow, RowChange, SchemaChange, StreamGap
 from .._secrets import get_logger
 
 __all__ = [
