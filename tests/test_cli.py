@@ -894,7 +894,7 @@ async def test_build_shows_a_progress_bar_on_a_terminal(
 
 
 async def test_default_schemas_are_the_user_schemas(pg_url: str, query: Query, unique: Any) -> None:
-    from trio_pgevents._cli import _schemas
+    from trio_pgevents._cli.commands.installer import schemas_to_watch as _schemas
 
     schema = unique("mine")
     await _make_schema(query, schema, ["a", "b"])
