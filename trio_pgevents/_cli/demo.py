@@ -36,11 +36,13 @@ from .. import (
     StreamGap,
     open_event_stream,
 )
+from .defaults import DEFAULT_CHANNEL
+from .exits import EXIT_FAILURE, EXIT_OK, print_error
 
 __all__ = ["DemoOptions", "DemoResult", "run_demo"]
 
 TABLE = "demo_orders"
-CHANNEL = "pgevents"
+CHANNEL = DEFAULT_CHANNEL  # the installer's
 ITEMS = ("teapot", "kettle", "mug", "saucer", "spoon", "tray", "cosy", "strainer")
 
 _CREATE_TABLE = f"""
@@ -292,6 +294,5 @@ def main(options: DemoOptions, out: TextIO | None = None) -> int:
     if not result.complete:
         expected = paced_event_count(options) + options.burst
         message = f"only {result.events} of {expected} events arrived in {options.timeout:g} s"
-        print(f"trio-pgevents: error: {message}", file=sys.stderr)
-        return 1
-    return 0
+        return print_error(message, EXIT_FAILURE)
+    return EXIT_OK

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from ... import open_event_stream
 from ..._secrets import get_logger
 from ..database import command_settings
+from ..exits import EXIT_OK
 from ..output import print_event
 from ..settings import Settings
 from ..signals import serve_until_signalled
@@ -44,7 +45,7 @@ async def _run_listen(args: argparse.Namespace, settings: Settings, out: TextIO)
                     break
 
     await serve_until_signalled(args, settings, stop, body)
-    return 0
+    return EXIT_OK
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
