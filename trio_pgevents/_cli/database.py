@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import sqlalchemy
 import trio
@@ -15,7 +17,7 @@ from .._secrets import safe_url
 from .defaults import PROG
 from .settings import DATABASE_URL, Settings, load_settings
 
-__all__ = ["CONNECT_TIMEOUT", "command_settings", "connect"]
+__all__ = ["CONNECT_TIMEOUT", "command_settings", "connected"]
 
 #: Seconds the first connection may take (libpq's ``connect_timeout``, a whole number).
 CONNECT_TIMEOUT = 10
@@ -49,13 +51,18 @@ def _check_connection(engine: Engine, setting: str) -> None:
         raise ConfigurationError(f"{setting}: cannot connect to {safe_url(engine.url)}: {reason}") from exc
 
 
-async def connect(args: argparse.Namespace, settings: Settings) -> Engine:
-    """An engine that has connected once; the caller disposes of it."""
+@asynccontextmanager
+async def connected(args: argparse.Namespace, settings: Settings) -> AsyncIterator[Engine]:
+    """An engine that has connected once, disposed of on the way out.
+
+    Raises:
+        ConfigurationError: naming the setting the URL came from, when the
+            server cannot be reached.
+    """
     engine = _make_engine(settings)
     setting = "--database-url" if args.database_url else DATABASE_URL
     try:
         await trio.to_thread.run_sync(_check_connection, engine, setting)
-    except BaseException:
+        yield engine
+    finally:
         engine.dispose()
-        raise
-    return engine

@@ -1,4 +1,4 @@
-"""What the commands print: text tables, events as JSON lines, installer reports and status."""
+"""What the commands print: text tables, events as JSON lines, installer reports, status (text or JSON)."""
 
 from __future__ import annotations
 
@@ -17,15 +17,18 @@ from .. import (
     SchemaChange,
     StreamGap,
 )
+from .defaults import PROG
 
 __all__ = [
-    "change_stream_rows",
     "event_line",
     "event_to_json",
     "format_table",
+    "human_bytes",
     "print_actions",
     "print_event",
+    "print_status",
     "status_to_json",
+    "warn_lagging_slots",
 ]
 
 
@@ -126,7 +129,7 @@ def status_to_json(status: InstallStatus) -> dict[str, Any]:
     return data
 
 
-def change_stream_rows(streams: Sequence[ChangeStreamStatus]) -> list[tuple[str, ...]]:
+def _change_stream_rows(streams: Sequence[ChangeStreamStatus]) -> list[tuple[str, ...]]:
     """Rows of ``status``' change stream table: slot, active, lag, WAL status, warning."""
     rows: list[tuple[str, ...]] = []
     for s in streams:
@@ -140,3 +143,43 @@ def change_stream_rows(streams: Sequence[ChangeStreamStatus]) -> list[tuple[str,
         active = f"yes (pid {s.active_pid})" if s.active else "no"
         rows.append((s.slot, active, lag, s.wal_status or "", flag))
     return rows
+
+
+def print_status(status: InstallStatus, out: TextIO) -> None:
+    """``status`` as text: what is installed, the watched tables, the change stream slots, a verdict."""
+    for label, state in (
+        ("functions", status.function_state),
+        ("ddl triggers", status.ddl_state),
+        ("auto-rebuild", status.auto_rebuild_state),
+        ("durable", status.durable_state),
+    ):
+        out.write(f"{label:<14}{state or 'not installed'}\n")
+    rows = [
+        (f"{t.schema}.{t.table}", t.state, "yes" if t.durable else "no", t.reason or "")
+        for t in status.tables
+    ]
+    if rows:
+        out.write(format_table(("TABLE", "STATE", "DURABLE", "REASON"), rows) + "\n")
+    else:
+        out.write("no watched tables\n")
+    if status.change_streams:
+        out.write("change streams\n")
+        headers = ("SLOT", "ACTIVE", "LAG", "WAL STATUS", "WARNING")
+        out.write(format_table(headers, _change_stream_rows(status.change_streams)) + "\n")
+    for problem in status.problems:
+        out.write(f"privileges: {problem}\n")
+    if status.ok:
+        out.write("ok\n")
+    elif status.problems:
+        out.write(
+            "NOT OK: privileges left by an earlier install, or something OUTDATED/MISSING (run build)\n"
+        )
+    else:
+        out.write("NOT OK: something is OUTDATED or MISSING (run build)\n")
+
+
+def warn_lagging_slots(status: InstallStatus, err: TextIO) -> None:
+    """One loud line a change stream slot past the lag limit (or lost), with how to drop it."""
+    for lagging in status.lagging_change_streams:
+        hint = f"To drop it: {PROG} drop-change-stream --slot {lagging.slot}"
+        err.write(f"{PROG}: WARNING: {lagging.warning} {hint}\n")

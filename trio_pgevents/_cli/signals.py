@@ -11,7 +11,7 @@ import trio
 from sqlalchemy.engine import Engine
 
 from .._secrets import get_logger
-from .database import connect
+from .database import connected
 from .settings import Settings
 
 __all__ = ["serve_until_signalled"]
@@ -57,14 +57,10 @@ async def serve_until_signalled(
     forced the stop.
     """
     with _signal_receiver() as signals:
-        engine = await connect(args, settings)
-        try:
-            async with trio.open_nursery() as nursery:
-                scope = nursery.cancel_scope
-                watcher = _Signals(lambda name: on_signal(name, scope), scope)
-                nursery.start_soon(watcher.watch, signals)
-                await body(engine)
-                scope.cancel()
-        finally:
-            engine.dispose()
+        async with connected(args, settings) as engine, trio.open_nursery() as nursery:
+            scope = nursery.cancel_scope
+            watcher = _Signals(lambda name: on_signal(name, scope), scope)
+            nursery.start_soon(watcher.watch, signals)
+            await body(engine)
+            scope.cancel()
     return watcher.forced

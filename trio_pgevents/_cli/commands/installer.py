@@ -15,10 +15,9 @@ from sqlalchemy.engine import Engine
 from ... import InstallAction, Installer, change_stream_status
 from ..._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError
 from ..._secrets import get_logger
-from ..database import command_settings, connect
-from ..defaults import PROG
-from ..exits import EXIT_SLOT_LAG, ExitStatus
-from ..output import change_stream_rows, format_table, print_actions, status_to_json
+from ..database import command_settings, connected
+from ..exits import EXIT_FAILURE, EXIT_OK, EXIT_SLOT_LAG, EXIT_USAGE, ExitStatus
+from ..output import print_actions, print_status, status_to_json, warn_lagging_slots
 from ..progress import Progress
 from ..settings import Settings
 
@@ -82,8 +81,7 @@ def _merge(actions: list[InstallAction], more: Sequence[InstallAction]) -> None:
 
 
 async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    engine = await connect(args, settings)
-    try:
+    async with connected(args, settings) as engine:
         installer = _installer(args, engine)
         actions: list[InstallAction] = []
         # First what any role may install, so the report shows it even if DDL triggers are denied.
@@ -114,11 +112,9 @@ async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) 
                 progress.advance(count, f"schema {name} done")
         finally:
             progress.close()
-    finally:
-        engine.dispose()
     logger.info("built in %s: %d schema(s), %d table(s)", settings.safe_url, len(schemas), total_tables)
     print_actions(actions, out)
-    return 0
+    return EXIT_OK
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -131,49 +127,16 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 async def _run_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    engine = await connect(args, settings)
-    try:
+    async with connected(args, settings) as engine:
         status = await _installer(args, engine).aio.status(lag_warning_bytes=args.max_slot_lag)
-    finally:
-        engine.dispose()
     if args.json:
         out.write(json.dumps(status_to_json(status), default=str) + "\n")
     else:
-        for label, state in (
-            ("functions", status.function_state),
-            ("ddl triggers", status.ddl_state),
-            ("auto-rebuild", status.auto_rebuild_state),
-            ("durable", status.durable_state),
-        ):
-            out.write(f"{label:<14}{state or 'not installed'}\n")
-        rows = [
-            (f"{t.schema}.{t.table}", t.state, "yes" if t.durable else "no", t.reason or "")
-            for t in status.tables
-        ]
-        if rows:
-            out.write(format_table(("TABLE", "STATE", "DURABLE", "REASON"), rows) + "\n")
-        else:
-            out.write("no watched tables\n")
-        if status.change_streams:
-            out.write("change streams\n")
-            headers = ("SLOT", "ACTIVE", "LAG", "WAL STATUS", "WARNING")
-            out.write(format_table(headers, change_stream_rows(status.change_streams)) + "\n")
-        for problem in status.problems:
-            out.write(f"privileges: {problem}\n")
-        if status.ok:
-            out.write("ok\n")
-        elif status.problems:
-            out.write(
-                "NOT OK: privileges left by an earlier install, or something OUTDATED/MISSING (run build)\n"
-            )
-        else:
-            out.write("NOT OK: something is OUTDATED or MISSING (run build)\n")
-    for lagging in status.lagging_change_streams:
-        hint = f"To drop it: {PROG} drop-change-stream --slot {lagging.slot}"
-        sys.stderr.write(f"{PROG}: WARNING: {lagging.warning} {hint}\n")
+        print_status(status, out)
+    warn_lagging_slots(status, sys.stderr)
     if not status.ok:
-        return 1
-    return EXIT_SLOT_LAG if status.lagging_change_streams else 0
+        return EXIT_FAILURE
+    return EXIT_SLOT_LAG if status.lagging_change_streams else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -190,54 +153,57 @@ def cmd_status(args: argparse.Namespace) -> int:
 # ---- uninstall, drop-change-stream ---------------------------------------------------------------
 
 
-def _confirm(question: str, command: str = "uninstall") -> bool:
+def _confirmed(args: argparse.Namespace, question: str) -> bool:
+    """``--yes``, or the user said yes on the terminal; else say nothing changed.
+
+    Raises:
+        ExitStatus: (2) with no ``--yes`` and no terminal to ask on.
+    """
+    if args.yes:
+        return True
     if not sys.stdin.isatty():
-        raise ExitStatus(2, f"{command}: refusing without confirmation (stdin is not a terminal): pass --yes")
+        raise ExitStatus(
+            EXIT_USAGE, f"{args.command}: refusing without confirmation (stdin is not a terminal): pass --yes"
+        )
     sys.stderr.write(f"{question} [y/N] ")
     sys.stderr.flush()
-    answer = sys.stdin.readline().strip().lower()
-    return answer in ("y", "yes")
+    if sys.stdin.readline().strip().lower() in ("y", "yes"):
+        return True
+    print(f"{args.command}: cancelled, nothing changed", file=sys.stderr)
+    return False
 
 
 async def _run_uninstall(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    engine = await connect(args, settings)
-    try:
-        installer = _installer(args, engine)
-        report = await installer.aio.uninstall()
-    finally:
-        engine.dispose()
+    async with connected(args, settings) as engine:
+        report = await _installer(args, engine).aio.uninstall()
     print_actions(report.actions, out)
-    return 0
+    return EXIT_OK
 
 
 def cmd_uninstall(args: argparse.Namespace) -> int:
     """``uninstall``: remove everything trio_pgevents installed (asks first; ``--yes`` skips)."""
     settings = command_settings(args)
-    if not args.yes and not _confirm(
-        f"Remove every trigger, function and table trio_pgevents installed in {settings.safe_url}?"
-    ):
-        print("uninstall: cancelled, nothing changed", file=sys.stderr)
-        return 1
+    question = f"Remove every trigger, function and table trio_pgevents installed in {settings.safe_url}?"
+    if not _confirmed(args, question):
+        return EXIT_FAILURE
     return trio.run(_run_uninstall, args, settings, sys.stdout)
 
 
 async def _run_drop_change_stream(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
-    command = "drop-change-stream"
-    engine = await connect(args, settings)
-    try:
+    command = args.command
+    async with connected(args, settings) as engine:
         found = await trio.to_thread.run_sync(change_stream_status, engine, args.slot)
         if not found.exists:
             raise ExitStatus(
-                2, f"{command}: no replication slot {args.slot!r} in {settings.safe_url}; nothing changed"
+                EXIT_USAGE,
+                f"{command}: no replication slot {args.slot!r} in {settings.safe_url}; nothing changed",
             )
         try:
             report = await Installer(engine).aio.drop_change_stream(args.slot, args.publication)
         except ReplicationError as exc:
-            raise ExitStatus(2, f"{command}: {exc}; nothing changed") from exc
-    finally:
-        engine.dispose()
+            raise ExitStatus(EXIT_USAGE, f"{command}: {exc}; nothing changed") from exc
     print_actions(report.actions, out)
-    return 0
+    return EXIT_OK
 
 
 def cmd_drop_change_stream(args: argparse.Namespace) -> int:
@@ -250,9 +216,6 @@ def cmd_drop_change_stream(args: argparse.Namespace) -> int:
     what = f"replication slot {args.slot!r}" + (
         f" and publication {args.publication!r}" if args.publication else ""
     )
-    if not args.yes and not _confirm(
-        f"Drop {what} in {settings.safe_url}? Its consumer cannot resume afterwards.", "drop-change-stream"
-    ):
-        print("drop-change-stream: cancelled, nothing changed", file=sys.stderr)
-        return 1
+    if not _confirmed(args, f"Drop {what} in {settings.safe_url}? Its consumer cannot resume afterwards."):
+        return EXIT_FAILURE
     return trio.run(_run_drop_change_stream, args, settings, sys.stdout)
