@@ -8,6 +8,12 @@ Settings follow pg_events (see :mod:`trio_pgevents._cli.settings`). Exit status:
 traceback), 3 ``status`` found a change stream slot past ``--max-slot-lag``
 (or lost) and nothing OUTDATED/MISSING (1 wins when both), 130 interrupted
 before the command could stop gracefully.
+
+The CLI uses the library (its root and core modules), never the reverse:
+``entrypoint`` (``main``) -> ``parser`` -> ``commands/*`` -> ``database``,
+``signals``, ``output``, ``progress``, ``dispatch`` (the worker's callback
+engine), ``settings``, ``demo``; ``arguments``, ``exits`` and ``defaults`` are
+shared by all.
 """
 
 from .entrypoint import main

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
 
 from .._errors import ConfigurationError
 
 __all__ = ["bool_arg", "byte_size", "non_negative_float", "positive_float", "positive_int", "slot_name"]
+
+N = TypeVar("N", int, float)
 
 
 def bool_arg(text: str) -> bool:
@@ -19,24 +23,16 @@ def bool_arg(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
-def positive_float(text: str) -> float:
-    """A number > 0."""
-    value = non_negative_float(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected a number > 0")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    return 0 if text.strip() == "0" else positive_int(text)
+def _number(convert: Callable[[str], N], text: str, expected: str) -> N:
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}") from None
 
 
 def positive_int(text: str) -> int:
     """A whole number >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    value = _number(int, text, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, not {value}")
     return value
@@ -44,12 +40,17 @@ def positive_int(text: str) -> int:
 
 def non_negative_float(text: str) -> float:
     """A number of seconds >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
-    if not value >= 0:
+    value = _number(float, text, "a number of seconds")
+    if not value >= 0:  # NaN too
         raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A number > 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0")
     return value
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_CHANNEL", "PROG"]
+__all__ = ["DEFAULT_CHANNEL", "DEFAULT_INSTALLER_SCHEMA", "PROG"]
 
 #: The command's name, in usage lines, error lines and ``application_name``.
 PROG = "trio-pgevents"
 #: The installer's NOTIFY channel, which ``worker`` listens on unless told otherwise.
 DEFAULT_CHANNEL = "pgevents"
+#: The schema holding trio_pgevents' own functions and tables (the installer's default).
+DEFAULT_INSTALLER_SCHEMA = "pgevents"

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 from .arguments import bool_arg, byte_size, non_negative_float, positive_float, positive_int, slot_name
 from .commands.demo import cmd_demo
 from .commands.installer import cmd_build, cmd_drop_change_stream, cmd_status, cmd_uninstall
 from .commands.listen import cmd_listen
 from .commands.worker import cmd_worker
-from .defaults import DEFAULT_CHANNEL, PROG
+from .defaults import DEFAULT_CHANNEL, DEFAULT_INSTALLER_SCHEMA, PROG
 from .settings import DATABASE_URL
 
 __all__ = ["build_parser"]
+
+#: What ``add_subparsers`` returns: each command is added to it.
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 #: ``--max-slot-lag`` default: 1 GiB of WAL not yet confirmed by the slot's consumer.
 DEFAULT_MAX_SLOT_LAG = 1 << 30
@@ -58,9 +61,9 @@ def _installer_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("installer")
     group.add_argument(
         "--installer-schema",
-        default="pgevents",
+        default=DEFAULT_INSTALLER_SCHEMA,
         metavar="NAME",
-        help="schema holding trio_pgevents' own functions and tables (default 'pgevents')",
+        help=f"schema holding trio_pgevents' own functions and tables (default {DEFAULT_INSTALLER_SCHEMA!r})",
     )
     group.add_argument(
         "--channel",
@@ -70,21 +73,25 @@ def _installer_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (every command and option)."""
-    db = _db_options()
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description="PostgreSQL change events for Trio: install triggers, run callbacks, listen.",
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _yes_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
 
-    build = sub.add_parser(
-        "build",
-        parents=[db],
-        help="install triggers on every table (idempotent)",
-        description=_describe(cmd_build),
-    )
+
+def _command(
+    sub: _Commands,
+    name: str,
+    run: Callable[[argparse.Namespace], int],
+    parent: argparse.ArgumentParser,
+    summary: str,
+) -> argparse.ArgumentParser:
+    """Add command ``name``, run by ``run`` (whose docstring is its description)."""
+    parser = sub.add_parser(name, parents=[parent], help=summary, description=_describe(run))
+    parser.set_defaults(func=run)
+    return parser
+
+
+def _add_build(sub: _Commands, db: argparse.ArgumentParser) -> None:
+    build = _command(sub, "build", cmd_build, db, "install triggers on every table (idempotent)")
     build.add_argument(
         "--schema",
         action="append",
@@ -110,14 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
         "primary key (any role that can connect can LISTEN and read NOTIFY payloads)",
     )
     _installer_options(build)
-    build.set_defaults(func=cmd_build)
 
-    worker = sub.add_parser(
-        "worker",
-        parents=[db],
-        help="listen and call the settings' callbacks",
-        description=_describe(cmd_worker),
-    )
+
+def _add_worker(sub: _Commands, db: argparse.ArgumentParser) -> None:
+    worker = _command(sub, "worker", cmd_worker, db, "listen and call the settings' callbacks")
     worker.add_argument(
         "--callback-arg",
         choices=["json", "event"],
@@ -162,9 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     durable.add_argument(
         "--installer-schema",
-        default="pgevents",
+        default=DEFAULT_INSTALLER_SCHEMA,
         metavar="NAME",
-        help="with --consumer: the installer's schema holding the outbox (default 'pgevents')",
+        help="with --consumer: the installer's schema holding the outbox "
+        f"(default {DEFAULT_INSTALLER_SCHEMA!r})",
     )
     durable.add_argument(
         "--retention-interval",
@@ -174,21 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --consumer: delete events every registered consumer acknowledged this often "
         "(default 60; 0: never)",
     )
-    worker.set_defaults(func=cmd_worker)
 
-    listen = sub.add_parser(
-        "listen", parents=[db], help="print each event as one JSON line", description=_describe(cmd_listen)
-    )
+
+def _add_listen(sub: _Commands, db: argparse.ArgumentParser) -> None:
+    listen = _command(sub, "listen", cmd_listen, db, "print each event as one JSON line")
     listen.add_argument("channels", nargs="+", metavar="CHANNEL", help="channels to listen on")
     listen.add_argument("--count", type=positive_int, metavar="N", help="exit after N events")
-    listen.set_defaults(func=cmd_listen)
 
-    status = sub.add_parser(
-        "status",
-        parents=[db],
-        help="what is installed (exit 1 if OUTDATED/MISSING)",
-        description=_describe(cmd_status),
-    )
+
+def _add_status(sub: _Commands, db: argparse.ArgumentParser) -> None:
+    status = _command(sub, "status", cmd_status, db, "what is installed (exit 1 if OUTDATED/MISSING)")
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument(
         "--max-slot-lag",
@@ -199,23 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
         "or 512MB, 1GB... (default 1GB)",
     )
     _installer_options(status)
-    status.set_defaults(func=cmd_status)
 
-    uninstall = sub.add_parser(
-        "uninstall",
-        parents=[db],
-        help="remove everything trio_pgevents installed",
-        description=_describe(cmd_uninstall),
-    )
-    uninstall.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
+
+def _add_uninstall(sub: _Commands, db: argparse.ArgumentParser) -> None:
+    uninstall = _command(sub, "uninstall", cmd_uninstall, db, "remove everything trio_pgevents installed")
+    _yes_option(uninstall)
     _installer_options(uninstall)
-    uninstall.set_defaults(func=cmd_uninstall)
 
-    drop_stream = sub.add_parser(
+
+def _add_drop_change_stream(sub: _Commands, db: argparse.ArgumentParser) -> None:
+    drop_stream = _command(
+        sub,
         "drop-change-stream",
-        parents=[db],
-        help="drop a change stream's replication slot and publication",
-        description=_describe(cmd_drop_change_stream),
+        cmd_drop_change_stream,
+        db,
+        "drop a change stream's replication slot and publication",
     )
     drop_stream.add_argument(
         "--slot", required=True, type=slot_name, metavar="NAME", help="the replication slot to drop"
@@ -223,14 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     drop_stream.add_argument(
         "--publication", metavar="NAME", help="also drop this publication (default: keep publications)"
     )
-    drop_stream.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    drop_stream.set_defaults(func=cmd_drop_change_stream)
+    _yes_option(drop_stream)
 
-    demo = sub.add_parser(
-        "demo",
-        parents=[_log_options()],
-        help="see it work: embedded Postgres, triggers, live events",
-        description=_describe(cmd_demo),
+
+def _add_demo(sub: _Commands) -> None:
+    demo = _command(
+        sub, "demo", cmd_demo, _log_options(), "see it work: embedded Postgres, triggers, live events"
     )
     demo.add_argument("--rows", type=positive_int, default=120, help="rows written one by one (default 120)")
     demo.add_argument(
@@ -245,5 +240,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--timeout", type=non_negative_float, default=40.0, help="give up waiting after SECONDS (default 40)"
     )
-    demo.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (every command and option)."""
+    db = _db_options()
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="PostgreSQL change events for Trio: install triggers, run callbacks, listen.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_build(sub, db)
+    _add_worker(sub, db)
+    _add_listen(sub, db)
+    _add_status(sub, db)
+    _add_uninstall(sub, db)
+    _add_drop_change_stream(sub, db)
+    _add_demo(sub)
     return parser
