@@ -39,7 +39,7 @@ from .. import (
 from .defaults import DEFAULT_CHANNEL
 from .exits import EXIT_FAILURE, EXIT_OK, print_error
 
-__all__ = ["DemoOptions", "DemoResult", "run_demo"]
+__all__ = ["DemoOptions", "DemoResult", "run_demo", "run_embedded_demo"]
 
 TABLE = "demo_orders"
 CHANNEL = DEFAULT_CHANNEL  # the installer's
@@ -284,8 +284,8 @@ def embedded_server(out: TextIO) -> Iterator[EmbeddedPostgres]:
         printer.info("embedded PostgreSQL stopped and its directory removed")
 
 
-def main(options: DemoOptions, out: TextIO | None = None) -> int:
-    """Run the whole demo; returns the exit status (0 when every event arrived)."""
+def run_embedded_demo(options: DemoOptions, out: TextIO | None = None) -> int:
+    """Run the whole demo on an embedded server; returns the exit status (0 when every event arrived)."""
     stream = out if out is not None else sys.stdout
     with embedded_server(stream) as server:
         url = f"{server.url}?application_name=trio-pgevents-demo"
