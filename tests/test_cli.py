@@ -17,7 +17,7 @@ import sqlalchemy
 import trio
 
 from trio_pgevents import ConfigurationError, Event, Notification, RowChange, SchemaChange
-from trio_pgevents._worker import CallbackRouter, Dispatcher
+from trio_pgevents._cli.dispatch import CallbackRouter, Dispatcher
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent / "trio-pgevents")
@@ -894,7 +894,7 @@ async def test_build_shows_a_progress_bar_on_a_terminal(
 
 
 async def test_default_schemas_are_the_user_schemas(pg_url: str, query: Query, unique: Any) -> None:
-    from trio_pgevents._cli import _schemas
+    from trio_pgevents._cli.commands.installer import schemas_to_watch as _schemas
 
     schema = unique("mine")
     await _make_schema(query, schema, ["a", "b"])

@@ -26,15 +26,23 @@ from typing import Any, ClassVar, TextIO
 import psycopg2
 import trio
 
-from ._events import Event, Overflow, RowChange, SchemaChange, StreamGap
-from ._installer import Installer
-from ._stream import open_event_stream
-from .testing import EmbeddedPostgres
+from .. import (
+    Event,
+    Installer,
+    Overflow,
+    RowChange,
+    SchemaChange,
+    StreamGap,
+    open_event_stream,
+)
+from ..testing import EmbeddedPostgres
+from .defaults import DEFAULT_CHANNEL
+from .exits import EXIT_FAILURE, EXIT_OK, print_error
 
-__all__ = ["DemoOptions", "DemoResult", "run_demo"]
+__all__ = ["DemoOptions", "DemoResult", "run_demo", "run_embedded_demo"]
 
 TABLE = "demo_orders"
-CHANNEL = "pgevents"
+CHANNEL = DEFAULT_CHANNEL  # the installer's
 ITEMS = ("teapot", "kettle", "mug", "saucer", "spoon", "tray", "cosy", "strainer")
 
 _CREATE_TABLE = f"""
@@ -276,8 +284,8 @@ def embedded_server(out: TextIO) -> Iterator[EmbeddedPostgres]:
         printer.info("embedded PostgreSQL stopped and its directory removed")
 
 
-def main(options: DemoOptions, out: TextIO | None = None) -> int:
-    """Run the whole demo; returns the exit status (0 when every event arrived)."""
+def run_embedded_demo(options: DemoOptions, out: TextIO | None = None) -> int:
+    """Run the whole demo on an embedded server; returns the exit status (0 when every event arrived)."""
     stream = out if out is not None else sys.stdout
     with embedded_server(stream) as server:
         url = f"{server.url}?application_name=trio-pgevents-demo"
@@ -286,6 +294,5 @@ def main(options: DemoOptions, out: TextIO | None = None) -> int:
     if not result.complete:
         expected = paced_event_count(options) + options.burst
         message = f"only {result.events} of {expected} events arrived in {options.timeout:g} s"
-        print(f"trio-pgevents: error: {message}", file=sys.stderr)
-        return 1
-    return 0
+        return print_error(message, EXIT_FAILURE)
+    return EXIT_OK

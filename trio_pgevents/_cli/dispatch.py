@@ -27,9 +27,9 @@ from typing import Any, Literal
 
 import trio
 
-from ._errors import ConfigurationError
-from ._events import Event, Notification, Overflow, RowChange, SchemaChange, StreamGap
-from ._secrets import get_logger
+from .. import Event, Notification, Overflow, RowChange, SchemaChange, StreamGap
+from .._errors import ConfigurationError
+from .._secrets import get_logger
 
 __all__ = [
     "CallbackArg",

@@ -30,8 +30,8 @@ from typing import Any
 import psycopg2.extensions
 import sqlalchemy
 
-from ._errors import ConfigurationError
-from ._secrets import Redactor, safe_url
+from .._errors import ConfigurationError
+from .._secrets import Redactor, safe_url
 
 __all__ = [
     "DATABASE_URL",

@@ -1,0 +1,87 @@
+"""Option value types for argparse: each turns a command-line word into a value or a usage error."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import TypeVar
+
+from .._errors import ConfigurationError
+
+__all__ = ["bool_arg", "byte_size", "non_negative_float", "positive_float", "positive_int", "slot_name"]
+
+N = TypeVar("N", int, float)
+
+
+def bool_arg(text: str) -> bool:
+    """pg_events' ``--auto-rebuild`` values (strtobool)."""
+    value = text.strip().lower()
+    if value in ("y", "yes", "t", "true", "on", "1"):
+        return True
+    if value in ("n", "no", "f", "false", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _number(convert: Callable[[str], N], text: str, expected: str) -> N:
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, not {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """A whole number >= 1."""
+    value = _number(int, text, "a whole number")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, not {value}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """A number of seconds >= 0."""
+    value = _number(float, text, "a number of seconds")
+    if not value >= 0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, not {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A number > 0."""
+    value = non_negative_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0")
+    return value
+
+
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def byte_size(text: str) -> int:
+    """``--max-slot-lag``: bytes, or with a unit as Postgres counts them (512MB, 1GB, 64kB; x1024)."""
+    value = text.strip().lower().replace(" ", "")
+    number = value.rstrip("kmgtib")
+    unit = value[len(number) :]
+    if unit.endswith("ib"):
+        unit = unit[:-2]
+    elif unit.endswith("b") and unit != "b":
+        unit = unit[:-1]
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = -1.0
+    if unit not in _SIZE_UNITS or not 0 <= amount < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected bytes, or a size such as 512MB or 1GB, not {text!r}")
+    return int(amount * _SIZE_UNITS[unit])
+
+
+def slot_name(text: str) -> str:
+    """A replication slot name, by the change stream's rule."""
+    # One rule for slot names, the change stream's; the library has no public check of a name
+    # alone (change_stream_status checks it, then connects).
+    from .. import _cdc
+
+    try:
+        return _cdc._check_slot_name(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -1,0 +1,221 @@
+"""The installer's commands: ``build``, ``status``, ``uninstall``, ``drop-change-stream``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+import trio
+from sqlalchemy.engine import Engine
+
+from ... import InstallAction, Installer, change_stream_status
+from ..._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError
+from ..._secrets import get_logger
+from ..database import command_settings, connected
+from ..exits import EXIT_FAILURE, EXIT_OK, EXIT_SLOT_LAG, EXIT_USAGE, ExitStatus
+from ..output import print_actions, print_status, status_to_json, warn_lagging_slots
+from ..progress import Progress
+from ..settings import Settings
+
+__all__ = ["cmd_build", "cmd_drop_change_stream", "cmd_status", "cmd_uninstall", "schemas_to_watch"]
+
+logger = get_logger("trio_pgevents.cli")
+
+#: ``build`` shows a progress bar (on a terminal) from this many tables on.
+PROGRESS_THRESHOLD = 20
+
+
+def _installer(args: argparse.Namespace, engine: Engine) -> Installer:
+    return Installer(engine, schema=args.installer_schema, channel=args.channel)
+
+
+# ---- build ---------------------------------------------------------------------------------------
+
+_USER_SCHEMAS = """
+SELECT n.nspname,
+       (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p'))
+FROM pg_namespace n
+WHERE n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> 'information_schema' AND n.nspname <> %(own)s
+  AND NOT EXISTS (SELECT 1 FROM pg_depend d  -- schemas created by extensions
+                  WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
+ORDER BY n.nspname
+"""
+
+_SCHEMA_TABLES = """
+SELECT n.nspname, count(c.oid)
+FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p')
+WHERE n.nspname = ANY(%(names)s)
+GROUP BY n.nspname
+"""
+
+
+def schemas_to_watch(engine: Engine, wanted: Sequence[str] | None, own: str) -> list[tuple[str, int]]:
+    """(schema, number of tables) for the chosen schemas, or for every user schema."""
+    with engine.connect() as connection:
+        cursor = connection.connection.cursor()
+        if wanted:
+            cursor.execute(_SCHEMA_TABLES, {"names": list(wanted)})
+            found = {name: int(count) for name, count in cursor.fetchall()}
+            missing = [name for name in wanted if name not in found]
+            if missing:
+                raise ConfigurationError(f"--schema: no such schema: {', '.join(map(repr, missing))}")
+            return [(name, found[name]) for name in dict.fromkeys(wanted)]
+        cursor.execute(_USER_SCHEMAS, {"own": own})
+        return [(name, int(count)) for name, count in cursor.fetchall()]
+
+
+def _merge(actions: list[InstallAction], more: Sequence[InstallAction]) -> None:
+    """Add ``more`` to ``actions``; a repeat of an object counts only if it did something."""
+    index = {(a.kind, a.name): i for i, a in enumerate(actions)}
+    for action in more:
+        i = index.get((action.kind, action.name))
+        if i is None:
+            index[(action.kind, action.name)] = len(actions)
+            actions.append(action)
+        elif actions[i].action == "unchanged" and action.action != "unchanged":
+            actions[i] = action
+
+
+async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    async with connected(args, settings) as engine:
+        installer = _installer(args, engine)
+        actions: list[InstallAction] = []
+        # First what any role may install, so the report shows it even if DDL triggers are denied.
+        _merge(actions, (await installer.aio.install(durable=args.durable)).actions)
+        if not args.no_ddl:
+            try:
+                report = await installer.aio.install(
+                    ddl=True, auto_rebuild=args.auto_rebuild, durable=args.durable
+                )
+            except InsufficientPrivilegeError as exc:
+                logger.warning("DDL event triggers skipped: %s", exc)
+                _merge(actions, [InstallAction("event_trigger", "DDL event triggers", "skipped", str(exc))])
+            else:
+                _merge(actions, report.actions)
+        schemas = await trio.to_thread.run_sync(schemas_to_watch, engine, args.schema, args.installer_schema)
+        total_tables = sum(count for _, count in schemas)
+        progress = Progress(total_tables, "tables")
+        progress.enabled = progress.enabled and total_tables >= PROGRESS_THRESHOLD
+        try:
+            for name, count in schemas:
+                report = await progress.while_waiting(
+                    f"schema {name} ({count} tables)",
+                    functools.partial(
+                        installer.aio.watch_schema, name, durable=args.durable, payload=args.payload
+                    ),
+                )
+                _merge(actions, report.actions)
+                progress.advance(count, f"schema {name} done")
+        finally:
+            progress.close()
+    logger.info("built in %s: %d schema(s), %d table(s)", settings.safe_url, len(schemas), total_tables)
+    print_actions(actions, out)
+    return EXIT_OK
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """``build``: install the trigger function, watch every table, add DDL triggers where permitted."""
+    settings = command_settings(args)
+    return trio.run(_run_build, args, settings, sys.stdout)
+
+
+# ---- status --------------------------------------------------------------------------------------
+
+
+async def _run_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    async with connected(args, settings) as engine:
+        status = await _installer(args, engine).aio.status(lag_warning_bytes=args.max_slot_lag)
+    if args.json:
+        out.write(json.dumps(status_to_json(status), default=str) + "\n")
+    else:
+        print_status(status, out)
+    warn_lagging_slots(status, sys.stderr)
+    if not status.ok:
+        return EXIT_FAILURE
+    return EXIT_SLOT_LAG if status.lagging_change_streams else EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """``status``: what is installed, and the change stream slots with their lag.
+
+    Exit status 1 when something is OUTDATED or MISSING; else 3 when a change
+    stream slot is past --max-slot-lag (or lost): a slot nobody consumes keeps
+    WAL on the server forever.
+    """
+    settings = command_settings(args)
+    return trio.run(_run_status, args, settings, sys.stdout)
+
+
+# ---- uninstall, drop-change-stream ---------------------------------------------------------------
+
+
+def _confirmed(args: argparse.Namespace, question: str) -> bool:
+    """``--yes``, or the user said yes on the terminal; else say nothing changed.
+
+    Raises:
+        ExitStatus: (2) with no ``--yes`` and no terminal to ask on.
+    """
+    if args.yes:
+        return True
+    if not sys.stdin.isatty():
+        raise ExitStatus(
+            EXIT_USAGE, f"{args.command}: refusing without confirmation (stdin is not a terminal): pass --yes"
+        )
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    if sys.stdin.readline().strip().lower() in ("y", "yes"):
+        return True
+    print(f"{args.command}: cancelled, nothing changed", file=sys.stderr)
+    return False
+
+
+async def _run_uninstall(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    async with connected(args, settings) as engine:
+        report = await _installer(args, engine).aio.uninstall()
+    print_actions(report.actions, out)
+    return EXIT_OK
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    """``uninstall``: remove everything trio_pgevents installed (asks first; ``--yes`` skips)."""
+    settings = command_settings(args)
+    question = f"Remove every trigger, function and table trio_pgevents installed in {settings.safe_url}?"
+    if not _confirmed(args, question):
+        return EXIT_FAILURE
+    return trio.run(_run_uninstall, args, settings, sys.stdout)
+
+
+async def _run_drop_change_stream(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    command = args.command
+    async with connected(args, settings) as engine:
+        found = await trio.to_thread.run_sync(change_stream_status, engine, args.slot)
+        if not found.exists:
+            raise ExitStatus(
+                EXIT_USAGE,
+                f"{command}: no replication slot {args.slot!r} in {settings.safe_url}; nothing changed",
+            )
+        try:
+            report = await Installer(engine).aio.drop_change_stream(args.slot, args.publication)
+        except ReplicationError as exc:
+            raise ExitStatus(EXIT_USAGE, f"{command}: {exc}; nothing changed") from exc
+    print_actions(report.actions, out)
+    return EXIT_OK
+
+
+def cmd_drop_change_stream(args: argparse.Namespace) -> int:
+    """``drop-change-stream``: drop a change stream's replication slot (and publication).
+
+    Asks first (``--yes`` skips). A slot nobody consumes keeps WAL forever; a
+    slot in use by a running change stream is refused (exit 2): stop it first.
+    """
+    settings = command_settings(args)
+    what = f"replication slot {args.slot!r}" + (
+        f" and publication {args.publication!r}" if args.publication else ""
+    )
+    if not _confirmed(args, f"Drop {what} in {settings.safe_url}? Its consumer cannot resume afterwards."):
+        return EXIT_FAILURE
+    return trio.run(_run_drop_change_stream, args, settings, sys.stdout)

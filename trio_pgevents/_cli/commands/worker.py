@@ -1,0 +1,135 @@
+"""``worker``: listen (or read the durable outbox) and call the settings' callbacks."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import trio
+from sqlalchemy.engine import Engine
+
+from ... import DurableStream, DurableWorker, open_durable_stream, open_event_stream
+from ..._decode import decode_trigger_payload
+from ..._secrets import get_logger
+from ..database import command_settings
+from ..defaults import DEFAULT_CHANNEL
+from ..dispatch import CallbackRouter, Dispatcher
+from ..exits import EXIT_INTERRUPTED, EXIT_OK
+from ..settings import Settings
+from ..signals import serve_until_signalled
+
+__all__ = ["cmd_worker"]
+
+logger = get_logger("trio_pgevents.cli")
+
+
+class _Worker(Protocol):
+    """What both workers are: :class:`Dispatcher` and the library's ``DurableWorker``."""
+
+    def stop(self) -> None: ...
+
+    async def run(self, events: Any, /) -> object: ...
+
+
+async def _serve(
+    args: argparse.Namespace,
+    settings: Settings,
+    worker: _Worker,
+    open_stream: Callable[[Engine], AbstractAsyncContextManager[Any]],
+    *,
+    started: str,
+    finishing: str,
+    summary: Callable[[], str],
+) -> int:
+    """Run ``worker`` on the stream until it ends or a signal stops it; log ``summary()`` at the end.
+
+    ``started`` is logged once the stream is open; ``finishing`` says what a
+    graceful stop waits for.
+    """
+
+    def on_signal(name: str, scope: trio.CancelScope) -> None:
+        logger.info("received %s: stopping (%s)", name, finishing)
+        worker.stop()
+
+    async def body(engine: Engine) -> None:
+        async with open_stream(engine) as stream:
+            logger.info("%s", started)
+            await worker.run(stream)
+
+    forced = await serve_until_signalled(args, settings, on_signal, body)
+    logger.info("worker stopped: %s", summary())
+    return EXIT_INTERRUPTED if forced else EXIT_OK
+
+
+async def _run_listening_worker(args: argparse.Namespace, settings: Settings, router: CallbackRouter) -> int:
+    """``worker``: LISTEN on the channels; callbacks run up to ``--concurrency`` at once."""
+    dispatcher = Dispatcher(router, concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout)
+    channels = list(dict.fromkeys(args.channel or [DEFAULT_CHANNEL]))
+    decoders = dict.fromkeys(channels, decode_trigger_payload)
+    gets = "the event object" if args.callback_arg == "event" else "the JSON payload"
+
+    def summary() -> str:
+        s = dispatcher.statistics
+        return f"{s.received} events, {s.succeeded} callbacks ok, {s.failed} failed, {s.cancelled} cancelled"
+
+    return await _serve(
+        args,
+        settings,
+        dispatcher,
+        lambda engine: open_event_stream(engine, channels, decoders=decoders),
+        started=f"worker listening on {', '.join(channels)} at {settings.safe_url} "
+        f"(concurrency {args.concurrency}, callbacks get {gets})",
+        finishing="finishing running callbacks",
+        summary=summary,
+    )
+
+
+async def _run_durable_worker(args: argparse.Namespace, settings: Settings, router: CallbackRouter) -> int:
+    """``worker --consumer NAME``: read the durable outbox; retry, then dead-letter, failing events."""
+    worker = DurableWorker(router, max_attempts=args.max_attempts, shutdown_timeout=args.shutdown_timeout)
+    channel = (args.channel or [DEFAULT_CHANNEL])[0]
+
+    def open_stream(engine: Engine) -> AbstractAsyncContextManager[DurableStream]:
+        return open_durable_stream(
+            engine,
+            args.consumer,
+            schema=args.installer_schema,
+            channel=channel,
+            auto_ack=False,
+            retention_interval=args.retention_interval or None,
+        )
+
+    def summary() -> str:
+        s = worker.statistics
+        return (
+            f"{s.received} events, {s.succeeded} callbacks ok, {s.failed} failed attempts, "
+            f"{s.dead_lettered} dead-lettered, {s.cancelled} cancelled"
+        )
+
+    return await _serve(
+        args,
+        settings,
+        worker,
+        open_stream,
+        started=f"worker consuming {args.installer_schema}.events as durable consumer {args.consumer!r} "
+        f"at {settings.safe_url} (one at a time, up to {args.max_attempts} attempts)",
+        finishing="finishing the running callback",
+        summary=summary,
+    )
+
+
+async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    router = CallbackRouter(
+        settings.data_update_callback, settings.db_schema_update_callback, arg=args.callback_arg
+    )
+    if args.consumer is not None:
+        return await _run_durable_worker(args, settings, router)
+    return await _run_listening_worker(args, settings, router)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``worker``: listen and call the settings' callbacks."""
+    settings = command_settings(args, need_callbacks=True)
+    return trio.run(_run_worker, args, settings)
