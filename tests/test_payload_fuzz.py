@@ -150,9 +150,9 @@ def fuzz_plan(seed: int, table: str) -> tuple[list[str], int]:
 @pytest.fixture(autouse=True)
 def fresh_set_aside_log() -> None:
     """The set-aside log's burst starts unspent (it is per process)."""
-    from trio_pgevents import _decode
+    from trio_pgevents import _payload
 
-    _decode.SET_ASIDE.reset()
+    _payload.SET_ASIDE.reset()
 
 
 async def test_fuzzed_payloads_never_stop_the_stream(

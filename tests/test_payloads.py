@@ -36,7 +36,7 @@ from trio_pgevents import (
     open_event_stream,
 )
 from trio_pgevents._consumer import NotifyBatch, _events
-from trio_pgevents._decode import SetAsideLog
+from trio_pgevents._payload import SetAsideLog
 
 from .conftest import Query
 from .test_cli import SETTINGS, StartCli, _env, start_cli
@@ -187,9 +187,9 @@ def assert_typed(event: Event) -> None:
 @pytest.fixture(autouse=True)
 def fresh_set_aside_log() -> None:
     """Each test starts with the set-aside log's burst unspent (it is per process)."""
-    from trio_pgevents import _decode
+    from trio_pgevents import _payload
 
-    _decode.SET_ASIDE.reset()
+    _payload.SET_ASIDE.reset()
     compat._SKIPPED.reset()
 
 

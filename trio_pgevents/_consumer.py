@@ -31,7 +31,8 @@ import trio
 from ._buffer import EventBuffer
 from ._decode import Decoder, set_aside
 from ._errors import StreamClosedError
-from ._events import Event, Notification, _why
+from ._events import Event, Notification
+from ._payload import why
 from ._secrets import get_logger
 
 __all__ = ["BatchIterator", "BufferedStream", "NotifyBatch"]
@@ -76,9 +77,7 @@ class NotifyBatch(list[Any]):
             try:
                 event = decoder(channel, payload, n.pid, source)
             except Exception as exc:  # a custom decoder's bug must not cost the batch
-                event = set_aside(
-                    channel, payload, n.pid, source, f"the channel's decoder raised {_why(exc)}"
-                )
+                event = set_aside(channel, payload, n.pid, source, f"the channel's decoder raised {why(exc)}")
             else:
                 if not isinstance(event, Event):
                     reason = f"the channel's decoder returned {type(event).__name__}, not an Event"
@@ -110,7 +109,7 @@ def _events(batch: list[Event]) -> list[Event]:
         logger.error(
             "could not decode a batch of %d notifications (%s): delivered as Notifications",
             len(batch),
-            _why(exc),
+            why(exc),
         )
         return batch.notifications()
 

@@ -11,7 +11,7 @@ Layout of every event tuple: ``(channel, payload, pid, source, *extra)``.
 A payload is text anyone who can connect may have sent, so every typed field
 of :class:`RowChange` and :class:`SchemaChange` returns its documented type
 whatever the payload held: the LISTEN path only builds those classes from
-payloads it checked (see ``_decode``); events built otherwise (``from_data``,
+payloads it checked (see ``_decode``; the format is ``_payload``); events built otherwise (``from_data``,
 a custom decoder, the durable outbox) are guarded field by field here.
 """
 
@@ -23,7 +23,7 @@ from functools import cached_property
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-import msgspec
+from ._payload import METHODS, UNPARSED, parse_json, why
 
 try:  # the C field accessor namedtuple uses: one descriptor call per field read
     from _collections import _tuplegetter  # type: ignore[import-not-found]
@@ -44,39 +44,6 @@ __all__ = [
 ]
 
 _new = tuple.__new__
-
-#: The values of :attr:`RowChange.method`.
-_METHODS = frozenset({"INSERT", "UPDATE", "DELETE", "TRUNCATE"})
-
-_msgspec_decode = msgspec.json.Decoder().decode
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_json(text: str) -> Any:
-    """Parse a payload's JSON text; raise an ``Exception`` (never worse) if it is not JSON.
-
-    msgspec parses the installer's payloads ~3.7x faster than the stdlib
-    (0.83 vs 3.1 us for a 470-byte row payload; in ``benchmarks/decoded.py``
-    typed events with ``.new_data`` read: ~196k vs ~128k per second), keeps
-    integers past 64 bits exact (orjson turns them into floats) and rejects
-    what no valid text holds (lone surrogate escapes, ``NaN``).
-    Nesting deeper than the interpreter's recursion limit raises
-    ``RecursionError`` -- callers catch ``Exception``, not ``ValueError``.
-    Only for a number msgspec cannot hold (past float range, or an integer
-    of thousands of digits) is the stdlib asked, which reads those as before
-    (``inf``); its result is then held to the same rules.
-    """
-    try:
-        return _msgspec_decode(text)
-    except msgspec.ValidationError:
-        pass
-    value = json.loads(text, parse_constant=_reject_constant)
-    # Lone surrogates: the stdlib accepts them, UTF-8 cannot encode them (printing would fail).
-    json.dumps(value, ensure_ascii=False).encode("utf-8")
-    return value
 
 
 class ServerText(str):
@@ -188,9 +155,7 @@ class _DecodedEvent(Event):
         try:
             decoded = parse_json(self[1])
         except Exception as exc:  # RecursionError too: anything a payload can cause
-            from ._decode import UNPARSED  # here: _decode imports this module
-
-            UNPARSED.note(self[0], str(self[1]), _why(exc))
+            UNPARSED.note(self[0], str(self[1]), why(exc))
             return {}
         return decoded if isinstance(decoded, dict) else {"value": decoded}
 
@@ -243,11 +208,6 @@ class _DecodedEvent(Event):
         return (_rebuild_from_data, (type(self), tuple(self), self.data))
 
 
-def _why(exc: BaseException) -> str:
-    """One short line saying why parsing failed."""
-    return f"{type(exc).__name__}: {str(exc)[:100]}"
-
-
 def _rebuild_from_data(cls: type[_DecodedEvent], items: tuple[Any, ...], data: dict[str, Any]) -> Event:
     event = _new(cls, items)
     event.__dict__["data"] = data
@@ -281,7 +241,7 @@ class RowChange(_DecodedEvent):
         """``INSERT``, ``UPDATE``, ``DELETE`` or ``TRUNCATE`` (``""`` only for hand-built events)."""
         method = self.data.get("method")
         # Type first: a list is not hashable, and ``in`` a frozenset would raise.
-        return method if type(method) is str and method in _METHODS else ""
+        return method if type(method) is str and method in METHODS else ""
 
     @property
     def old_data(self) -> dict[str, Any] | None:

@@ -9,12 +9,16 @@ Unicode (a lone surrogate) cannot be sent at all; each of these gets a
 
 from __future__ import annotations
 
+import re
+
 from ._errors import ConfigurationError, InvalidChannelError
 
-__all__ = ["MAX_IDENTIFIER_BYTES", "check_channel", "check_identifier", "check_text"]
+__all__ = ["MAX_IDENTIFIER_BYTES", "check_channel", "check_identifier", "check_slot_name", "check_text"]
 
 #: Postgres truncates identifiers to NAMEDATALEN-1 bytes.
 MAX_IDENTIFIER_BYTES = 63
+#: Replication slot names: what ``pg_create_logical_replication_slot`` accepts.
+_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 
 
 def check_text(what: str, value: object, *, error: type[ConfigurationError] = ConfigurationError) -> str:
@@ -49,3 +53,13 @@ def check_identifier(
 def check_channel(channel: object) -> str:
     """``channel`` if LISTEN/NOTIFY would use it unchanged (:class:`InvalidChannelError` if not)."""
     return check_identifier("channel name", channel, error=InvalidChannelError)
+
+
+def check_slot_name(slot: object) -> str:
+    """``slot`` if Postgres accepts it as a replication slot name (lower-case letters, digits, ``_``)."""
+    if not isinstance(slot, str) or not _SLOT_NAME.fullmatch(slot):
+        raise ConfigurationError(
+            f"slot {slot!r} is not a valid replication slot name: use 1-63 characters "
+            "of lower-case letters, digits and underscores"
+        )
+    return slot

@@ -20,6 +20,7 @@ by a timeout, abandoned on cancellation, with the socket shut down either way.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import socket
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 
 import trio
 
-__all__ = ["CallTimeout", "Handoff", "run_abandonable", "shutdown_socket", "thread_handoff"]
+__all__ = ["CallTimeout", "Handoff", "call_callback", "run_abandonable", "shutdown_socket", "thread_handoff"]
 
 T = TypeVar("T")
 
@@ -230,3 +231,24 @@ async def run_abandonable(
         # Our own time limit fired (the thread may have ended at that same moment).
         raise CallTimeout(f"{what}: no answer within {timeout:g}s")
     return result  # type: ignore[no-any-return]
+
+
+def _is_async(function: Callable[..., Any]) -> bool:
+    if inspect.iscoroutinefunction(function):
+        return True
+    # A callable object with an ``async def __call__``.
+    call = getattr(function, "__call__", None)  # noqa: B004 - the bound method is wanted
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+async def call_callback(callback: Callable[[Any], Any], argument: Any) -> None:
+    """Call a user's callback: ``async def`` ones in the Trio loop, plain ones in a worker thread.
+
+    A plain function's thread is abandoned when the caller is cancelled (a
+    stuck callback cannot hold a shutdown past its deadline); it runs on
+    until it returns, its result ignored.
+    """
+    if _is_async(callback):
+        await callback(argument)
+    else:
+        await trio.to_thread.run_sync(callback, argument, abandon_on_cancel=True)

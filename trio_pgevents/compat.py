@@ -41,8 +41,8 @@ from uuid import UUID
 
 from psycopg2 import sql
 
-from ._decode import PayloadError, SetAsideLog
-from ._events import _why, parse_json
+from ._errors import PayloadError
+from ._payload import SetAsideLog, parse_json, why
 from ._secrets import get_logger
 
 __all__ = [
@@ -145,7 +145,7 @@ class Event:
         try:
             obj = parse_json(json_string)
         except Exception as exc:  # RecursionError too, not only ValueError
-            raise PayloadError(f"not JSON ({_why(exc)})") from None
+            raise PayloadError(f"not JSON ({why(exc)})") from None
         if type(obj) is not dict:
             raise PayloadError(f"JSON {type(obj).__name__}, not an object")
         for key in ("event_id", "event_type", "schema_name", "table_name", "row_id"):

@@ -9,8 +9,6 @@
 
 from .admin import DEFAULT_LAG_WARNING_BYTES as DEFAULT_LAG_WARNING_BYTES
 from .admin import ChangeStreamStatus as ChangeStreamStatus
-from .admin import _check_identifier as _check_identifier
-from .admin import _check_slot_name as _check_slot_name
 from .admin import change_stream_status as change_stream_status
 from .admin import drop_change_stream as drop_change_stream
 from .admin import read_slot_statuses as read_slot_statuses

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +20,7 @@ from .._errors import (
     ConnectError,
     ReplicationError,
 )
-from .._names import check_identifier
+from .._names import check_identifier, check_slot_name
 from .._options import DEFAULT_CONNECT_TIMEOUT
 from .._secrets import get_logger, redactor_for
 from .._source import DB_ERRORS
@@ -47,8 +46,6 @@ __all__ = [
 DEFAULT_LAG_WARNING_BYTES = 1 << 30
 #: Seconds to wait for a slot held by a walsender whose client just left.
 IN_USE_GRACE = 3.0
-#: Replication slot names: what ``pg_create_logical_replication_slot`` accepts.
-_SLOT_NAME = re.compile(r"[a-z0-9_]{1,63}")
 #: Session settings of the replication connection: values arrive in the
 #: text form the decoder parses (ISO dates, UTC offsets, exact floats).
 _SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c IntervalStyle=postgres"
@@ -59,19 +56,6 @@ _SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c extra_float_digits=3 -c 
 # ---------------------------------------------------------------------------
 
 
-def _check_slot_name(slot: object) -> str:
-    if not isinstance(slot, str) or not _SLOT_NAME.fullmatch(slot):
-        raise ConfigurationError(
-            f"slot {slot!r} is not a valid replication slot name: use 1-63 characters "
-            "of lower-case letters, digits and underscores"
-        )
-    return slot
-
-
-def _check_identifier(what: str, name: object) -> str:
-    return check_identifier(what, name)
-
-
 def split_table(table: object) -> tuple[str, str]:
     """``"orders"`` -> ``("public", "orders")``; ``"shop.orders"`` -> ``("shop", "orders")``."""
     if not isinstance(table, str) or not table:
@@ -79,7 +63,7 @@ def split_table(table: object) -> tuple[str, str]:
     schema, dot, name = table.partition(".")
     if not dot:
         schema, name = "public", table
-    return _check_identifier("schema name", schema), _check_identifier("table name", name)
+    return check_identifier("schema name", schema), check_identifier("table name", name)
 
 
 def quote_ident(name: str) -> str:
@@ -257,7 +241,7 @@ def change_stream_status(
         lag_warning_bytes: warn when ``lag_bytes`` exceeds this (default 1 GiB).
     """
     engine = conn_mod.as_engine(engine)
-    _check_slot_name(slot)
+    check_slot_name(slot)
     found = _run(
         engine, lambda cursor: read_slot_statuses(cursor, slot=slot, lag_warning_bytes=lag_warning_bytes)
     )
@@ -276,9 +260,9 @@ def drop_change_stream(engine: Engine | str, slot: str, publication: str | None)
             first), or the role may not drop it.
     """
     engine = conn_mod.as_engine(engine)
-    _check_slot_name(slot)
+    check_slot_name(slot)
     if publication is not None:
-        _check_identifier("publication", publication)
+        check_identifier("publication", publication)
 
     def work(cursor: Any) -> None:
         # A stream closed a moment ago may still hold the slot until its
@@ -330,8 +314,8 @@ def set_replica_identity(
         ReplicationError: the role may not alter the table.
     """
     engine = conn_mod.as_engine(engine)
-    _check_identifier("table", table)
-    _check_identifier("schema", schema)
+    check_identifier("table", table)
+    check_identifier("schema", schema)
     statement = sql.SQL("ALTER TABLE {}.{} REPLICA IDENTITY {}").format(
         sql.Identifier(schema), sql.Identifier(table), sql.SQL("FULL" if full else "DEFAULT")
     )

@@ -32,11 +32,12 @@ from .. import _connection as conn_mod
 from .._buffer import EventBuffer
 from .._errors import ConfigurationError
 from .._events import Event
+from .._names import check_identifier, check_slot_name
 from .._nursery import open_unwrapping_nursery
 from .._options import ChangeStreamOptions, StreamOptions
 from .._positions import ResumableStream
 from .._source import SourceStatistics, StreamHealth
-from .admin import _check_identifier, _check_slot_name, split_table
+from .admin import split_table
 from .pgoutput import ack_position, format_lsn
 from .prepare import prepare
 from .replication import Replicator
@@ -232,8 +233,8 @@ async def open_change_stream(
             connects), or a table that does not exist or has no replica identity.
     """
     parsed = StreamOptions.parse("open_change_stream", options)
-    _check_slot_name(slot)
-    _check_identifier("publication", publication)
+    check_slot_name(slot)
+    check_identifier("publication", publication)
     if isinstance(tables, str):
         raise ConfigurationError("tables must be a sequence of table names, not a single str")
     table_list = None if tables is None else list(dict.fromkeys(split_table(t) for t in tables))

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .._errors import ConfigurationError
+from .._names import check_slot_name
 
 __all__ = ["bool_arg", "byte_size", "non_negative_float", "positive_float", "positive_int", "slot_name"]
 
@@ -77,11 +78,7 @@ def byte_size(text: str) -> int:
 
 def slot_name(text: str) -> str:
     """A replication slot name, by the change stream's rule."""
-    # One rule for slot names, the change stream's; the library has no public check of a name
-    # alone (change_stream_status checks it, then connects).
-    from .. import _cdc
-
     try:
-        return _cdc._check_slot_name(text)
+        return check_slot_name(text)
     except ConfigurationError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

@@ -18,7 +18,6 @@ stragglers are cancelled (a thread that is still running is abandoned).
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 from collections.abc import AsyncIterable, Callable
@@ -30,6 +29,7 @@ import trio
 from .. import Event, Notification, Overflow, RowChange, SchemaChange, StreamGap
 from .._errors import ConfigurationError
 from .._secrets import get_logger
+from .._threads import call_callback
 
 __all__ = [
     "CallbackArg",
@@ -51,14 +51,6 @@ LEGACY_DATA_CHANNELS = frozenset({"pgevents_data_update"})
 LEGACY_SCHEMA_CHANNELS = frozenset({"pgevents_table_alter", "pgevents_table_drop"})
 
 Callback = Callable[[Any], Any]
-
-
-def _is_async(function: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(function):
-        return True
-    # A callable object with an ``async def __call__``.
-    call = getattr(function, "__call__", None)  # noqa: B004 - we want the bound method
-    return call is not None and inspect.iscoroutinefunction(call)
 
 
 #: Log lines show at most this much of an event's repr (a payload may be ~8 KB).
@@ -249,11 +241,7 @@ class Dispatcher:
         ok = False
         try:
             argument = self.router.argument(event)
-            if _is_async(callback):
-                await callback(argument)
-            else:
-                # abandon_on_cancel: at the shutdown deadline a stuck thread is left behind.
-                await trio.to_thread.run_sync(callback, argument, abandon_on_cancel=True)
+            await call_callback(callback, argument)  # a stuck thread is left behind at the deadline
             ok = True
             self.statistics.succeeded += 1
         except trio.Cancelled:

@@ -1,12 +1,7 @@
 """The outbox from the reader's side: its SQL, and rows turned into events (no I/O).
 
-How reading stays correct when commit order is not id order (PgQ's idea):
-the events table is read in ``(txid, id)`` order and only rows whose
-transaction id is below the reading snapshot's ``xmin`` are read. Every
-transaction below ``xmin`` has finished (committed or rolled back), so no
-row can ever appear *behind* the read position later: a transaction that took
-a low id but commits late has a txid at or above ``xmin`` until it commits,
-and is read then.
+The read statement takes rows in ``(txid, id)`` order, only below the
+snapshot's ``xmin`` (:mod:`.follower` says why that is correct).
 
 Every function, operator and type in this SQL is schema-qualified: the
 reader runs no code another role put on its connection's search_path.
@@ -19,8 +14,8 @@ from typing import Any
 
 from psycopg2 import sql
 
-from .._decode import SET_ASIDE
 from .._events import Event, Notification, RowChange
+from .._payload import ROW, SET_ASIDE, jsonb_check_sql
 
 __all__ = ["OutboxNotification", "OutboxSql", "Position", "make_event", "position_of", "stored_payload"]
 
@@ -47,30 +42,12 @@ def position_of(event: object) -> Position | None:
     return position
 
 
-def _typed(key: str, *types: str) -> str:
-    """SQL: the payload's ``key`` is absent or of one of these jsonb types."""
-    kinds = ", ".join(f"'{t}'" for t in (*types, "null"))
-    return (
-        f"coalesce(pg_catalog.jsonb_typeof(r.payload OPERATOR(pg_catalog.->) '{key}'), 'null') "
-        f"OPERATOR(pg_catalog.=) ANY (ARRAY[{kinds}])"
-    )
-
-
 #: SQL: the row is a row event of the trigger's format (kind, table, method, row data). The
 #: server checks it (in C, per row), so the reader parses nothing up front: the payload is
-#: parsed on first field access (the other fields read as their empty values if a row
-#: written by hand gave them the wrong type). The type comes from the top-level "kind" the
+#: parsed on first access of ``data`` (the other fields read as their empty values if a row
+#: written by hand gave them the wrong type). The type comes from the "kind" field the
 #: trigger wrote, never from row data.
-_ROW_EVENT_CHECK = (
-    "coalesce(pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' "
-    "AND r.payload OPERATOR(pg_catalog.->>) 'kind' OPERATOR(pg_catalog.=) 'row' "
-    "AND pg_catalog.jsonb_typeof(r.payload OPERATOR(pg_catalog.->) 'table_name') "
-    "OPERATOR(pg_catalog.=) 'string' "
-    "AND r.payload OPERATOR(pg_catalog.->>) 'method' OPERATOR(pg_catalog.=) "
-    "ANY (ARRAY['INSERT', 'UPDATE', 'DELETE', 'TRUNCATE']) AND "
-    + " AND ".join([_typed("old_data", "object"), _typed("new_data", "object")])
-    + ", false)"
-)
+_ROW_EVENT_CHECK = jsonb_check_sql("r.payload", ROW, ("table_name", "method", "old_data", "new_data"))
 
 
 class OutboxSql:

@@ -5,7 +5,7 @@ with ``Installer.watch_table(..., durable=True)`` writes every change into
 ``<schema>.events`` in the same transaction as the change, and sends one
 wake-up NOTIFY per transaction on ``<channel>.durable``. A
 :class:`DurableStream` reads that table from its consumer's stored position
-(:mod:`.outbox` says how reading stays correct when commit order is not id
+(:mod:`.follower` says how reading stays correct when commit order is not id
 order).
 
 Delivery is at-least-once: the position is stored after events are
@@ -24,14 +24,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Unpack
 
-import psycopg2.errors
 import trio
 from sqlalchemy.engine import Engine
 
 from .._buffer import EventBuffer
 from .._connection import as_engine, describe_source, validate_channel
 from .._errors import ConfigurationError, ConnectError, ConnectionLostError, TrioPgEventsError
-from .._events import Event, StreamGap
+from .._events import Event
 from .._listen import EventStream, start_event_stream
 from .._names import check_text
 from .._nursery import open_unwrapping_nursery
@@ -39,7 +38,8 @@ from .._options import DurableStreamOptions, StreamOptions
 from .._positions import ResumableStream
 from .._secrets import get_logger
 from .._source import DB_ERRORS, SourceStatistics, StreamHealth
-from .outbox import OutboxSql, Position, make_event, position_of, stored_payload
+from .follower import OutboxFollower
+from .outbox import OutboxSql, Position, position_of, stored_payload
 from .reader import OutboxConnection
 from .worker import DurableWorker, DurableWorkerStatistics, Handler
 
@@ -47,7 +47,6 @@ __all__ = ["DurableStatistics", "DurableStream", "open_durable_stream"]
 
 logger = get_logger("trio_pgevents")
 
-_MAX_BIGINT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -115,19 +114,13 @@ class DurableStream(ResumableStream[Position]):
         self.channel = options.channel
         self.wake_channel = validate_channel(options.channel + ".durable")
         self._options = options
-        # One read takes at most a quarter of the buffer's bytes (and always one row).
-        self._read_budget = max(1, options.max_buffer_bytes // 4)
         self._sql = OutboxSql(options.schema)
         self._db = OutboxConnection(engine, options, f"durable consumer {consumer!r}")
-        self._wake = trio.Event()
-        self._pending_gaps: list[StreamGap] = []
-        self._read_pos: Position = (0, 0)
+        self._follower = OutboxFollower(self._db, self._sql, self._buffer, options, consumer, self.source)
         self._wake_stream: EventStream | None = None
         self._scope = trio.CancelScope()
         self._finished = trio.Event()
         self._closed = False
-        self._events_read = 0
-        self._reads = 0
         self._dead_lettered = 0
         self._retention_runs = 0
         self._retention_deleted = 0
@@ -140,7 +133,7 @@ class DurableStream(ResumableStream[Position]):
             with self._scope:
                 try:
                     await self._db.connect()
-                    await self._register()
+                    self._set_stored(await self._follower.register())
                 except (*DB_ERRORS, ConnectionLostError) as exc:
                     raise ConnectError(
                         f"could not open durable consumer {self.consumer!r} on {self.source}: "
@@ -155,8 +148,8 @@ class DurableStream(ResumableStream[Position]):
                     self._wake_stream = await start_event_stream(
                         nursery, [self.engine], [self.wake_channel], wake_options
                     )
-                    nursery.start_soon(self._pump_wakeups, self._wake_stream)
-                    nursery.start_soon(self._read_loop)
+                    nursery.start_soon(self._follower.pump_wakeups, self._wake_stream)
+                    nursery.start_soon(self._follower.run)
                     nursery.start_soon(self._flush_loop)
                     if self._options.retention_interval is not None:
                         nursery.start_soon(self._retention_loop, self._options.retention_interval)
@@ -220,92 +213,6 @@ class DurableStream(ResumableStream[Position]):
         self._scope.cancel()
         with trio.CancelScope(shield=True), trio.move_on_after(2 * self._options.close_timeout + 1):
             await self._finished.wait()
-
-    async def _register(self) -> None:
-        start, statements = self._options.start, self._sql
-
-        def work(cursor: Any) -> Position:
-            if start == "latest":
-                # Skip everything already finished; transactions still running are delivered.
-                cursor.execute(statements.xmin)
-                initial: Position = (int(cursor.fetchone()[0]) - 1, _MAX_BIGINT)
-            else:
-                initial = (0, 0)
-            try:
-                cursor.execute(statements.register, (self.consumer, str(initial[0]), initial[1]))
-            except psycopg2.errors.UndefinedTable as exc:
-                raise ConfigurationError(
-                    f"schema {self.schema!r} has no durable tables on {self.source}: run "
-                    f"Installer(engine, schema={self.schema!r}).install(durable=True) first"
-                ) from exc
-            cursor.execute(statements.position, (self.consumer,))
-            row = cursor.fetchone()
-            return (int(row[0]), int(row[1]))
-
-        position = await self._db.run(work)
-        self._read_pos = position
-        self._set_stored(position)
-
-    # ---- reading ---------------------------------------------------------------
-
-    async def _pump_wakeups(self, wake: EventStream) -> None:
-        async for batch in wake.batches():
-            for event in batch:
-                if isinstance(event, StreamGap):
-                    self._pending_gaps.append(event)
-            self._wake.set()
-
-    async def _read_loop(self) -> None:
-        # After any activity (a wake-up, rows read) the table is read again after
-        # 10 ms, 20 ms, 40 ms, ... up to poll_interval. That catches what a
-        # wake-up cannot announce: a transaction whose rows are not below xmin
-        # yet when the wake-up is read (an older one still running), and a
-        # writer that skipped its NOTIFY because another transaction was
-        # notifying at the same moment (the installer lets only one at a time
-        # take the server's NOTIFY lock; see the README's durable section).
-        poll_interval = self._options.poll_interval
-        first = 0.01
-        fast = first
-        while True:
-            woken = self._wake.is_set()
-            self._wake = trio.Event()  # reset before reading: a wake-up during the read is kept
-            gaps, self._pending_gaps = self._pending_gaps, []
-            read_before = self._events_read
-            await self._catch_up()
-            for gap in gaps:
-                # The table was re-read after the reconnect: nothing was lost.
-                self._buffer.put_control(
-                    StreamGap(gap.source, gap.disconnected_at, gap.reconnected_at, gap.reason, True)
-                )
-            if woken or self._events_read > read_before:
-                fast = first
-            delay = min(fast, poll_interval)
-            fast = min(fast * 2, poll_interval)
-            with trio.move_on_after(delay):
-                await self._wake.wait()
-
-    async def _catch_up(self) -> None:
-        """Read until the table has nothing more below xmin (one query per ``batch_size`` rows)."""
-        limit, budget = self._options.batch_size, self._read_budget
-        read_sql, source = self._sql.read, self.source
-        while True:
-            txid, event_id = self._read_pos
-
-            def work(cursor: Any, txid: int = txid, event_id: int = event_id) -> list[Any]:
-                cursor.execute(read_sql, (str(txid), event_id, limit, budget))
-                return list(cursor.fetchall())
-
-            rows: list[Any] = await self._db.run(work)
-            self._reads += 1
-            if not rows:
-                return
-            batch = [make_event(row, source) for row in rows]
-            last = rows[-1]
-            self._read_pos = (int(last[1]), int(last[0]))
-            self._events_read += len(batch)
-            await self._buffer.put(batch, sum(len(row[3]) for row in rows))
-            if len(rows) < limit and int(last[4]) < budget:
-                return  # everything there was read (not cut by the limit, nor by the budget)
 
     # ---- acknowledging ---------------------------------------------------------
 
@@ -441,9 +348,9 @@ class DurableStream(ResumableStream[Position]):
         sources = (self._db.statistics(), *(wake.statistics().sources if wake is not None else ()))
         return DurableStatistics(
             consumer=self.consumer,
-            read_position=self._read_pos,
-            events_received=self._events_read,
-            reads=self._reads,
+            read_position=self._follower.position,
+            events_received=self._follower.events_read,
+            reads=self._follower.reads,
             dead_lettered=self._dead_lettered,
             retention_runs=self._retention_runs,
             retention_deleted=self._retention_deleted,

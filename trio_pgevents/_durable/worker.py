@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 import random
 from collections.abc import Awaitable, Callable
@@ -15,6 +14,7 @@ from .._errors import ConfigurationError, StreamClosedError
 from .._events import Event, RowChange
 from .._options import check_int_at_least_1, check_number_in, check_positive
 from .._secrets import get_logger
+from .._threads import call_callback
 from .outbox import OutboxNotification, position_of
 
 if TYPE_CHECKING:
@@ -57,13 +57,6 @@ class _SingleHandler:
 
     def argument(self, event: Event) -> Any:
         return event
-
-
-def _is_async(function: Callable[..., Any]) -> bool:
-    if inspect.iscoroutinefunction(function):
-        return True
-    call = getattr(function, "__call__", None)  # noqa: B004 - the bound method is wanted
-    return call is not None and inspect.iscoroutinefunction(call)
 
 
 class DurableWorker:
@@ -166,10 +159,7 @@ class DurableWorker:
         delay = self.backoff_initial
         for attempt in range(1, self.max_attempts + 1):
             try:
-                if _is_async(callback):
-                    await callback(argument)
-                else:
-                    await trio.to_thread.run_sync(callback, argument, abandon_on_cancel=True)
+                await call_callback(callback, argument)
                 stats.succeeded += 1
                 return True
             except trio.Cancelled:

@@ -12,12 +12,11 @@ from psycopg2 import sql
 from .._cdc import (
     DEFAULT_LAG_WARNING_BYTES,
     ChangeStreamStatus,
-    _check_identifier,
-    _check_slot_name,
     drop_change_stream,
     read_slot_statuses,
 )
 from .._errors import ConfigurationError
+from .._names import check_identifier, check_slot_name
 from .base import Cursor, InstallerBase, check_lag_warning
 from .reports import InstallAction, InstallReport
 from .sql import SqlBuilder
@@ -27,9 +26,9 @@ __all__ = ["ChangeStreamOps"]
 
 def _check_names(slot: str, publication: str | None) -> None:
     """Raise :class:`ConfigurationError` for a bad slot or publication name."""
-    _check_slot_name(slot)
+    check_slot_name(slot)
     if publication is not None:
-        _check_identifier("publication", publication)
+        check_identifier("publication", publication)
 
 
 def _dropped(kind: str, name: str, existed: bool, absent: str) -> InstallAction:

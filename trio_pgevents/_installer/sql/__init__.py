@@ -34,7 +34,6 @@ Privileges (the security model, see the README's "Security" section):
 
 from .base import (
     COMMENT_PREFIX,
-    FORMAT_VERSION,
     NOTIFY_MAX_BYTES,
     PAYLOAD_MODES,
     Definition,
@@ -47,7 +46,6 @@ from .functions import OBSOLETE_FUNCTIONS
 
 __all__ = [
     "COMMENT_PREFIX",
-    "FORMAT_VERSION",
     "NOTIFY_MAX_BYTES",
     "OBSOLETE_FUNCTIONS",
     "PAYLOAD_MODES",

@@ -18,7 +18,6 @@ from psycopg2 import sql
 
 __all__ = [
     "COMMENT_PREFIX",
-    "FORMAT_VERSION",
     "NOTIFY_MAX_BYTES",
     "PAYLOAD_MODES",
     "TAG",
@@ -33,8 +32,6 @@ __all__ = [
 
 #: Every comment the installer writes starts with this.
 COMMENT_PREFIX = "trio_pgevents "
-#: The payload format version (the ``v`` key).
-FORMAT_VERSION = 1
 #: NOTIFY payloads must be shorter than 8000 bytes (BLCKSZ - NAMEDATALEN - 128).
 NOTIFY_MAX_BYTES = 7999
 #: What a row event carries: the whole row, or only its primary key columns.

@@ -15,9 +15,9 @@ from typing import Any
 from psycopg2 import sql
 
 from ..._errors import ConfigurationError
+from ..._payload import DDL, ROW, object_sql
 from .base import (
     COMMENT_PREFIX,
-    FORMAT_VERSION,
     NOTIFY_MAX_BYTES,
     TAG,
     Definition,
@@ -35,6 +35,13 @@ _STASH_SETTING = "trio_pgevents.outbox_row_{hash}"
 #: Search path of every installer function that is not on a writer's hot path
 #: (those qualify every name instead: a SET clause costs each write ~10%).
 _PINNED_PATH = "SET search_path = pg_catalog, pg_temp"
+#: What a row trigger knows of every row event.
+_TRIGGER = {
+    "table_schema": "TG_TABLE_SCHEMA",
+    "table_name": "TG_TABLE_NAME",
+    "session_user": "session_user",
+    "method": "TG_OP",
+}
 
 
 @dataclass(frozen=True)
@@ -162,31 +169,94 @@ class FunctionSql(Renderer):
             "(SELECT pg_catalog.{t}_object_agg(e.key, e.value) FROM pg_catalog.{t}_each({var}) e "
             "WHERE e.key OPERATOR(pg_catalog.=) ANY (pk))"
         )
-        reducers = {
+        reducers: dict[str, sql.Composable] = {
             f"{prefix}keys_of_{which}": sql.SQL(keys_of.format(t=t, var=f"{which}_j"))
             for prefix, t in (("", "json"), ("j", "jsonb"))
             for which in ("old", "new")
         }
-        return reducers | {
-            "schema": sql.Literal(self.schema),
-            "channel": sql.Literal(self.channel),
-            "version": sql.Literal(FORMAT_VERSION),
-            "limit": sql.Literal(NOTIFY_MAX_BYTES),
-            "query": sql.SQL("pg_catalog.current_query()" if self.include_query else "NULL::pg_catalog.text"),
-            "stash": sql.Literal(_STASH_SETTING.format(hash=digest(f"{self.schema}:{self.channel}"))),
-            "wake": sql.Literal(self.channel + ".durable"),
-            "wake_key": sql.Literal(self.wake_lock_key()),
-            "row_name": sql.Literal(names.row_trigger),
-            "row_out_name": sql.Literal(names.row_out_trigger),
-            "trunc_name": sql.Literal(names.truncate_trigger),
-            "row_events": sql.Literal(_ROW_EVENTS),
-            "all_names": sql.SQL("ARRAY[{}]::text[]").format(
-                sql.SQL(", ").join(sql.Literal(n) for n in names.table_triggers)
+        return (
+            reducers
+            | {
+                "schema": sql.Literal(self.schema),
+                "channel": sql.Literal(self.channel),
+                "limit": sql.Literal(NOTIFY_MAX_BYTES),
+                "query": sql.SQL(
+                    "pg_catalog.current_query()" if self.include_query else "NULL::pg_catalog.text"
+                ),
+                "stash": sql.Literal(_STASH_SETTING.format(hash=digest(f"{self.schema}:{self.channel}"))),
+                "wake": sql.Literal(self.channel + ".durable"),
+                "wake_key": sql.Literal(self.wake_lock_key()),
+                "row_name": sql.Literal(names.row_trigger),
+                "row_out_name": sql.Literal(names.row_out_trigger),
+                "trunc_name": sql.Literal(names.truncate_trigger),
+                "row_events": sql.Literal(_ROW_EVENTS),
+                "all_names": sql.SQL("ARRAY[{}]::text[]").format(
+                    sql.SQL(", ").join(sql.Literal(n) for n in names.table_triggers)
+                ),
+                "own": sql.Literal(self._own_trigger_pattern()),
+                "writer": sql.Literal(names.writer_role),
+                "comment_prefix": sql.Literal(COMMENT_PREFIX),
+                "key_columns": sql.SQL(template("key_columns").strip()),
+            }
+            | {name: sql.SQL(text) for name, text in self._payloads().items()}
+        )
+
+    def _payloads(self) -> dict[str, str]:
+        """The events the functions build, as SQL from the one payload format (``_payload``)."""
+        query = "pg_catalog.current_query()" if self.include_query else "NULL::pg_catalog.text"
+        rows = {"old_data": "old_j", "new_data": "new_j"}
+        stashed = {
+            "old_data": "stash OPERATOR(pg_catalog.->) 'o'",
+            "new_data": "stash OPERATOR(pg_catalog.->) 'n'",
+        }
+        ddl = {
+            "classid": "r.classid",
+            "objid": "r.objid",
+            "objsubid": "r.objsubid",
+            "object_type": "r.object_type",
+            "object_identity": "r.object_identity",
+            "schema_name": "r.schema_name",
+            "session_user": "session_user",
+        }
+        return {
+            # notify_row: the whole row; its keys only; cut to fit NOTIFY (without, then with
+            # as much of the query as fits); and the last resort when building failed.
+            "row_whole": object_sql(ROW, _TRIGGER | rows | {"query": "q", "truncated": "false"}),
+            "row_keys_only": object_sql(ROW, _TRIGGER | rows | {"truncated": "false", "keys_only": "true"}),
+            "row_cut": object_sql(ROW, _TRIGGER | rows | {"truncated": "true"}),
+            "row_cut_query": object_sql(ROW, _TRIGGER | rows | {"query": "cut", "truncated": "true"}),
+            "row_failed": object_sql(
+                ROW, _TRIGGER | {"truncated": "true", "error": "pg_catalog.left(SQLERRM, 1000)"}
             ),
-            "own": sql.Literal(self._own_trigger_pattern()),
-            "writer": sql.Literal(names.writer_role),
-            "comment_prefix": sql.Literal(COMMENT_PREFIX),
-            "key_columns": sql.SQL(template("key_columns").strip()),
+            # outbox_row: the stashed row, plus why it is missing, or that it is keys only.
+            "outbox_row": object_sql(
+                ROW, _TRIGGER | stashed | {"query": query, "truncated": "note IS NOT NULL"}, jsonb=True
+            ),
+            "outbox_failed": object_sql(ROW, {"error": "note"}, jsonb=True, header=False),
+            "outbox_keys_only": object_sql(
+                ROW, {"keys_only": "true", "query": "NULL::pg_catalog.text"}, jsonb=True, header=False
+            ),
+            # ddl_end and sql_drop: what each event trigger function can know.
+            "ddl_command": object_sql(
+                DDL,
+                ddl
+                | {
+                    "command_tag": "r.command_tag",
+                    "object_name": "(pg_catalog.pg_identify_object(r.classid, r.objid, r.objsubid)).name",
+                    "in_extension": "r.in_extension",
+                },
+            ),
+            "ddl_dropped": object_sql(
+                DDL,
+                ddl
+                | {
+                    "command_tag": "TG_TAG",
+                    "object_name": "r.object_name",
+                    "original": "r.original",
+                    "normal": "r.normal",
+                    "is_temporary": "r.is_temporary",
+                },
+            ),
         }
 
     def wake_lock_key(self) -> int:

@@ -27,15 +27,9 @@ BEGIN
         {key_columns}
         old_j := {keys_of_old};
         new_j := {keys_of_new};
-        payload := pg_catalog.json_build_object(
-            'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
-            'session_user', session_user, 'method', TG_OP, 'old_data', old_j, 'new_data', new_j,
-            'query', NULL::pg_catalog.text, 'truncated', false, 'keys_only', true)::pg_catalog.text;
+        payload := {row_keys_only}::pg_catalog.text;
     ELSE
-        payload := pg_catalog.json_build_object(
-            'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
-            'session_user', session_user, 'method', TG_OP, 'old_data', old_j, 'new_data', new_j,
-            'query', q, 'truncated', false)::pg_catalog.text;
+        payload := {row_whole}::pg_catalog.text;
     END IF;
     IF pg_catalog.octet_length(payload) OPERATOR(pg_catalog.>) {limit} THEN
         -- Too big for NOTIFY (slow path): cut the query first, then reduce the row to its
@@ -50,20 +44,14 @@ BEGIN
                 old_j := NULL;
                 new_j := NULL;
             END IF;
-            base := pg_catalog.json_build_object(
-                'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
-                'session_user', session_user, 'method', TG_OP, 'old_data', old_j, 'new_data', new_j,
-                'query', NULL::pg_catalog.text, 'truncated', true)::pg_catalog.text;
+            base := {row_cut}::pg_catalog.text;
             CONTINUE WHEN pg_catalog.octet_length(base) OPERATOR(pg_catalog.>) {limit};
             payload := base;
             EXIT WHEN q IS NULL OR keys_only;
             -- Put back as much of the query as fits (each pass removes at least the excess).
             cut := pg_catalog.left(q, {limit} OPERATOR(pg_catalog.-) pg_catalog.octet_length(base));
             LOOP
-                payload := pg_catalog.json_build_object(
-                    'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA,
-                    'table_name', TG_TABLE_NAME, 'session_user', session_user, 'method', TG_OP,
-                    'old_data', old_j, 'new_data', new_j, 'query', cut, 'truncated', true)::pg_catalog.text;
+                payload := {row_cut_query}::pg_catalog.text;
                 excess := pg_catalog.octet_length(payload) OPERATOR(pg_catalog.-) {limit};
                 EXIT WHEN excess OPERATOR(pg_catalog.<=) 0;
                 -- Shrink in proportion to the bytes each character takes (UTF-8, JSON escapes).
@@ -81,11 +69,7 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
     -- Last resort: the writer's statement must commit, whatever went wrong here.
     BEGIN
-        PERFORM pg_catalog.pg_notify({channel}, pg_catalog.json_build_object(
-            'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
-            'session_user', session_user, 'method', TG_OP, 'old_data', NULL::pg_catalog.json,
-            'new_data', NULL::pg_catalog.json, 'query', NULL::pg_catalog.text, 'truncated', true,
-            'error', pg_catalog.left(SQLERRM, 1000))::pg_catalog.text);
+        PERFORM pg_catalog.pg_notify({channel}, {row_failed}::pg_catalog.text);
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'trio_pgevents: event for %.% not sent: %', TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM;
     END;

@@ -22,14 +22,9 @@ BEGIN
             note := stash OPERATOR(pg_catalog.->>) 'e';
         END IF;
     END IF;
-    INSERT INTO {S}.events (channel, payload) VALUES ({channel}, pg_catalog.jsonb_build_object(
-        'v', {version}, 'kind', 'row', 'table_schema', TG_TABLE_SCHEMA, 'table_name', TG_TABLE_NAME,
-        'session_user', session_user, 'method', TG_OP,
-        'old_data', stash OPERATOR(pg_catalog.->) 'o', 'new_data', stash OPERATOR(pg_catalog.->) 'n',
-        'query', {query}, 'truncated', note IS NOT NULL)
-        OPERATOR(pg_catalog.||) CASE WHEN note IS NOT NULL THEN pg_catalog.jsonb_build_object('error', note)
-                                     WHEN stash OPERATOR(pg_catalog.?) 'k'
-                                     THEN pg_catalog.jsonb_build_object('keys_only', true, 'query', NULL::pg_catalog.text)
+    INSERT INTO {S}.events (channel, payload) VALUES ({channel}, {outbox_row}
+        OPERATOR(pg_catalog.||) CASE WHEN note IS NOT NULL THEN {outbox_failed}
+                                     WHEN stash OPERATOR(pg_catalog.?) 'k' THEN {outbox_keys_only}
                                      ELSE '{{}}'::pg_catalog.jsonb END);
     -- Identical for the whole transaction: the server folds them into one notification.
     -- Only one transaction at a time sends it: a NOTIFY takes a database-wide lock at
