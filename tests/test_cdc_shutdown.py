@@ -37,12 +37,8 @@ _names = itertools.count()
 @pytest.fixture(scope="module")
 def server() -> Iterator[EmbeddedPostgres]:
     """This module's own server: the tests stop it."""
-    server = EmbeddedPostgres()
-    server.start()
-    try:
+    with EmbeddedPostgres() as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture

@@ -60,7 +60,7 @@ def imported_parts(path: Path) -> set[str]:
             parts = module.split(".")
             if parts[0] != "trio_pgevents":
                 continue
-            if len(parts) == 1 or not (PACKAGE / parts[1]).is_dir() and not parts[1].startswith("_"):
+            if len(parts) == 1 or (not (PACKAGE / parts[1]).is_dir() and not parts[1].startswith("_")):
                 found.add("__init__")  # names from the package root
             elif (PACKAGE / parts[1]).is_dir():
                 found.add(parts[1])

@@ -309,12 +309,8 @@ async def terminate_backend(dsn: str, stream: EventStream) -> None:
 @pytest.fixture(scope="module")
 def server() -> Iterator[EmbeddedPostgres]:
     """This module's own server: tests here stop and restart it."""
-    pg = EmbeddedPostgres()
-    pg.start()
-    try:
+    with EmbeddedPostgres() as pg:
         yield pg
-    finally:
-        pg.cleanup()
 
 
 @pytest.fixture

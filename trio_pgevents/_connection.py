@@ -39,6 +39,8 @@ __all__ = [
     "release",
     "reset_for_pool",
     "discard",
+    "give_back",
+    "finish_use",
     "set_keepalive",
 ]
 
@@ -193,6 +195,36 @@ def release(proxy: Any, *, broken: bool) -> None:
         except Exception:
             pass
     discard(proxy)
+
+
+def give_back(proxy: Any) -> None:
+    """Give a healthy, idle connection back to the pool (never raises).
+
+    No round trip: psycopg2 changes autocommit locally, and the pool's
+    rollback on return does nothing outside a transaction.
+    """
+    try:
+        dbapi = proxy.dbapi_connection
+        if dbapi is not None and not dbapi.closed:
+            dbapi.autocommit = False
+        proxy.close()
+    except Exception:
+        discard(proxy)
+
+
+def finish_use(proxy: Any, handoff: Handoff | None, *, broken: bool) -> None:
+    """A worker thread is done with a pooled connection.
+
+    Detaches its socket from the caller's ``handoff`` (from here the
+    descriptor may be closed and its number reused), then gives the
+    connection back, or discards it when it may be broken.
+    """
+    if handoff is not None:
+        handoff.detach()
+    if broken:
+        discard(proxy)
+    else:
+        give_back(proxy)
 
 
 def has_unread_data(fd: int) -> bool:

@@ -21,6 +21,8 @@ position is (:meth:`ResumableStream._position`) and how a position is stored
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, Generic, TypeVar
 
 import trio
@@ -29,8 +31,9 @@ from ._buffer import EventBuffer
 from ._consumer import BufferedStream
 from ._errors import ConfigurationError, StreamClosedError
 from ._events import Event, Overflow, StreamGap
+from ._options import StreamOptions
 
-__all__ = ["ResumableStream"]
+__all__ = ["ResumableStream", "closed_after_body"]
 
 P = TypeVar("P")  # a position: comparable, totally ordered
 
@@ -41,9 +44,9 @@ class ResumableStream(BufferedStream, Generic[P]):
     Args:
         buffer: the events.
         start: the position stored now (what a restart would resume after).
-        auto_ack: see the module docstring.
-        ack_every: store after this many processed events.
-        ack_interval: store at least this often (the caller runs :meth:`_flush_loop`).
+        options: ``auto_ack`` (see the module docstring), ``ack_every`` (store
+            after this many processed events), ``ack_interval`` (store at least
+            this often; the stream runs :meth:`_flush_loop`).
         kind: what the stream is, for error messages ("a durable stream").
     """
 
@@ -52,15 +55,13 @@ class ResumableStream(BufferedStream, Generic[P]):
         buffer: EventBuffer,
         *,
         start: P,
-        auto_ack: bool,
-        ack_every: int,
-        ack_interval: float,
+        options: StreamOptions,
         kind: str,
     ) -> None:
         super().__init__(buffer)
-        self.auto_ack = auto_ack
-        self._ack_every = ack_every
-        self._ack_interval = ack_interval
+        self.auto_ack = options.auto_ack
+        self._ack_every = options.ack_every
+        self._ack_interval = options.ack_interval
         self._kind = kind
         self._acked: P = start
         self._stored: P = start
@@ -81,6 +82,31 @@ class ResumableStream(BufferedStream, Generic[P]):
     async def _store(self, position: P) -> None:
         """Store ``position`` (it is after the one stored now)."""
         raise NotImplementedError
+
+    async def _shut_down(self) -> None:
+        """Stop reading, store the acknowledged position, let go of the connection.
+
+        Within ``close_timeout`` (and a moment) whatever the server does; shielded.
+        """
+        raise NotImplementedError
+
+    async def aclose(self, *, processed: bool = True) -> None:
+        """Store the acknowledged position, stop reading, let go of the connection.
+
+        Args:
+            processed: with ``auto_ack``, whether the last event handed out was
+                processed (the opener passes False when its ``async with`` body
+                raised, so that event is delivered again next time).
+
+        Idempotent; returns within ``close_timeout`` (and a moment), even when
+        cancelled or when the server does not answer.
+        """
+        if self._closing:
+            await trio.lowlevel.checkpoint()
+            return
+        self._close_acknowledging(processed=processed)
+        self._buffer.close()
+        await self._shut_down()
 
     # ---- positions -------------------------------------------------------------------
 
@@ -235,3 +261,21 @@ class ResumableStream(BufferedStream, Generic[P]):
             "stored_position": self._stored,
             "position_stores": self.position_stores,
         }
+
+
+@asynccontextmanager
+async def closed_after_body(stream: ResumableStream[Any]) -> AsyncIterator[None]:
+    """Run an opener's ``async with`` body, then close ``stream``.
+
+    The event the body held when it ended counts as processed (with
+    ``auto_ack``) only if the body did not raise: an event whose handling
+    failed is delivered again.
+    """
+    processed = True
+    try:
+        yield
+    except BaseException:
+        processed = False
+        raise
+    finally:
+        await stream.aclose(processed=processed)

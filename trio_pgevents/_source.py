@@ -19,6 +19,7 @@ connects and closes.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -33,7 +34,15 @@ from ._events import StreamGap
 from ._options import StreamOptions
 from ._secrets import Redactor, get_logger
 
-__all__ = ["DB_ERRORS", "Lost", "ReconnectingSource", "SourceStatistics", "StreamHealth"]
+__all__ = [
+    "DB_ERRORS",
+    "Lost",
+    "ReconnectingSource",
+    "SourceHealth",
+    "SourceStatistics",
+    "StreamHealth",
+    "reconnect",
+]
 
 logger = get_logger("trio_pgevents")
 
@@ -106,7 +115,33 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class ReconnectingSource:
+class SourceHealth:
+    """The health figures of one connection, kept as it runs; :meth:`statistics` snapshots them."""
+
+    def __init__(self, source: str) -> None:
+        #: The database, every secret masked.
+        self.source = source
+        self.connected = False
+        self.reconnects = 0
+        self.last_event_at: float | None = None
+        self.last_gap: StreamGap | None = None
+        self.queue_usage: float | None = None
+        self.backend_pid: int | None = None
+
+    def statistics(self) -> SourceStatistics:
+        """The connection's health now (no I/O)."""
+        return SourceStatistics(
+            source=self.source,
+            connected=self.connected,
+            reconnects=self.reconnects,
+            last_event_at=self.last_event_at,
+            last_gap=self.last_gap,
+            queue_usage=self.queue_usage,
+            backend_pid=self.backend_pid if self.connected else None,
+        )
+
+
+class ReconnectingSource(SourceHealth):
     """Connect, pump, and on loss reconnect with backoff and report the gap.
 
     Args:
@@ -128,19 +163,12 @@ class ReconnectingSource:
     def __init__(
         self, source: str, redactor: Redactor, buffer: EventBuffer, options: StreamOptions, *, replayed: bool
     ) -> None:
-        self.source = source
+        super().__init__(source)
         self._redactor = redactor
         self._buffer = buffer
         self._options = options
         self._replayed = replayed
         self.finished = trio.Event()
-        # Health, for statistics().
-        self.connected = False
-        self.reconnects = 0
-        self.last_event_at: float | None = None
-        self.last_gap: StreamGap | None = None
-        self.queue_usage: float | None = None
-        self.backend_pid: int | None = None
 
     # ---- what a source defines ---------------------------------------------------
 
@@ -228,44 +256,55 @@ class ReconnectingSource:
         await self._after_connect()
 
     async def _reconnect(self, reason: str) -> None:
-        options = self._options
-        attempts = Backoff(options.backoff_initial, options.backoff_max).attempts(
-            now=trio.current_time(),
-            max_attempts=options.max_reconnect_attempts,
-            timeout=options.reconnect_timeout,
-        )
-        while True:
-            try:
-                # No attempt outlives reconnect_timeout (a silent server would hold one
-                # for all of connect_timeout).
-                await self._connect(attempts.limit(trio.current_time(), options.connect_timeout))
-                return
-            except self.retryable as exc:
-                fatal = self._fatal(exc)
-                if fatal is not None:
-                    raise fatal from exc
-                delay = attempts.failed(trio.current_time())
-                if delay is None:
-                    raise ConnectionLostError(
-                        f"lost connection to {self.source} ({reason}) and could not reconnect "
-                        f"after {attempts.failures} attempt(s): {self.describe(exc)}"
-                    ) from exc
-                logger.info(
-                    "reconnect to %s failed (attempt %d): %s",
-                    self.source,
-                    attempts.failures,
-                    self.describe(exc),
-                )
-            await trio.sleep(delay)
-
-    def statistics(self) -> SourceStatistics:
-        """The source's health now (no I/O)."""
-        return SourceStatistics(
+        await reconnect(
+            self._connect,
+            self._options,
             source=self.source,
-            connected=self.connected,
-            reconnects=self.reconnects,
-            last_event_at=self.last_event_at,
-            last_gap=self.last_gap,
-            queue_usage=self.queue_usage,
-            backend_pid=self.backend_pid if self.connected else None,
+            reason=reason,
+            describe=self.describe,
+            retryable=self.retryable,
+            fatal=self._fatal,
         )
+
+
+async def reconnect(
+    connect: Callable[[float], Awaitable[None]],
+    options: StreamOptions,
+    *,
+    source: str,
+    reason: str,
+    describe: Callable[[BaseException], str],
+    retryable: tuple[type[BaseException], ...] = DB_ERRORS,
+    fatal: Callable[[BaseException], BaseException | None] = lambda exc: None,
+) -> None:
+    """Call ``connect(limit)`` until it succeeds, backing off between attempts (every stream's rule).
+
+    Attempts are spaced by a jittered exponential backoff (``backoff_initial``
+    up to ``backoff_max``); no attempt outlives ``reconnect_timeout`` (a
+    silent server would hold one for all of ``connect_timeout``).
+
+    Raises:
+        ConnectionLostError: ``max_reconnect_attempts`` or ``reconnect_timeout`` ran out.
+        BaseException: what ``fatal(exc)`` returns for an error no attempt can cure.
+    """
+    attempts = Backoff(options.backoff_initial, options.backoff_max).attempts(
+        now=trio.current_time(),
+        max_attempts=options.max_reconnect_attempts,
+        timeout=options.reconnect_timeout,
+    )
+    while True:
+        try:
+            await connect(attempts.limit(trio.current_time(), options.connect_timeout))
+            return
+        except retryable as exc:
+            error = fatal(exc)
+            if error is not None:
+                raise error from exc
+            delay = attempts.failed(trio.current_time())
+            if delay is None:
+                raise ConnectionLostError(
+                    f"lost connection to {source} ({reason}) and could not reconnect "
+                    f"after {attempts.failures} attempt(s): {describe(exc)}"
+                ) from exc
+            logger.info("reconnect to %s failed (attempt %d): %s", source, attempts.failures, describe(exc))
+        await trio.sleep(delay)

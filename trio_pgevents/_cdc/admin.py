@@ -114,12 +114,7 @@ def _run(engine: Engine, work: Any, connect_timeout: float = DEFAULT_CONNECT_TIM
         broken = False
         raise
     finally:
-        if handoff is not None:
-            handoff.detach()
-        if broken:
-            conn_mod.discard(proxy)
-        else:
-            return_proxy(proxy)
+        conn_mod.finish_use(proxy, handoff, broken=broken)
 
 
 # ---------------------------------------------------------------------------
@@ -339,21 +334,6 @@ def in_use(slot: str, holder: object) -> str:
         f"replication slot {slot!r} is in use by {holder}: another change stream is "
         "consuming it (one consumer per slot)"
     )
-
-
-def return_proxy(proxy: Any) -> None:
-    """Give a healthy, idle connection back to the pool.
-
-    No round trip: psycopg2 changes autocommit locally, and the pool's
-    rollback on return does nothing outside a transaction.
-    """
-    try:
-        dbapi = proxy.dbapi_connection
-        if dbapi is not None and not dbapi.closed:
-            dbapi.autocommit = False
-        proxy.close()
-    except Exception:
-        conn_mod.discard(proxy)
 
 
 def one_line(exc: BaseException) -> str:

@@ -23,7 +23,7 @@ from .._errors import (
 from .._secrets import get_logger
 from .._source import DB_ERRORS
 from .._threads import Handoff, run_abandonable
-from .admin import one_line, quote_ident, return_proxy
+from .admin import one_line, quote_ident
 
 logger = get_logger("trio_pgevents")
 
@@ -83,11 +83,6 @@ def _drop_publication_quietly(cursor: Any, publication: str) -> None:
         cursor.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(publication)))
 
 
-def _discard_proxy(proxy: Any) -> None:
-    """Close a pooled connection that may be broken, and make the pool forget it."""
-    conn_mod.discard(proxy)
-
-
 async def prepare(
     engine: Engine,
     slot: str,
@@ -106,7 +101,7 @@ async def prepare(
     created here is dropped again if the slot cannot be created.
     """
     source = conn_mod.describe_source(engine)
-    handoff = Handoff(close=lambda plan: _discard_proxy(plan.proxy))
+    handoff = Handoff(close=lambda plan: conn_mod.discard(plan.proxy))
 
     def check() -> _Plan | None:
         proxy = conn_mod.checkout(engine, (), None, handoff, connect_timeout)  # attaches the socket
@@ -114,8 +109,7 @@ async def prepare(
             with proxy.dbapi_connection.cursor() as cursor:
                 found = _check_and_publish(cursor, engine, slot, publication, tables, create)
         except BaseException:
-            handoff.detach()
-            _discard_proxy(proxy)
+            conn_mod.finish_use(proxy, handoff, broken=True)
             raise
         plan: _Plan | None = handoff.deliver(_Plan(proxy, *found))
         return plan
@@ -136,7 +130,7 @@ async def prepare(
         raise ConnectError(f"could not connect to {source}: {one_line(exc)}") from exc
     assert plan is not None
     if plan.slot_exists:
-        return_proxy(plan.proxy)  # no round trip: nothing is open on it
+        conn_mod.give_back(plan.proxy)  # no round trip: nothing is open on it
         return
     # Creating the slot: the thread owns the connection from here on.
     fd = plan.proxy.dbapi_connection.fileno()
@@ -153,11 +147,9 @@ async def prepare(
                         _drop_publication_quietly(cursor, publication)
                     raise
         except BaseException:
-            creating.detach()
-            _discard_proxy(plan.proxy)
+            conn_mod.finish_use(plan.proxy, creating, broken=True)
             raise
-        creating.detach()
-        return_proxy(plan.proxy)
+        conn_mod.finish_use(plan.proxy, creating, broken=False)
 
     try:
         await run_abandonable(create_slot, timeout=None, handoff=creating, what="create replication slot")

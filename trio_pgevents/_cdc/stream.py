@@ -35,7 +35,7 @@ from .._events import Event
 from .._names import check_identifier, check_slot_name
 from .._nursery import open_unwrapping_nursery
 from .._options import ChangeStreamOptions, StreamOptions
-from .._positions import ResumableStream
+from .._positions import ResumableStream, closed_after_body
 from .._source import SourceStatistics, StreamHealth
 from .admin import split_table
 from .pgoutput import ack_position, format_lsn
@@ -89,9 +89,7 @@ class ChangeStream(ResumableStream[int]):
         super().__init__(
             EventBuffer(options.max_buffer_size, options.overflow, self.source),
             start=0,
-            auto_ack=options.auto_ack,
-            ack_every=options.ack_every,
-            ack_interval=options.ack_interval,
+            options=options,
             kind="a change stream",
         )
         self.slot = slot
@@ -99,7 +97,6 @@ class ChangeStream(ResumableStream[int]):
         self._options = options
         self._replicator = Replicator(self, engine, options)
         self._scope: trio.CancelScope | None = None
-        self._closed = False
 
     # ---- positions ---------------------------------------------------------------
 
@@ -157,22 +154,7 @@ class ChangeStream(ResumableStream[int]):
                 nursery.start_soon(self._flush_loop)
                 task_status.started()
 
-    async def aclose(self, *, processed: bool = True) -> None:
-        """Confirm the acknowledged position, close the connection, end iteration.
-
-        Args:
-            processed: with ``auto_ack``, whether the last event handed out was
-                processed (``open_change_stream`` passes False when its body
-                raised, so that event is delivered again next time).
-
-        Idempotent; returns within ``close_timeout`` (and a moment) whatever the server does.
-        """
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        self._close_acknowledging(processed=processed)
-        self._buffer.close()
+    async def _shut_down(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
             with trio.CancelScope(shield=True), trio.move_on_after(self._options.close_timeout + 1):
@@ -250,11 +232,5 @@ async def open_change_stream(
             with trio.CancelScope(shield=True):
                 await stream.aclose(processed=False)
             raise
-        processed = True
-        try:
+        async with closed_after_body(stream):
             yield stream
-        except BaseException:
-            processed = False
-            raise
-        finally:
-            await stream.aclose(processed=processed)

@@ -5,7 +5,7 @@ a query given up on has its socket shut down, so no thread is left behind
 and a silent server cannot hold the stream. A lost connection is replaced
 following the stream's options -- the same backoff, ``max_reconnect_attempts``,
 ``reconnect_timeout`` and ``connect_timeout`` as every other stream (one
-:class:`~trio_pgevents._backoff.Attempts` per outage).
+:func:`~trio_pgevents._source.reconnect` per outage).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import trio
 from sqlalchemy.engine import Engine
 
 from .. import _connection as conn_mod
-from .._backoff import Attempts, Backoff
 from .._errors import ConnectionLostError, StreamClosedError, TrioPgEventsError
 from .._options import StreamOptions
 from .._secrets import get_logger, redactor_for
-from .._source import DB_ERRORS, SourceStatistics
+from .._source import DB_ERRORS, SourceHealth
+from .._source import reconnect as reconnect_with_backoff
 from .._threads import CallTimeout, Handoff, run_abandonable
 
 __all__ = ["OutboxConnection"]
@@ -38,7 +38,7 @@ _CONNECTION_ERRORS = (psycopg2.OperationalError, psycopg2.InterfaceError)
 _QUERY_GRACE = 0.25
 
 
-class OutboxConnection:
+class OutboxConnection(SourceHealth):
     """The one connection a durable stream reads and stores positions on.
 
     Args:
@@ -48,36 +48,14 @@ class OutboxConnection:
     """
 
     def __init__(self, engine: Engine, options: StreamOptions, what: str) -> None:
+        super().__init__(conn_mod.describe_source(engine))
         self.engine = engine
-        self.source = conn_mod.describe_source(engine)
         self._redactor = redactor_for(engine)
         self._options = options
         self._what = what
-        self._backoff = Backoff(options.backoff_initial, options.backoff_max)
         self._proxy: Any = None
         self._lock = trio.Lock()
         self._closed = False
-        # Health, for statistics().
-        self.reconnects = 0
-        self.backend_pid: int | None = None
-        self.last_event_at: float | None = None
-
-    @property
-    def connected(self) -> bool:
-        """True while the connection is up."""
-        return self._proxy is not None
-
-    def statistics(self) -> SourceStatistics:
-        """The connection's health now (no I/O)."""
-        return SourceStatistics(
-            source=self.source,
-            connected=self.connected,
-            reconnects=self.reconnects,
-            last_event_at=self.last_event_at,
-            last_gap=None,
-            queue_usage=None,
-            backend_pid=self.backend_pid if self.connected else None,
-        )
 
     def describe(self, exc: BaseException) -> str:
         """A driver error as one line, without any secret."""
@@ -99,10 +77,12 @@ class OutboxConnection:
             work, timeout=limit, handoff=handoff, what=f"connect (connect_timeout={limit:g}s)"
         )
         self.backend_pid = self._proxy.dbapi_connection.get_backend_pid()
+        self.connected = True
 
     async def release(self, *, broken: bool) -> None:
         """Give the connection back (or discard it), within ``close_timeout``; never raises."""
         proxy, self._proxy = self._proxy, None
+        self.connected = False
         if proxy is None:
             return
         handoff = Handoff()
@@ -150,53 +130,31 @@ class OutboxConnection:
             TrioPgEventsError: the query failed (the connection is fine).
         """
         options = self._options
-        attempts: Attempts | None = None
+        lost: str | None = None
         async with self._lock:
             while True:
                 if self._closed and reconnect:
                     raise StreamClosedError(f"{self._what} is closed")
-                if self._proxy is None and not reconnect:
-                    raise ConnectionLostError(f"no connection to {self.source}")
+                if self._proxy is None:
+                    if not (reconnect and options.reconnect):
+                        raise ConnectionLostError(f"lost connection to {self.source}: {lost or 'closed'}")
+                    await reconnect_with_backoff(
+                        self._connect,
+                        options,
+                        source=self.source,
+                        reason=lost or "not connected",
+                        describe=self.describe,
+                    )
+                    self.reconnects += 1
                 try:
-                    if self._proxy is None:
-                        limit = options.connect_timeout
-                        if attempts is not None:
-                            limit = attempts.limit(trio.current_time(), limit)
-                        await self._connect(limit)
-                        self.reconnects += 1
                     result = await self._query(fn)
                     self.last_event_at = time.time()
                     return result
                 except DB_ERRORS as exc:
-                    if not isinstance(exc, psycopg2.Error) or isinstance(exc, _CONNECTION_ERRORS):
-                        await self.release(broken=True)
-                    elif self._proxy is not None:
-                        detail = self.describe(exc)
-                        raise TrioPgEventsError(f"{self._what} on {self.source}: {detail}") from exc
-                    if not (reconnect and options.reconnect):
-                        raise ConnectionLostError(
-                            f"lost connection to {self.source}: {self.describe(exc)}"
+                    if isinstance(exc, psycopg2.Error) and not isinstance(exc, _CONNECTION_ERRORS):
+                        raise TrioPgEventsError(
+                            f"{self._what} on {self.source}: {self.describe(exc)}"
                         ) from exc
-                    if attempts is None:
-                        attempts = self._backoff.attempts(
-                            now=trio.current_time(),
-                            max_attempts=options.max_reconnect_attempts,
-                            timeout=options.reconnect_timeout,
-                        )
-                        logger.warning(
-                            "%s lost its connection to %s: %s", self._what, self.source, self.describe(exc)
-                        )
-                    delay = attempts.failed(trio.current_time())
-                    if delay is None:
-                        raise ConnectionLostError(
-                            f"lost connection to {self.source} and could not reconnect after "
-                            f"{attempts.failures} attempt(s): {self.describe(exc)}"
-                        ) from exc
-                    logger.info(
-                        "%s: attempt %d to reach %s failed: %s",
-                        self._what,
-                        attempts.failures,
-                        self.source,
-                        self.describe(exc),
-                    )
-                    await trio.sleep(delay)
+                    lost = self.describe(exc)
+                    logger.warning("%s lost its connection to %s: %s", self._what, self.source, lost)
+                    await self.release(broken=True)

@@ -35,7 +35,7 @@ from .._listen import EventStream, start_event_stream
 from .._names import check_text
 from .._nursery import open_unwrapping_nursery
 from .._options import DurableStreamOptions, StreamOptions
-from .._positions import ResumableStream
+from .._positions import ResumableStream, closed_after_body
 from .._secrets import get_logger
 from .._source import DB_ERRORS, SourceStatistics, StreamHealth
 from .follower import OutboxFollower
@@ -46,7 +46,6 @@ from .worker import DurableWorker, DurableWorkerStatistics, Handler
 __all__ = ["DurableStatistics", "DurableStream", "open_durable_stream"]
 
 logger = get_logger("trio_pgevents")
-
 
 
 @dataclass(frozen=True)
@@ -103,9 +102,7 @@ class DurableStream(ResumableStream[Position]):
         super().__init__(
             EventBuffer(options.max_buffer_size, "backpressure", max_bytes=options.max_buffer_bytes),
             start=(0, 0),
-            auto_ack=options.auto_ack,
-            ack_every=options.ack_every,
-            ack_interval=options.ack_interval,
+            options=options,
             kind="a durable stream",
         )
         self.engine = engine
@@ -120,7 +117,6 @@ class DurableStream(ResumableStream[Position]):
         self._wake_stream: EventStream | None = None
         self._scope = trio.CancelScope()
         self._finished = trio.Event()
-        self._closed = False
         self._dead_lettered = 0
         self._retention_runs = 0
         self._retention_deleted = 0
@@ -193,23 +189,7 @@ class DurableStream(ResumableStream[Position]):
             self._buffer.close()
             self._finished.set()
 
-    async def aclose(self, *, processed: bool = True) -> None:
-        """Store the acknowledged position, stop reading, return the connection.
-
-        Args:
-            processed: with ``auto_ack``, whether the last event handed out was
-                processed (``open_durable_stream`` passes False when its body
-                raised, so that event is delivered again next time).
-
-        Idempotent; returns within ``close_timeout`` (and a moment), even when
-        cancelled or when the server does not answer.
-        """
-        if self._closed:
-            await trio.lowlevel.checkpoint()
-            return
-        self._closed = True
-        self._close_acknowledging(processed=processed)
-        self._buffer.close()
+    async def _shut_down(self) -> None:
         self._scope.cancel()
         with trio.CancelScope(shield=True), trio.move_on_after(2 * self._options.close_timeout + 1):
             await self._finished.wait()
@@ -226,7 +206,7 @@ class DurableStream(ResumableStream[Position]):
         def work(cursor: Any) -> None:
             cursor.execute(store_sql, params)
 
-        await self._db.run(work, reconnect=not self._closed)
+        await self._db.run(work, reconnect=not self._closing)
 
     def ack_in_transaction(self, cursor: Any, event: Event) -> None:
         """Store ``event`` as processed inside the caller's own transaction (exactly-once).
@@ -361,7 +341,7 @@ class DurableStream(ResumableStream[Position]):
         )
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
+        state = "closed" if self._closing else "open"
         return (
             f"<DurableStream {state} consumer={self.consumer!r} schema={self.schema!r} "
             f"position={self._stored!r} source={self.source!r}>"
@@ -409,11 +389,5 @@ async def open_durable_stream(
     stream = DurableStream(as_engine(engine), consumer, parsed)
     async with open_unwrapping_nursery() as nursery:
         await nursery.start(stream._run)
-        processed = True
-        try:
+        async with closed_after_body(stream):
             yield stream
-        except BaseException:
-            processed = False
-            raise
-        finally:
-            await stream.aclose(processed=processed)

@@ -158,12 +158,7 @@ class InstallerBase:
             broken = broken or isinstance(exc, (psycopg2.OperationalError, psycopg2.InterfaceError))
             raise self._wrap(what, exc) from exc
         finally:
-            if handoff is not None:
-                handoff.detach()
-            if broken:
-                conn_mod.discard(proxy)
-            else:
-                proxy.close()
+            conn_mod.finish_use(proxy, handoff, broken=broken)
 
     def _wrap(self, what: str, exc: psycopg2.Error) -> InstallError:
         message = (exc.diag.message_primary if exc.diag else None) or describe_error(exc)

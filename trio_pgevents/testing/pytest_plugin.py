@@ -41,12 +41,8 @@ def pg_server() -> Iterator[EmbeddedPostgres | None]:
     if configured_test_dsn() is not None:
         yield None
         return
-    server = EmbeddedPostgres()
-    server.start()
-    try:
+    with EmbeddedPostgres() as server:
         yield server
-    finally:
-        server.cleanup()
 
 
 @pytest.fixture(scope="session")
