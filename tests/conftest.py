@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg2
 import pytest
 import trio
+from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
 from trio_pgevents import Event, Installer, drop_change_stream
@@ -140,3 +142,56 @@ def make_installer(pg_url: str, unique: Callable[[str], str]) -> Iterator[Callab
     yield make
     for installer in made:
         installer.uninstall()
+
+
+@dataclass
+class Outbox:
+    """A schema with the durable tables and one durable-watched table ``t``."""
+
+    url: str
+    dsn: str
+    schema: str
+    channel: str
+    table: str
+
+    def opts(self, **options: Any) -> dict[str, Any]:
+        return {"schema": self.schema, "channel": self.channel, "poll_interval": 0.5, **options}
+
+    def insert(self, *values: int) -> None:
+        """One transaction inserting ``values`` (one row each)."""
+        statement = sql.SQL("INSERT INTO {} (n) SELECT unnest(%s::int[])").format(sql.Identifier(self.table))
+        conn = psycopg2.connect(self.dsn)
+        try:
+            with conn, conn.cursor() as cursor:
+                cursor.execute(statement, (list(values),))
+        finally:
+            conn.close()
+
+    async def ainsert(self, *values: int) -> None:
+        await trio.to_thread.run_sync(self.insert, *values)
+
+    def count(self, what: str = "events") -> int:
+        rows = run_sql(
+            self.dsn,
+            sql.SQL("SELECT count(*) FROM {}.{}").format(  # type: ignore[arg-type]
+                sql.Identifier(self.schema), sql.Identifier(what)
+            ),
+        )
+        return int(rows[0][0])
+
+
+@pytest.fixture
+def outbox(pg_url: str, pg_dsn: str, unique: Callable[[str], str]) -> Iterator[Outbox]:
+    schema, channel, table = unique("dur"), unique("durch"), unique("t")
+    run_sql(
+        pg_dsn,
+        sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, n int NOT NULL)").format(  # type: ignore[arg-type]
+            sql.Identifier(table)
+        ),
+    )
+    installer = Installer(pg_url, schema=schema, channel=channel)
+    installer.install(durable=True)
+    installer.watch_table(table, durable=True)
+    yield Outbox(pg_url, pg_dsn, schema, channel, table)
+    # Its writer role is cluster-wide: leave nothing behind on a shared server.
+    installer.uninstall()

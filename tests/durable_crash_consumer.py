@@ -10,7 +10,9 @@ previous one (``ack_every=1``: stored before the next event is handed out).
 MODE ``tx``: inserts ``n`` into the table OUTPUT and stores the position in the
 same transaction (``ack_in_transaction``): exactly-once.
 
-Writes ``started`` (file) once the stream is open, then runs until killed.
+Writes ``started`` (file) once the stream is open and active (the consumer is
+exclusive: the killed process's lease expires after ``LEASE`` seconds), then
+runs until killed.
 """
 
 from __future__ import annotations
@@ -26,12 +28,16 @@ from psycopg2 import sql
 from trio_pgevents import DurableStream, RowChange, open_durable_stream
 from trio_pgevents.testing._database import libpq_dsn
 
+#: The consumer's lease: how long a killed process holds the name.
+LEASE = 1.0
+
 
 async def by_file(url: str, schema: str, channel: str, consumer: str, output: str) -> None:
     fd = os.open(output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        options: dict[str, Any] = {"ack_every": 1, "batch_size": 500}
+        options: dict[str, Any] = {"ack_every": 1, "batch_size": 500, "lease_timeout": LEASE}
         async with open_durable_stream(url, consumer, schema=schema, channel=channel, **options) as events:
+            await wait_until_active(events)
             os.write(fd, b"started\n")
             async for event in events:
                 if isinstance(event, RowChange) and event.new_data is not None:
@@ -52,14 +58,21 @@ async def by_transaction(url: str, schema: str, channel: str, consumer: str, tab
                 stream.ack_in_transaction(cursor, event)
 
         async with open_durable_stream(
-            url, consumer, schema=schema, channel=channel, auto_ack=False, batch_size=500
+            url, consumer, schema=schema, channel=channel, auto_ack=False, batch_size=500, lease_timeout=LEASE
         ) as events:
+            await wait_until_active(events)
             await trio.to_thread.run_sync(record_start, conn, table)
             async for event in events:
                 if isinstance(event, RowChange) and event.new_data is not None:
                     await trio.to_thread.run_sync(record, events, event)
     finally:
         conn.close()
+
+
+async def wait_until_active(events: DurableStream) -> None:
+    """The consumer is exclusive: a new process waits for the killed one's lease to expire."""
+    while not events.statistics().active:
+        await trio.sleep(0.02)
 
 
 def record_start(conn: Any, table: str) -> None:

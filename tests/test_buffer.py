@@ -147,3 +147,21 @@ async def test_a_cancelled_get_takes_nothing() -> None:
         await buffer.get()
     assert scope.cancelled_caught
     assert payloads(await buffer.get()) == ["1"]
+
+
+async def test_discard_takes_out_what_is_unwanted_and_frees_room() -> None:
+    buffer = EventBuffer(4, "backpressure", max_bytes=1000)
+    await buffer.put(events(1, 2), 200)
+    now = utcnow()
+    buffer.put_control(StreamGap("src", now, now, "test", True))
+    await buffer.put(events(3, 4), 200)
+    assert len(buffer) == 5
+    removed = buffer.discard(lambda e: int(e.payload) % 2 == 0)
+    assert removed == 2
+    assert len(buffer) == 3
+    assert buffer.bytes == 200
+    taken: list[Event] = []
+    while len(buffer):
+        taken.extend(buffer.get_nowait())
+    assert payloads(taken) == ["1", "StreamGap", "3"]
+    assert buffer.discard(lambda e: True) == 0

@@ -10,8 +10,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,61 +33,8 @@ from trio_pgevents import (
     open_durable_stream,
 )
 
-from .conftest import Query, read_with_cancellations, run_sql
+from .conftest import Outbox, Query, read_with_cancellations, run_sql
 from .conftest import take as take_events
-
-
-@dataclass
-class Outbox:
-    """A schema with the durable tables and one durable-watched table ``t``."""
-
-    url: str
-    dsn: str
-    schema: str
-    channel: str
-    table: str
-
-    def opts(self, **options: Any) -> dict[str, Any]:
-        return {"schema": self.schema, "channel": self.channel, "poll_interval": 0.5, **options}
-
-    def insert(self, *values: int) -> None:
-        """One transaction inserting ``values`` (one row each)."""
-        statement = sql.SQL("INSERT INTO {} (n) SELECT unnest(%s::int[])").format(sql.Identifier(self.table))
-        conn = psycopg2.connect(self.dsn)
-        try:
-            with conn, conn.cursor() as cursor:
-                cursor.execute(statement, (list(values),))
-        finally:
-            conn.close()
-
-    async def ainsert(self, *values: int) -> None:
-        await trio.to_thread.run_sync(self.insert, *values)
-
-    def count(self, what: str = "events") -> int:
-        rows = run_sql(
-            self.dsn,
-            sql.SQL("SELECT count(*) FROM {}.{}").format(  # type: ignore[arg-type]
-                sql.Identifier(self.schema), sql.Identifier(what)
-            ),
-        )
-        return int(rows[0][0])
-
-
-@pytest.fixture
-def outbox(pg_url: str, pg_dsn: str, unique: Callable[[str], str]) -> Iterator[Outbox]:
-    schema, channel, table = unique("dur"), unique("durch"), unique("t")
-    run_sql(
-        pg_dsn,
-        sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, n int NOT NULL)").format(  # type: ignore[arg-type]
-            sql.Identifier(table)
-        ),
-    )
-    installer = Installer(pg_url, schema=schema, channel=channel)
-    installer.install(durable=True)
-    installer.watch_table(table, durable=True)
-    yield Outbox(pg_url, pg_dsn, schema, channel, table)
-    # Its writer role is cluster-wide: leave nothing behind on a shared server.
-    installer.uninstall()
 
 
 async def take(stream: DurableStream, count: int, timeout: float = 20) -> list[Any]:

@@ -34,6 +34,7 @@ from ._errors import ConnectionLostError as ConnectionLostError
 from ._errors import InstallError as InstallError
 from ._errors import InsufficientPrivilegeError as InsufficientPrivilegeError
 from ._errors import InvalidChannelError as InvalidChannelError
+from ._errors import LeaseLostError as LeaseLostError
 from ._errors import PayloadError as PayloadError
 from ._errors import ReplicationError as ReplicationError
 from ._errors import StreamClosedError as StreamClosedError
@@ -86,6 +87,7 @@ __all__ = [
     "InsufficientPrivilegeError",
     "InvalidChannelError",
     "KeepaliveSettings",
+    "LeaseLostError",
     "Notification",
     "OutboxNotification",
     "Overflow",

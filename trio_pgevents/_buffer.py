@@ -10,6 +10,7 @@ reach into what is already queued; memory channels allow neither.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Literal
 
 import trio
@@ -102,6 +103,34 @@ class EventBuffer:
             self._sizes.append(0)
         self._count += 1
         self._readers.unpark()
+
+    def discard(self, unwanted: Callable[[Event], bool]) -> int:
+        """Take out every queued event ``unwanted`` says (never a control event); how many.
+
+        For a durable stream handing partitions back: their events not yet
+        delivered go to the partition's next holder instead.
+        """
+        removed = 0
+        batches: deque[list[Event]] = deque()
+        sizes: deque[int] = deque()
+        for index, batch in enumerate(self._batches):
+            kept = [e for e in batch if isinstance(e, _CONTROL_TYPES) or not unwanted(e)]
+            removed += len(batch) - len(kept)
+            if self.max_bytes is not None:
+                size = self._sizes[index]
+                new_size = size * len(kept) // len(batch) if batch else 0
+                self._bytes -= size - new_size
+                if kept:
+                    sizes.append(new_size)
+            if kept:
+                batches.append(kept)
+        self._batches = batches
+        if self.max_bytes is not None:
+            self._sizes = sizes
+        self._count -= removed
+        if removed and not self._full():
+            self._writers.unpark_all()
+        return removed
 
     def _drop_oldest(self, excess: int) -> None:
         kept: list[Event] = []

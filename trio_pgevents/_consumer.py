@@ -23,7 +23,7 @@ Notifications rather than dropped.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import trio
@@ -176,6 +176,12 @@ class BufferedStream:
         self._batch = batch
         self._pos = 1
         return batch[0]
+
+    def _withdraw_undelivered(self, unwanted: Callable[[Event], bool]) -> None:
+        """Take every event ``unwanted`` says out of what is not delivered yet (control events stay)."""
+        rest = [event for event in self._batch[self._pos :] if not unwanted(event)]
+        self._batch = self._batch[: self._pos] + rest
+        self._buffer.discard(unwanted)
 
     def batches(self) -> BatchIterator:
         """Iterate over lists of events, in order: the fastest way to consume.

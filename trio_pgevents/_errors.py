@@ -82,6 +82,16 @@ class StreamClosedError(TrioPgEventsError, trio.EndOfChannel):
     """The stream is closed: no more events will arrive."""
 
 
+class LeaseLostError(TrioPgEventsError):
+    """This durable stream no longer holds the lease of the event's partition.
+
+    Another member of the consumer took it over (this one's lease expired,
+    or the partitions were rebalanced): the position was not stored, and the
+    event will be delivered to the new holder. Roll back whatever the event
+    did in the same transaction (``ack_in_transaction`` raises it there).
+    """
+
+
 class InstallError(TrioPgEventsError):
     """The installer could not complete an operation (nothing was half done)."""
 

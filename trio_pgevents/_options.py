@@ -72,6 +72,10 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_MAX_BUFFER_BYTES = 64 << 20
 DEFAULT_QUERY_TIMEOUT = 30.0
 DEFAULT_RETENTION_BATCH_SIZE = 10000
+DEFAULT_LEASE_TIMEOUT = 10.0
+DEFAULT_PARTITIONS = 16
+#: The most partitions a consumer group may have.
+MAX_PARTITIONS = 1024
 #: Change streams: a status update at least this often (seconds), and how long to let a
 #: trickle of changes gather before reading again (seconds, at most MAX_LINGER).
 DEFAULT_STATUS_INTERVAL = 10.0
@@ -129,6 +133,9 @@ class DurableStreamOptions(_Connecting, _Probing, _Acknowledging, total=False):
     retention_batch_size: int
     max_buffer_bytes: int
     query_timeout: float
+    lease_timeout: float
+    group: bool
+    partitions: int
 
 
 class ChangeStreamOptions(_Connecting, _Gaps, _Acknowledging, total=False):
@@ -192,6 +199,12 @@ class StreamOptions:
         max_buffer_bytes: durable: bytes of payload read ahead of the consumer.
         query_timeout: durable: a query with no answer in this time means the
             connection is dead, seconds.
+        lease_timeout: durable: a member that stops renewing its leases loses
+            them after this long (another member takes over), seconds.
+        group: durable: members opened with the same consumer name share its
+            partitions (False: exclusive, one active member, the others stand by).
+        partitions: durable groups: how many partitions (1..1024; fixed when
+            the group is created).
         status_interval: change streams: a status update to the server at
             least this often, seconds.
         linger: change streams: after a small read, let further changes gather
@@ -225,6 +238,9 @@ class StreamOptions:
     retention_batch_size: int = DEFAULT_RETENTION_BATCH_SIZE
     max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES
     query_timeout: float = DEFAULT_QUERY_TIMEOUT
+    lease_timeout: float = DEFAULT_LEASE_TIMEOUT
+    group: bool = False
+    partitions: int = DEFAULT_PARTITIONS
     status_interval: float = DEFAULT_STATUS_INTERVAL
     linger: float = DEFAULT_LINGER
 
@@ -246,7 +262,7 @@ class StreamOptions:
         _choice("overflow", self.overflow, get_args(OverflowPolicy))
         _choice("on_gap", self.on_gap, get_args(GapPolicy))
         _choice("start", self.start, get_args(StartPolicy))
-        for name in ("reconnect", "auto_ack"):
+        for name in ("reconnect", "auto_ack", "group"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"{name} must be True or False, not {getattr(self, name)!r}")
         for name in (
@@ -259,6 +275,7 @@ class StreamOptions:
             "ack_interval",
             "poll_interval",
             "query_timeout",
+            "lease_timeout",
             "status_interval",
         ):
             check_positive(name, getattr(self, name))
@@ -268,6 +285,9 @@ class StreamOptions:
             check_int_at_least_1("max_reconnect_attempts", self.max_reconnect_attempts)
         check_number_in("queue_usage_warning", self.queue_usage_warning, 0.0, 1.0, low_open=True)
         check_number_in("linger", self.linger, 0.0, MAX_LINGER)
+        check_int_at_least_1("partitions", self.partitions)
+        if self.partitions > MAX_PARTITIONS:
+            raise ConfigurationError(f"partitions must be at most {MAX_PARTITIONS}, not {self.partitions!r}")
         if self.keepalive is not None and not isinstance(self.keepalive, KeepaliveSettings):
             raise ConfigurationError(f"keepalive must be KeepaliveSettings or None, not {self.keepalive!r}")
         if not isinstance(self.decoders, Mapping):

@@ -4,7 +4,10 @@
 - :mod:`.reader`: the reader's connection (bounded, abandonable queries; reconnects);
 - :mod:`.follower`: reading every committed row in order, woken by NOTIFY or by time;
 - :mod:`.stream`: :class:`DurableStream` and :func:`open_durable_stream`;
-- :mod:`.worker`: :class:`DurableWorker` (callbacks, retries, dead letters).
+- :mod:`.worker`: :class:`DurableWorker` (callbacks, retries, dead letters);
+- :mod:`.leases`, :mod:`.ownership`, :mod:`.ledger`, :mod:`.partition`: who reads what
+  (exclusive consumers and groups), and each partition's positions;
+- :mod:`.statistics`: :class:`DurableStatistics`.
 """
 
 from .outbox import OutboxNotification as OutboxNotification

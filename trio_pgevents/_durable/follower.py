@@ -11,22 +11,27 @@ commits, and is read then.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-import psycopg2.errors
 import trio
 
 from .._buffer import EventBuffer
-from .._errors import ConfigurationError
 from .._events import StreamGap
 from .._listen import EventStream
 from .._options import StreamOptions
+from .ledger import Ledger
 from .outbox import OutboxSql, Position, make_event
+from .partition import Partitioner
 from .reader import OutboxConnection
 
-__all__ = ["OutboxFollower"]
+__all__ = ["LEASE_WAKE", "OutboxFollower"]
 
-_MAX_BIGINT = 2**63 - 1
+#: The wake-up payload of a member that released leases (the others may take them now).
+LEASE_WAKE = "lease"
+
+_UNREAD: Position = (2**64, 2**63)
+
 #: After activity, read again after this long, doubling up to ``poll_interval`` (seconds).
 _FIRST_REREAD = 0.01
 
@@ -41,6 +46,8 @@ class OutboxFollower:
         options: ``start``, ``batch_size``, ``max_buffer_bytes``, ``poll_interval``.
         consumer: the consumer's name.
         source: the database, secrets masked.
+        ledger: the positions of the partitions this member reads.
+        partitioner: which partition each event belongs to.
     """
 
     def __init__(
@@ -51,8 +58,12 @@ class OutboxFollower:
         options: StreamOptions,
         consumer: str,
         source: str,
+        ledger: Ledger,
+        partitioner: Partitioner,
     ) -> None:
         self._db = db
+        self._ledger = ledger
+        self._partitioner = partitioner
         self._sql = statements
         self._buffer = buffer
         self._options = options
@@ -62,37 +73,29 @@ class OutboxFollower:
         self._budget = max(1, options.max_buffer_bytes // 4)
         self._wake = trio.Event()
         self._pending_gaps: list[StreamGap] = []
-        #: The position of the last row read.
-        self.position: Position = (0, 0)
+        self._rewind: Position | None = None
+        #: Set by a NOTIFY saying a member released leases (``LEASE_WAKE``).
+        self.lease_wake = trio.Event()
+        #: The position of the last row read (nothing read yet: past everything, so the
+        #: first partition gained rewinds it).
+        self.position: Position = _UNREAD
         #: Rows read, and queries that read them, since the stream opened.
         self.events_read = 0
         self.reads = 0
 
-    async def register(self) -> Position:
-        """Register the consumer if new (at ``start``); return its stored position, read from there."""
-        start, statements, consumer = self._options.start, self._sql, self._consumer
-        schema = self._options.schema
+    @property
+    def read_position(self) -> Position:
+        """The position of the last row read ((0, 0) before the first read)."""
+        return (0, 0) if self.position == _UNREAD else self.position
 
-        def work(cursor: Any) -> Position:
-            if start == "latest":
-                # Skip everything already finished; transactions still running are delivered.
-                cursor.execute(statements.xmin)
-                initial: Position = (int(cursor.fetchone()[0]) - 1, _MAX_BIGINT)
-            else:
-                initial = (0, 0)
-            try:
-                cursor.execute(statements.register, (consumer, str(initial[0]), initial[1]))
-            except psycopg2.errors.UndefinedTable as exc:
-                raise ConfigurationError(
-                    f"schema {schema!r} has no durable tables on {self._source}: run "
-                    f"Installer(engine, schema={schema!r}).install(durable=True) first"
-                ) from exc
-            cursor.execute(statements.position, (consumer,))
-            row = cursor.fetchone()
-            return (int(row[0]), int(row[1]))
+    def rewind(self, position: Position) -> None:
+        """Read again from ``position`` (a partition was gained); wakes the reader."""
+        self._rewind = position if self._rewind is None else min(self._rewind, position)
+        self._wake.set()
 
-        self.position = await self._db.run(work)
-        return self.position
+    def wake(self) -> None:
+        """Read now."""
+        self._wake.set()
 
     async def pump_wakeups(self, wake: EventStream) -> None:
         """Turn the wake-up stream's notifications (and gaps) into reads."""
@@ -100,6 +103,8 @@ class OutboxFollower:
             for event in batch:
                 if isinstance(event, StreamGap):
                     self._pending_gaps.append(event)
+                elif event.payload == LEASE_WAKE:
+                    self.lease_wake.set()
             self._wake.set()
 
     async def run(self) -> None:
@@ -135,7 +140,11 @@ class OutboxFollower:
         """Read until the table has nothing more below xmin (one query per ``batch_size`` rows)."""
         limit, budget = self._options.batch_size, self._budget
         read_sql, source = self._sql.read, self._source
-        while True:
+        ledger, partitioner = self._ledger, self._partitioner
+        while ledger.read_through:
+            if self._rewind is not None:
+                self.position = min(self.position, self._rewind)
+                self._rewind = None
             txid, event_id = self.position
 
             def work(cursor: Any, txid: int = txid, event_id: int = event_id) -> list[Any]:
@@ -146,10 +155,21 @@ class OutboxFollower:
             self.reads += 1
             if not rows:
                 return
-            batch = [make_event(row, source) for row in rows]
+            events = [make_event(row, source) for row in rows]
+            unknown = partitioner.unknown_tables(events)
+            if unknown:
+                await self._db.run(functools.partial(partitioner.learn, tables=unknown))
+            after = (txid, event_id)
+            batch, size = [], 0
+            for event, row in zip(events, rows, strict=True):
+                if ledger.take(event, partitioner.part_of(event), event.__dict__["_position"], after):
+                    batch.append(event)
+                    size += len(row[3])
             last = rows[-1]
             self.position = (int(last[1]), int(last[0]))
+            ledger.read_up_to(after, self.position)
             self.events_read += len(batch)
-            await self._buffer.put(batch, sum(len(row[3]) for row in rows))
+            if batch:
+                await self._buffer.put(batch, size)
             if len(rows) < limit and int(last[4]) < budget:
                 return  # everything there was read (not cut by the limit, nor by the budget)

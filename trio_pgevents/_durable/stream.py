@@ -18,18 +18,17 @@ event again when it restarts; ``ack_in_transaction`` makes it exactly-once.
 from __future__ import annotations
 
 import dataclasses
-import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any, Unpack
 
+import psycopg2.errors
 import trio
 from sqlalchemy.engine import Engine
 
 from .._buffer import EventBuffer
 from .._connection import as_engine, describe_source, validate_channel
-from .._errors import ConfigurationError, ConnectError, ConnectionLostError, TrioPgEventsError
+from .._errors import ConfigurationError, ConnectError, ConnectionLostError, LeaseLostError, TrioPgEventsError
 from .._events import Event
 from .._listen import EventStream, start_event_stream
 from .._names import check_text
@@ -37,10 +36,12 @@ from .._nursery import open_unwrapping_nursery
 from .._options import DurableStreamOptions, StreamOptions
 from .._positions import ResumableStream, closed_after_body
 from .._secrets import get_logger
-from .._source import DB_ERRORS, SourceStatistics, StreamHealth
-from .follower import OutboxFollower
-from .outbox import OutboxSql, Position, position_of, stored_payload
+from .._source import DB_ERRORS
+from .outbox import OutboxSql, Position, position_of
+from .ownership import assemble_ownership
 from .reader import OutboxConnection
+from .statistics import DurableStatistics
+from .upkeep import Upkeep
 from .worker import DurableWorker, DurableWorkerStatistics, Handler
 
 __all__ = ["DurableStatistics", "DurableStream", "open_durable_stream"]
@@ -48,39 +49,7 @@ __all__ = ["DurableStatistics", "DurableStream", "open_durable_stream"]
 logger = get_logger("trio_pgevents")
 
 
-@dataclass(frozen=True)
-class DurableStatistics(StreamHealth):
-    """Counters of a durable stream (``stream.statistics()``)."""
-
-    #: The consumer's name.
-    consumer: str
-    #: The position of the last event read from the table.
-    read_position: Position
-    #: The position stored in ``<schema>.consumers`` (what a restart resumes after).
-    stored_position: Position
-    #: The position acknowledged in memory, stored soon (equal to or after stored).
-    acked_position: Position
-    #: Events read from the table since the stream opened.
-    events_received: int
-    #: Reads of the table (one query each) since the stream opened.
-    reads: int
-    #: Position UPDATEs since the stream opened.
-    position_stores: int
-    #: Events moved to the dead-letter table since the stream opened.
-    dead_lettered: int
-    #: Retention rounds run by this stream (``retention_interval``).
-    retention_runs: int
-    #: Events deleted by this stream's retention rounds.
-    retention_deleted: int
-    #: Events waiting in the buffer now.
-    buffered: int
-    #: Bytes of payload waiting in the buffer now (bounded by ``max_buffer_bytes``).
-    buffered_bytes: int
-    #: Health of the reader's connection, then of the wake-up listener's.
-    sources: tuple[SourceStatistics, ...]
-
-
-class DurableStream(ResumableStream[Position]):
+class DurableStream(ResumableStream[int]):
     """Every event of the outbox table, in commit-safe order, from a stored position.
 
     Iterate with ``async for`` (or ``receive()``, ``batches()``) like an
@@ -95,13 +64,20 @@ class DurableStream(ResumableStream[Position]):
     ``batches()``), and when the ``async with`` body ends without an error.
     Positions are stored every ``ack_every`` events or ``ack_interval``
     seconds, and on close. With ``auto_ack=False`` call :meth:`ack`.
+
+    Owning: a consumer name is held through leases in the database
+    (:mod:`.ownership`). An exclusive consumer (the default) has one active
+    stream; another opened under the name stands by (``statistics().active``
+    is False, it delivers nothing) until the active one closes or stops
+    renewing its lease. With ``group=True`` the streams share the consumer's
+    partitions, each event in one partition (its table and primary key).
     """
 
     def __init__(self, engine: Engine, consumer: str, options: StreamOptions) -> None:
         self.source = describe_source(engine)
         super().__init__(
             EventBuffer(options.max_buffer_size, "backpressure", max_bytes=options.max_buffer_bytes),
-            start=(0, 0),
+            start=0,
             options=options,
             kind="a durable stream",
         )
@@ -113,13 +89,22 @@ class DurableStream(ResumableStream[Position]):
         self._options = options
         self._sql = OutboxSql(options.schema)
         self._db = OutboxConnection(engine, options, f"durable consumer {consumer!r}")
-        self._follower = OutboxFollower(self._db, self._sql, self._buffer, options, consumer, self.source)
+        self._ownership = assemble_ownership(
+            self._db,
+            self._sql,
+            self._buffer,
+            options,
+            consumer,
+            self.source,
+            self._withdraw,
+            self.wake_channel,
+        )
+        self._ledger, self._follower = self._ownership.ledger, self._ownership.follower
         self._wake_stream: EventStream | None = None
         self._scope = trio.CancelScope()
         self._finished = trio.Event()
-        self._dead_lettered = 0
-        self._retention_runs = 0
-        self._retention_deleted = 0
+        self._upkeep = Upkeep(self._db, self._sql, consumer, options)
+        self._lease_lost: LeaseLostError | None = None
 
     # ---- lifecycle -----------------------------------------------------------
 
@@ -129,7 +114,16 @@ class DurableStream(ResumableStream[Position]):
             with self._scope:
                 try:
                     await self._db.connect()
-                    self._set_stored(await self._follower.register())
+                    await self._ownership.join(self._sql.xmin)
+                except TrioPgEventsError as exc:
+                    missing = _missing_table(exc)
+                    if missing is None:
+                        raise
+                    raise ConfigurationError(
+                        f"schema {self.schema!r} has no durable tables (or an older version of them) on "
+                        f"{self.source}: run Installer(engine, schema={self.schema!r}).install(durable=True) "
+                        f"first ({missing})"
+                    ) from exc
                 except (*DB_ERRORS, ConnectionLostError) as exc:
                     raise ConnectError(
                         f"could not open durable consumer {self.consumer!r} on {self.source}: "
@@ -147,8 +141,9 @@ class DurableStream(ResumableStream[Position]):
                     nursery.start_soon(self._follower.pump_wakeups, self._wake_stream)
                     nursery.start_soon(self._follower.run)
                     nursery.start_soon(self._flush_loop)
+                    nursery.start_soon(self._ownership.run)
                     if self._options.retention_interval is not None:
-                        nursery.start_soon(self._retention_loop, self._options.retention_interval)
+                        nursery.start_soon(self._upkeep.retention_loop, self._options.retention_interval)
                     task_status.started()
         finally:
             await self._close_within_timeout()
@@ -168,13 +163,14 @@ class DurableStream(ResumableStream[Position]):
             async def store() -> None:
                 nonlocal stored
                 try:
-                    await self.flush()
+                    self._ledger.processed_through(self.acked_position)
+                    await self._ownership.leave()  # stores what was processed, then releases
                 except (TrioPgEventsError, *DB_ERRORS) as exc:
                     logger.warning(
                         "durable consumer %r could not store its position at close (events after "
                         "%s will be delivered again): %s",
                         self.consumer,
-                        self._stored,
+                        self._ownership.last_stored,
                         exc,
                     )
                 else:
@@ -196,17 +192,57 @@ class DurableStream(ResumableStream[Position]):
 
     # ---- acknowledging ---------------------------------------------------------
 
-    def _position(self, event: Event) -> Position | None:
-        return position_of(event)
+    def _position(self, event: Event) -> int | None:
+        attributes = getattr(event, "__dict__", None)
+        return None if attributes is None else attributes.get("_seq")
 
-    async def _store(self, position: Position) -> None:
-        params = (str(position[0]), position[1], self.consumer, str(position[0]), position[1])
-        store_sql = self._sql.store
+    async def _store(self, position: int) -> None:
+        self._ledger.processed_through(position)
+        try:
+            await self._ownership.store(reconnect=not self._closing)
+        except LeaseLostError as exc:  # auto_ack, a background round: the next holder redelivers
+            logger.warning("%s", exc)
+            self._lease_lost = exc
 
-        def work(cursor: Any) -> None:
-            cursor.execute(store_sql, params)
+    async def ack(self, event: Event, *, flush: bool = True) -> None:
+        """Acknowledge ``event`` and every event delivered before it.
 
-        await self._db.run(work, reconnect=not self._closing)
+        Args:
+            event: an event this stream delivered.
+            flush: store the position now (default). False: with the next
+                ``ack_every``/``ack_interval`` round or at close (cheaper per
+                event; after a crash, those events come again).
+
+        Raises:
+            ConfigurationError: ``event`` did not come from a durable stream.
+            LeaseLostError: this stream no longer holds ``event``'s partition
+                (another member has it, and delivers the event again).
+            StreamClosedError: the stream is closed.
+        """
+        part = _part_of(event)
+        if part is not None and part not in self._ledger.held and not self._closing:
+            raise LeaseLostError(
+                f"durable consumer {self.consumer!r} no longer holds partition {part} "
+                f"(event {position_of(event)}): another member delivers it again"
+            )
+        self._lease_lost = None
+        await super().ack(event, flush=flush)
+        if self._lease_lost is not None:
+            raise self._lease_lost
+
+    def _withdraw(self, parts: set[int]) -> set[int]:
+        """Take the undelivered events of ``parts`` out of the stream; their sequence numbers."""
+        seqs: set[int] = set()
+
+        def unwanted(event: Event) -> bool:
+            attributes = getattr(event, "__dict__", None)
+            if attributes is not None and attributes.get("_part") in parts:
+                seqs.add(attributes["_seq"])
+                return True
+            return False
+
+        self._withdraw_undelivered(unwanted)
+        return seqs
 
     def ack_in_transaction(self, cursor: Any, event: Event) -> None:
         """Store ``event`` as processed inside the caller's own transaction (exactly-once).
@@ -215,20 +251,25 @@ class DurableStream(ResumableStream[Position]):
         database, inside the transaction that applies the event's effect) and
         does not commit. If that transaction commits, effect and position are
         stored together: after a crash the event is neither lost nor repeated.
-        If it rolls back, neither is. Blocking: call it where the transaction
-        runs (e.g. in ``trio.to_thread.run_sync``). Open the stream with
-        ``auto_ack=False``; the stream never moves a stored position backwards.
+        If it rolls back, neither is. The UPDATE is fenced: it stores only
+        while this stream holds the event's partition, and it locks the
+        partition's row until the caller's transaction ends, so a member
+        taking the partition over waits and then reads the position stored.
+        Blocking: call it where the transaction runs (e.g. in
+        ``trio.to_thread.run_sync``). Open the stream with ``auto_ack=False``;
+        a stored position never moves backwards.
 
         Raises:
             ConfigurationError: ``event`` did not come from a durable stream.
+            LeaseLostError: this stream no longer holds the event's partition:
+                roll the transaction back (the event goes to the new holder).
         """
-        position = position_of(event)
-        if position is None:
+        position, part = position_of(event), _part_of(event)
+        if position is None or part is None:
             raise ConfigurationError(
                 f"ack_in_transaction() needs an event read from a durable stream, not {event!r}"
             )
-        txid = str(position[0])
-        cursor.execute(self._sql.store, (txid, position[1], self.consumer, txid, position[1]))
+        self._ownership.store_in_transaction(cursor, part, position)
 
     # ---- failures and retention --------------------------------------------------
 
@@ -243,26 +284,7 @@ class DurableStream(ResumableStream[Position]):
             raise ConfigurationError(
                 f"dead_letter() needs an event read from a durable stream, not {event!r}"
             )
-        if isinstance(error, BaseException):
-            text = "".join(traceback.format_exception_only(type(error), error)).strip()
-        else:
-            text = str(error)
-        params = (
-            self.consumer,
-            position[1],
-            str(position[0]),
-            event.channel,
-            stored_payload(event.payload),
-            text,
-            attempts,
-        )
-        dead_sql = self._sql.dead_letter
-
-        def work(cursor: Any) -> None:
-            cursor.execute(dead_sql, params)
-
-        await self._db.run(work)
-        self._dead_lettered += 1
+        text = await self._upkeep.dead_letter(event, position, error, attempts)
         logger.error(
             "durable consumer %r moved event %d to the dead letters (%d attempt(s)): %s",
             self.consumer,
@@ -291,36 +313,12 @@ class DurableStream(ResumableStream[Position]):
         )
         return await worker.run(self)
 
-    async def _retention_loop(self, interval: float) -> None:
-        batch_size, delete_sql = self._options.retention_batch_size, self._sql.delete_acknowledged
-
-        def one_batch(cursor: Any) -> int:
-            cursor.execute(delete_sql, (batch_size,))
-            return int(cursor.rowcount)
-
-        while True:
-            await trio.sleep(interval)
-            deleted = 0
-            try:
-                while True:
-                    count = await self._db.run(one_batch)
-                    deleted += count
-                    if count < batch_size:
-                        break
-            except (TrioPgEventsError, *DB_ERRORS) as exc:
-                logger.warning("retention on %s failed (will retry): %s", self.source, exc)
-                continue
-            self._retention_runs += 1
-            self._retention_deleted += deleted
-            if deleted:
-                logger.info("retention deleted %d acknowledged event(s) on %s", deleted, self.source)
-
     # ---- introspection -------------------------------------------------------------
 
     @property
     def position(self) -> Position:
-        """The position stored in the database: a restart resumes after it."""
-        return self._stored
+        """The position stored in the database (the earliest of the partitions held)."""
+        return self._ownership.last_stored
 
     def statistics(self) -> DurableStatistics:
         """Counters of the stream (cheap; no I/O)."""
@@ -328,23 +326,28 @@ class DurableStream(ResumableStream[Position]):
         sources = (self._db.statistics(), *(wake.statistics().sources if wake is not None else ()))
         return DurableStatistics(
             consumer=self.consumer,
-            read_position=self._follower.position,
+            read_position=self._follower.read_position,
             events_received=self._follower.events_read,
             reads=self._follower.reads,
-            dead_lettered=self._dead_lettered,
-            retention_runs=self._retention_runs,
-            retention_deleted=self._retention_deleted,
+            dead_lettered=self._upkeep.dead_lettered,
+            retention_runs=self._upkeep.retention_runs,
+            retention_deleted=self._upkeep.retention_deleted,
             buffered=len(self._buffer) + len(self._batch) - self._pos,
             buffered_bytes=self._buffer.bytes,
             sources=sources,
-            **self._position_figures(),
+            stored_position=self._ownership.last_stored,
+            acked_position=self._ledger.processed_position(self._ownership.last_stored),
+            position_stores=self.position_stores,
+            member=self._ownership.membership.member,
+            partitions_held=tuple(sorted(self._ledger.held)),
+            lease_changes=self._ownership.lease_changes,
         )
 
     def __repr__(self) -> str:
         state = "closed" if self._closing else "open"
         return (
             f"<DurableStream {state} consumer={self.consumer!r} schema={self.schema!r} "
-            f"position={self._stored!r} source={self.source!r}>"
+            f"position={self._ownership.last_stored!r} source={self.source!r}>"
         )
 
 
@@ -391,3 +394,18 @@ async def open_durable_stream(
         await nursery.start(stream._run)
         async with closed_after_body(stream):
             yield stream
+
+
+def _part_of(event: object) -> int | None:
+    attributes = getattr(event, "__dict__", None)
+    return None if attributes is None else attributes.get("_part")
+
+
+def _missing_table(exc: BaseException) -> str | None:
+    """What is missing, if ``exc`` says a durable table or column does not exist (else None)."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, (psycopg2.errors.UndefinedTable, psycopg2.errors.UndefinedColumn)):
+            return str(cause.diag.message_primary or cause).strip()
+        cause = cause.__cause__
+    return None

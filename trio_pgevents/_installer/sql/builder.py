@@ -157,10 +157,34 @@ class SqlBuilder(FunctionSql):
                 extra="CREATE INDEX IF NOT EXISTS events_txid_id_idx ON {S}.{t} (txid, id)",
             ),
             self._table(
+                # last_txid/last_id: every event up to here is acknowledged (in every
+                # partition); what retention deletes up to. partitions: 1 for an
+                # exclusive consumer, N for a group.
                 "consumers",
                 "name text PRIMARY KEY, last_txid xid8 NOT NULL DEFAULT '0', "
                 "last_id bigint NOT NULL DEFAULT 0, created_at timestamptz NOT NULL DEFAULT now(), "
-                "updated_at timestamptz NOT NULL DEFAULT now()",
+                "updated_at timestamptz NOT NULL DEFAULT now(), "
+                "partitions int NOT NULL DEFAULT 1 CHECK (partitions BETWEEN 1 AND 1024), "
+                "grouped boolean NOT NULL DEFAULT false",
+                # 0.1.0's consumers had no partitions (each was one exclusive partition).
+                upgrade="ALTER TABLE {S}.{t} ADD COLUMN IF NOT EXISTS partitions int NOT NULL DEFAULT 1 "
+                "CHECK (partitions BETWEEN 1 AND 1024), "
+                "ADD COLUMN IF NOT EXISTS grouped boolean NOT NULL DEFAULT false",
+            ),
+            self._table(
+                # Each partition's position and lease: held by one member until expires_at.
+                "consumer_parts",
+                "consumer text NOT NULL REFERENCES {S}.consumers (name) ON DELETE CASCADE, "
+                "part int NOT NULL, last_txid xid8 NOT NULL DEFAULT '0', last_id bigint NOT NULL DEFAULT 0, "
+                "holder text, expires_at timestamptz, updated_at timestamptz NOT NULL DEFAULT now(), "
+                "PRIMARY KEY (consumer, part)",
+            ),
+            self._table(
+                # The streams open under each name (alive until expires_at), for fair shares.
+                "consumer_members",
+                "consumer text NOT NULL REFERENCES {S}.consumers (name) ON DELETE CASCADE, "
+                "member text NOT NULL, joined_at timestamptz NOT NULL DEFAULT now(), "
+                "expires_at timestamptz NOT NULL, PRIMARY KEY (consumer, member)",
             ),
             self._table(
                 "dead_letters",
@@ -237,7 +261,7 @@ class SqlBuilder(FunctionSql):
             parts.append(self.drop_function(spec.name))
         for name in OBSOLETE_FUNCTIONS:
             parts.append(self.drop_function(name))
-        for name in ("dead_letters", "consumers", "events", "watched"):
+        for name in ("dead_letters", "consumer_members", "consumer_parts", "consumers", "events", "watched"):
             parts.append(self._fmt("DROP TABLE IF EXISTS {S}.{t}", t=sql.Identifier(name)))
         parts.append(
             self._do(
