@@ -21,6 +21,7 @@ from sqlalchemy.pool import NullPool
 from trio_pgevents import (
     ConfigurationError,
     DurableStream,
+    DurableWorker,
     LeaseLostError,
     RowChange,
     open_durable_stream,
@@ -256,3 +257,33 @@ async def test_the_partition_count_is_fixed_when_the_group_is_created(outbox: Ou
     with pytest.raises(ConfigurationError, match="partitions must be at most 1024"):
         async with open_durable_stream(outbox.url, "x", **outbox.opts(group=True, partitions=5000)):
             pass  # pragma: no cover
+
+
+async def test_durable_workers_share_a_group(outbox: Outbox) -> None:
+    opts = outbox.opts(group=True, partitions=4, lease_timeout=LEASE, auto_ack=False)
+    processed: list[tuple[int, int]] = []
+    workers: list[DurableWorker] = []
+    streams: list[DurableStream] = []
+
+    async def member(index: int) -> None:
+        async def handler(event: RowChange) -> None:
+            assert event.new_data is not None
+            processed.append((index, event.new_data["n"]))
+            await trio.sleep(0.001)
+
+        async with open_durable_stream(outbox.url, "workers", **opts) as stream:
+            streams.append(stream)
+            worker = DurableWorker(handler)
+            workers.append(worker)
+            await worker.run(stream)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(member, 0)
+        nursery.start_soon(member, 1)
+        await wait_for(lambda: len(streams) == 2 and shares(streams) == [2, 2], 6 * LEASE, "two each")
+        await outbox.ainsert(*range(200))
+        await wait_for(lambda: len(processed) >= 200, 30, "every row")
+        for worker in workers:
+            worker.stop()
+    assert sorted(n for _, n in processed) == list(range(200))  # once each
+    assert {index for index, _ in processed} == {0, 1}  # by both members

@@ -75,6 +75,17 @@ class Group:
         )
         return {int(holder.split(":")[1]) for (holder,) in rows}
 
+    def held_by_live_members(self) -> int:
+        """Partitions held now by a member process that is alive."""
+        alive = {p.pid for p in self.processes if p.poll() is None}
+        rows = run_sql(
+            self.dsn,
+            f'SELECT holder FROM "{self.schema}".consumer_parts WHERE consumer = %s '
+            "AND holder IS NOT NULL AND expires_at > now()",
+            ("members",),
+        )
+        return sum(1 for (holder,) in rows if int(holder.split(":")[1]) in alive)
+
     def kill(self, process: subprocess.Popen[str]) -> None:
         process.send_signal(signal.SIGKILL)
         process.wait()
@@ -182,6 +193,7 @@ async def test_members_killed_at_random_process_every_row_exactly_once_in_key_or
         for _ in range(members):
             await trio.to_thread.run_sync(group.start)
         inserted, kills = 0, 0
+        takeovers: list[float] = []
         while inserted < rows:
             await trio.to_thread.run_sync(group.write, inserted, 1000, keys)
             inserted += 1000
@@ -189,12 +201,20 @@ async def test_members_killed_at_random_process_every_row_exactly_once_in_key_or
                 await trio.sleep(rng.uniform(0.1, 1.0))  # somewhere in the middle of the work
                 holders = [p for p in group.processes if p.pid in group.holders()]
                 victim = rng.choice(holders or group.processes)
+                killed_at = trio.current_time()
                 group.kill(victim)
                 kills += 1
                 await trio.to_thread.run_sync(group.start)
+                # Its partitions are taken over once its leases expire (plus a tick).
+                with trio.fail_after(LEASE + 10):
+                    while group.held_by_live_members() < max(1, partitions):
+                        await trio.sleep(0.05)
+                takeovers.append(trio.current_time() - killed_at)
         assert kills == 3
         await wait_done(group, rows, timeout=60 + 3 * LEASE)
         figures = group.check(rows)
         assert figures["members"] >= 2
+        print(f"\ntake-over after SIGKILL (lease {LEASE:g} s): {', '.join(f'{t:.2f}' for t in takeovers)} s")
+        assert max(takeovers) <= LEASE + 2.0
     finally:
         group.stop_all()
