@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import psycopg2
 import pytest
@@ -159,10 +160,10 @@ async def test_decoder_converts_types(pg_dsn: str, query: Query, unique: Callabl
         "d": date(2000, 1, 1),
         "tm": time(12, 34, 56, 789000),
         "inf": "infinity",
-        "u": "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
-        "arr": "{1,2,NULL}",
+        "u": UUID("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+        "arr": [1, 2, None],
         "nothing": None,
-        "ba": "\\x00ff",
+        "ba": b"\x00\xff",
     }
     for key, value in expected.items():
         assert row[key] == value, key

@@ -17,6 +17,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
 from typing import Any
 
 import psycopg2
@@ -280,13 +281,18 @@ def test_valid_payloads_decode_typed() -> None:
 
 
 def test_big_numbers_keep_their_value() -> None:
-    # numeric columns: integers past 64 bits stay exact; past float range they parse as before.
+    # numeric columns: integers past 64 bits stay exact; other numbers keep every digit (Decimal)
+    # when the column types are not known (a float column's values are converted by its type).
     big = "123456789012345678901234567890"
     event = decode_trigger_payload(
-        CHANNEL, row_text("t", 1, new_data=f'{{"n" : {big}, "x" : 1e400}}'), 1, "db"
+        CHANNEL,
+        row_text("t", 1, new_data=f'{{"n" : {big}, "x" : 1e400, "y" : 12345678901234567.89}}'),
+        1,
+        "db",
     )
     assert type(event) is RowChange
-    assert event.new_data == {"n": int(big), "x": float("inf")}
+    assert event.new_data == {"n": int(big), "x": Decimal("1e400"), "y": Decimal("12345678901234567.89")}
+    assert str(event.new_data["y"]) == "12345678901234567.89"
 
 
 @pytest.mark.parametrize("name", list(BAD))

@@ -53,6 +53,9 @@ def test_star_import_gives_the_public_names_and_nothing_private() -> None:
 @pytest.mark.parametrize("name", trio_pgevents.__all__)
 def test_every_public_name_has_a_docstring_and_a_private_home(name: str) -> None:
     obj = getattr(trio_pgevents, name)
+    if not (inspect.isclass(obj) or inspect.isfunction(obj)):
+        assert name in {"AnyEvent", "Method"}, f"{name}: a type alias? document it and list it here"
+        return  # type aliases: documented in docs/api.md (and by a comment at their definition)
     assert inspect.getdoc(obj), name
     assert obj.__module__.startswith("trio_pgevents._"), (name, obj.__module__)
 

@@ -41,7 +41,9 @@ from ._errors import StreamClosedError as StreamClosedError
 from ._errors import StreamGapError as StreamGapError
 from ._errors import StreamOverflowError as StreamOverflowError
 from ._errors import TrioPgEventsError as TrioPgEventsError
+from ._events import AnyEvent as AnyEvent
 from ._events import Event as Event
+from ._events import Method as Method
 from ._events import Notification as Notification
 from ._events import Overflow as Overflow
 from ._events import RowChange as RowChange
@@ -65,6 +67,7 @@ from ._source import SourceStatistics as SourceStatistics
 __version__ = "0.1.0"
 
 __all__ = [
+    "AnyEvent",
     "AsyncInstaller",
     "ChangeStream",
     "ChangeStreamStatistics",
@@ -88,6 +91,7 @@ __all__ = [
     "InvalidChannelError",
     "KeepaliveSettings",
     "LeaseLostError",
+    "Method",
     "Notification",
     "OutboxNotification",
     "Overflow",

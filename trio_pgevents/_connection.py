@@ -24,13 +24,15 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import NullPool
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, ConnectError
 from ._names import check_channel
 from ._secrets import redactor_for, safe_url
-from ._threads import Handoff, _dup_socket
+from ._threads import Handoff, _dup_socket, thread_handoff
 
 __all__ = [
+    "DB_ERRORS",
     "as_engine",
+    "run_on_connection",
     "describe_source",
     "validate_channel",
     "listen_sql",
@@ -43,6 +45,16 @@ __all__ = [
     "finish_use",
     "set_keepalive",
 ]
+
+
+#: Failures of one connect attempt (or query) that reconnecting may cure (a full pool too).
+DB_ERRORS = (
+    psycopg2.Error,
+    sqlalchemy.exc.DBAPIError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    OSError,
+)
 
 
 def as_engine(engine_or_url: Engine | str) -> Engine:
@@ -301,3 +313,34 @@ def set_keepalive(fd: int, settings: KeepaliveSettings) -> None:
                 sock.setsockopt(socket.IPPROTO_TCP, option, value)
     finally:
         sock.close()
+
+
+def run_on_connection(engine: Engine, work: Any, connect_timeout: float) -> Any:
+    """Run ``work(cursor)`` on an autocommit connection from ``engine``; return its result.
+
+    Blocking: run it with :func:`~trio_pgevents._threads.run_abandonable`.
+    Connecting is bounded by ``connect_timeout``; the socket is attached to the
+    calling thread's handoff, so a caller that gives up unblocks this thread.
+
+    Raises:
+        ConnectError: no connection within ``connect_timeout``.
+    """
+    handoff = thread_handoff()
+    redactor = redactor_for(engine)
+    try:
+        proxy = checkout(engine, (), None, handoff, connect_timeout)
+    except DB_ERRORS as exc:
+        raise ConnectError(f"could not connect to {redactor.source}: {redactor.describe(exc)}") from exc
+    broken = True
+    try:
+        with proxy.dbapi_connection.cursor() as cursor:
+            result = work(cursor)
+        broken = False
+        return result
+    except (psycopg2.OperationalError, psycopg2.InterfaceError):
+        raise
+    except BaseException:
+        broken = False
+        raise
+    finally:
+        finish_use(proxy, handoff, broken=broken)

@@ -24,7 +24,7 @@ Notifications rather than dropped.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -35,7 +35,7 @@ from ._events import Event, Notification
 from ._payload import why
 from ._secrets import get_logger
 
-__all__ = ["BatchIterator", "BufferedStream", "NotifyBatch"]
+__all__ = ["BatchIterator", "BatchTyping", "BufferedStream", "NotifyBatch"]
 
 _new = tuple.__new__
 
@@ -51,12 +51,14 @@ class NotifyBatch(list[Any]):
         decoders: channel -> decoder for typed events, or None.
     """
 
-    __slots__ = ("decoders", "source")
+    __slots__ = ("decoded", "decoders", "source")
 
     def __init__(self, notifies: list[Any], source: str, decoders: Mapping[str, Decoder] | None) -> None:
         super().__init__(notifies)
         self.source = source
         self.decoders = decoders
+        #: Set by :meth:`events`: a decoder made at least one of them (they may need typing).
+        self.decoded = False
 
     def events(self) -> list[Event]:
         """The batch as events, in order; one per notification, whatever its payload."""
@@ -65,6 +67,7 @@ class NotifyBatch(list[Any]):
         if decoders is None:
             return self.notifications()
         get = decoders.get
+        decoded = False
         batch: list[Event] = []
         append = batch.append
         for n in self:
@@ -74,6 +77,7 @@ class NotifyBatch(list[Any]):
                 append(_new(Notification, (channel, n.payload, n.pid, source)))
                 continue
             payload = n.payload
+            decoded = True
             try:
                 event = decoder(channel, payload, n.pid, source)
             except Exception as exc:  # a custom decoder's bug must not cost the batch
@@ -83,6 +87,7 @@ class NotifyBatch(list[Any]):
                     reason = f"the channel's decoder returned {type(event).__name__}, not an Event"
                     event = set_aside(channel, payload, n.pid, source, reason)
             append(event)
+        self.decoded = decoded
         return batch
 
     def notifications(self) -> list[Event]:
@@ -95,6 +100,11 @@ class NotifyBatch(list[Any]):
         if isinstance(index, slice):
             return NotifyBatch(list.__getitem__(self, index), self.source, self.decoders)
         return list.__getitem__(self, index)
+
+
+def _decoded(batch: list[Any]) -> bool:
+    """True if events of ``batch`` were made by a decoder (only those can be row events)."""
+    return type(batch) is not NotifyBatch or batch.decoded
 
 
 def _events(batch: list[Event]) -> list[Event]:
@@ -114,6 +124,18 @@ def _events(batch: list[Event]) -> list[Event]:
         return batch.notifications()
 
 
+class BatchTyping(Protocol):
+    """Types the row events of a batch before it is delivered (see ``_columns.StreamTyping``)."""
+
+    def attach(self, batch: list[Event]) -> bool:
+        """Type what can be typed now; False if :meth:`learn` must run first."""
+        ...
+
+    async def learn(self) -> None:
+        """Read what :meth:`attach` was missing (never raises a database error)."""
+        ...
+
+
 class BufferedStream:
     """Reads events, one at a time or a batch at a time, from a buffer.
 
@@ -125,6 +147,42 @@ class BufferedStream:
         self._buffer = buffer
         self._batch: list[Event] = []
         self._pos = 0
+        #: Types row events before a batch is delivered (LISTEN streams), or None.
+        self._typing: BatchTyping | None = None
+        self._held: list[Event] | None = None  # a batch taken, waiting for its types
+
+    async def _take_batch(self) -> list[Event]:
+        """The next batch, as events, typed. A cancelled call takes nothing."""
+        batch = self._held
+        if batch is None:
+            raw = await self._buffer.get()
+            batch = _events(raw)
+            if self._typing is None or not _decoded(raw):
+                return batch
+        typing = self._typing
+        assert typing is not None
+        if not typing.attach(batch):
+            self._held = batch  # cancelled while its types are read: the next call resumes
+            await typing.learn()
+            typing.attach(batch)
+        self._held = None
+        return batch
+
+    def _take_batch_nowait(self) -> list[Event]:
+        """The next batch if one is ready (typed); else ``trio.WouldBlock``."""
+        batch = self._held
+        if batch is None:
+            raw = self._buffer.get_nowait()
+            batch = _events(raw)
+            if self._typing is None or not _decoded(raw):
+                return batch
+        typing = self._typing
+        assert typing is not None
+        if not typing.attach(batch):
+            self._held = batch  # its types must be read first: by the next receive()
+            raise trio.WouldBlock
+        self._held = None
+        return batch
 
     def __aiter__(self) -> BufferedStream:
         return self
@@ -138,7 +196,7 @@ class BufferedStream:
         # Let the spent batch's events go before the next ones are built.
         self._batch, self._pos = [], 0
         try:
-            batch = _events(await self._buffer.get())
+            batch = await self._take_batch()
         except StreamClosedError:
             raise StopAsyncIteration from None
         self._batch = batch
@@ -160,7 +218,7 @@ class BufferedStream:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return batch[pos]
         self._batch, self._pos = [], 0
-        batch = _events(await self._buffer.get())
+        batch = await self._take_batch()
         self._batch = batch
         self._pos = 1
         return batch[0]
@@ -172,7 +230,7 @@ class BufferedStream:
         if pos < len(batch):
             self._pos = pos + 1
             return batch[pos]
-        batch = _events(self._buffer.get_nowait())
+        batch = self._take_batch_nowait()
         self._batch = batch
         self._pos = 1
         return batch[0]
@@ -200,7 +258,7 @@ class BufferedStream:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return rest
         try:
-            return _events(await self._buffer.get())
+            return await self._take_batch()
         except StreamClosedError:
             raise StopAsyncIteration from None
 

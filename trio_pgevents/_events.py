@@ -21,7 +21,7 @@ import json
 from datetime import datetime
 from functools import cached_property
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from ._payload import METHODS, UNPARSED, parse_json, why
 
@@ -34,6 +34,8 @@ except ImportError:  # pragma: no cover - other Pythons
 
 
 __all__ = [
+    "AnyEvent",
+    "Method",
     "ServerText",
     "Event",
     "Notification",
@@ -44,6 +46,11 @@ __all__ = [
 ]
 
 _new = tuple.__new__
+
+#: What a :class:`RowChange` did: a trigger's or the WAL's operation, or ``READ`` for a
+#: row of a change stream's initial snapshot (``""`` only in a hand-built event without one).
+Method: TypeAlias = Literal["INSERT", "UPDATE", "DELETE", "TRUNCATE", "READ", ""]
+_EVENT_METHODS = METHODS | {"READ"}
 
 
 class ServerText(str):
@@ -146,7 +153,9 @@ class _DecodedEvent(Event):
     def data(self) -> dict[str, Any]:
         """The decoded JSON payload (every key, including ones not typed here).
 
-        Events from a LISTEN stream were parsed (and checked) on delivery; an
+        Numbers that are not integers are ``Decimal`` (every digit the server
+        sent); :attr:`RowChange.new_data` and ``old_data`` type each value by
+        its column. Events from a LISTEN stream were parsed (and checked) on delivery; an
         event built from its payload text (``RowChange(channel, payload, ...)``,
         a custom decoder, the durable outbox) is parsed here, on first access.
         Its payload may not be JSON at all: then ``data`` is ``{}`` and the
@@ -237,23 +246,36 @@ class RowChange(_DecodedEvent):
         return value if isinstance(value, str) else ""
 
     @property
-    def method(self) -> str:
-        """``INSERT``, ``UPDATE``, ``DELETE`` or ``TRUNCATE`` (``""`` only for hand-built events)."""
+    def method(self) -> Method:
+        """``INSERT``, ``UPDATE``, ``DELETE``, ``TRUNCATE``, or ``READ`` (a change stream's snapshot).
+
+        ``""`` only for hand-built events whose payload has none.
+        """
         method = self.data.get("method")
         # Type first: a list is not hashable, and ``in`` a frozenset would raise.
-        return method if type(method) is str and method in METHODS else ""
+        return method if type(method) is str and method in _EVENT_METHODS else ""  # type: ignore[return-value]
 
-    @property
+    @cached_property
     def old_data(self) -> dict[str, Any] | None:
-        """The row before the change (UPDATE, DELETE), or ``None``."""
-        value = self.data.get("old_data")
-        return value if isinstance(value, dict) else None
+        """The row before the change (UPDATE, DELETE), or ``None``; values typed by column.
 
-    @property
+        Values are converted by the column's type, the same on every path
+        (see :mod:`trio_pgevents._columns`: ``numeric`` as ``Decimal``,
+        timestamps as ``datetime``, ``uuid`` as ``UUID``...).
+        """
+        return self._row("old_data")
+
+    @cached_property
     def new_data(self) -> dict[str, Any] | None:
-        """The row after the change (INSERT, UPDATE), or ``None``."""
-        value = self.data.get("new_data")
-        return value if isinstance(value, dict) else None
+        """The row after the change (INSERT, UPDATE, READ), or ``None``; values typed by column."""
+        return self._row("new_data")
+
+    def _row(self, key: str) -> dict[str, Any] | None:
+        value = self.data.get(key)
+        if not isinstance(value, dict):
+            return None
+        convert = self.__dict__.get("_row_types")
+        return convert(value) if convert is not None else value
 
     @property
     def session_user(self) -> str | None:
@@ -407,3 +429,7 @@ class Overflow(Event):
 
     def __repr__(self) -> str:
         return f"Overflow(dropped={self[4]!r}, source={self[3]!r})"
+
+
+#: Every event a stream can deliver, for an exhaustive ``match`` (each class is final in practice).
+AnyEvent: TypeAlias = Notification | RowChange | SchemaChange | StreamGap | Overflow

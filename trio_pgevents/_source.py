@@ -23,12 +23,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-import psycopg2
-import sqlalchemy.exc
 import trio
 
 from ._backoff import Backoff
 from ._buffer import EventBuffer
+from ._connection import DB_ERRORS
 from ._errors import ConnectError, ConnectionLostError, StreamGapError
 from ._events import StreamGap
 from ._options import StreamOptions
@@ -45,15 +44,6 @@ __all__ = [
 ]
 
 logger = get_logger("trio_pgevents")
-
-#: Failures of one connect attempt that reconnecting may cure (a full pool too).
-DB_ERRORS = (
-    psycopg2.Error,
-    sqlalchemy.exc.DBAPIError,
-    sqlalchemy.exc.InterfaceError,
-    sqlalchemy.exc.TimeoutError,
-    OSError,
-)
 
 
 class Lost(Exception):

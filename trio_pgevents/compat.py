@@ -143,7 +143,7 @@ class Event:
         holds, even nesting deeper than Python parses.
         """
         try:
-            obj = parse_json(json_string)
+            obj = parse_json(json_string, exact=False)
         except Exception as exc:  # RecursionError too, not only ValueError
             raise PayloadError(f"not JSON ({why(exc)})") from None
         if type(obj) is not dict:

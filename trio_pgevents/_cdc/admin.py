@@ -17,14 +17,11 @@ from sqlalchemy.engine import Engine
 from .. import _connection as conn_mod
 from .._errors import (
     ConfigurationError,
-    ConnectError,
     ReplicationError,
 )
 from .._names import check_identifier, check_slot_name
 from .._options import DEFAULT_CONNECT_TIMEOUT
-from .._secrets import get_logger, redactor_for
-from .._source import DB_ERRORS
-from .._threads import thread_handoff
+from .._secrets import get_logger
 
 logger = get_logger("trio_pgevents")
 
@@ -90,31 +87,9 @@ def replication_dsn(engine: Engine) -> str:
 
 
 def _run(engine: Engine, work: Any, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT) -> Any:
-    """Run ``work(cursor)`` on an autocommit connection from ``engine``; return its result.
-
-    Blocking. Connecting is bounded by ``connect_timeout``; run by
-    :func:`~trio_pgevents._threads.run_abandonable`, the socket is attached to
-    its caller's handoff, so a caller that gives up unblocks this thread.
-    """
-    handoff = thread_handoff()
-    redactor = redactor_for(engine)
-    try:
-        proxy = conn_mod.checkout(engine, (), None, handoff, connect_timeout)
-    except DB_ERRORS as exc:
-        raise ConnectError(f"could not connect to {redactor.source}: {redactor.describe(exc)}") from exc
-    broken = True
-    try:
-        with proxy.dbapi_connection.cursor() as cursor:
-            result = work(cursor)
-        broken = False
-        return result
-    except (psycopg2.OperationalError, psycopg2.InterfaceError):
-        raise
-    except BaseException:
-        broken = False
-        raise
-    finally:
-        conn_mod.finish_use(proxy, handoff, broken=broken)
+    """Run ``work(cursor)`` on an autocommit connection from ``engine`` (blocking; see
+    :func:`~trio_pgevents._connection.run_on_connection`)."""
+    return conn_mod.run_on_connection(engine, work, connect_timeout)
 
 
 # ---------------------------------------------------------------------------

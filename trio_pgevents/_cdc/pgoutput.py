@@ -40,7 +40,7 @@ from typing import Any
 
 from .._errors import ReplicationError
 from .._events import Event, RowChange, ServerText
-from .values import Converter, careful_row_parser, compile_row_parser, converter_for_type
+from .values import Converter, DomainTypes, careful_row_parser, compile_row_parser, converter_for_type
 
 __all__ = ["PgOutputDecoder", "format_lsn", "parse_lsn", "widen_xid"]
 
@@ -130,9 +130,16 @@ class PgOutputDecoder:
     """
 
     def __init__(
-        self, channel: str, source: str, encoding: str = "utf-8", xid_reference: int | None = None
+        self,
+        channel: str,
+        source: str,
+        encoding: str = "utf-8",
+        xid_reference: int | None = None,
+        domains: DomainTypes | None = None,
     ) -> None:
         self.channel = channel
+        #: The database's domains (and arrays of them) with their base types.
+        self.domains = domains or {}
         #: A recent epoch-extended transaction id (None: report 32-bit xids).
         self.xid_reference = xid_reference
         self.source = source
@@ -236,7 +243,7 @@ class PgOutputDecoder:
             column, pos = self._string(payload, pos + 1)
             type_oid, _typmod = _COLUMN_TAIL.unpack_from(payload, pos)
             pos += 8
-            columns.append((column, converter_for_type(type_oid)))
+            columns.append((column, converter_for_type(type_oid, self.domains)))
             if flags & 1:
                 keys.append(column)
         self._relations[oid] = _Relation(oid, schema or "pg_catalog", name, columns, keys, self.encoding)

@@ -32,6 +32,7 @@ from .._source import DB_ERRORS, Lost, ReconnectingSource
 from .._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket
 from .admin import IN_USE_GRACE, in_use, quote_ident, replication_dsn
 from .pgoutput import PgOutputDecoder, ack_position
+from .values import DOMAIN_TYPES_SQL, DomainTypes
 
 if TYPE_CHECKING:
     from .stream import ChangeStream
@@ -101,14 +102,14 @@ def _open_replication(
     keepalive: KeepaliveSettings | None,
     handoff: Handoff,
     connect_timeout: float,
-) -> tuple[Any, Any, int | None]:
+) -> tuple[Any, Any, int | None, DomainTypes]:
     """Connect and START_REPLICATION (blocking; runs in a worker thread).
 
     The socket is attached to ``handoff`` as soon as the connection exists,
     so a caller that gives up shuts it down and this thread returns.
-    Returns the connection, its replication cursor, and the server's next
+    Returns the connection, its replication cursor, the server's next
     full (epoch-extended) transaction id, against which the stream widens
-    the WAL's 32-bit xids.
+    the WAL's 32-bit xids, and the database's domains (typed as their base).
     """
     try:
         conn = psycopg2.connect(
@@ -128,6 +129,10 @@ def _open_replication(
         cursor.execute("SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())")
         row = cursor.fetchone()
         xid_reference = int(row[0]) if row else None
+        cursor.execute(DOMAIN_TYPES_SQL)
+        domains: DomainTypes = {
+            int(oid): (int(base), bool(is_array)) for oid, base, is_array in cursor.fetchall()
+        }
         try:
             cursor.start_replication_expert(
                 start_replication_command(slot, publication),
@@ -148,7 +153,7 @@ def _open_replication(
         handoff.detach()
         _close_quietly(conn)
         raise
-    return conn, cursor, xid_reference
+    return conn, cursor, xid_reference, domains
 
 
 class _Session:
@@ -226,11 +231,11 @@ class Replicator(ReconnectingSource):
         dsn, options, status_interval = self._dsn, self._options, self._status_interval
         connect_timeout = options.connect_timeout
 
-        def work() -> tuple[Any, Any, int | None] | None:
+        def work() -> tuple[Any, Any, int | None, DomainTypes] | None:
             opened = _open_replication(
                 dsn, stream.slot, stream.publication, status_interval, options.keepalive, handoff, limit
             )
-            delivered: tuple[Any, Any, int | None] | None = handoff.deliver(opened)
+            delivered: tuple[Any, Any, int | None, DomainTypes] | None = handoff.deliver(opened)
             return delivered
 
         result = await run_abandonable(
@@ -240,11 +245,11 @@ class Replicator(ReconnectingSource):
             what=f"start replication (connect_timeout={connect_timeout:g}s)",
         )
         assert result is not None
-        conn, cursor, xid_reference = result
+        conn, cursor, xid_reference, domains = result
         encoding = psycopg2.extensions.encodings.get(
             conn.get_parameter_status("server_encoding") or "", "utf-8"
         )
-        decoder = PgOutputDecoder(stream.slot, stream.source, encoding, xid_reference)
+        decoder = PgOutputDecoder(stream.slot, stream.source, encoding, xid_reference, domains)
         self._session = _Session(conn, cursor, decoder)
         self.backend_pid = conn.get_backend_pid()
         self.connected = True

@@ -1,19 +1,7 @@
 """Column values of pgoutput rows: text to Python by type, and the row parsers.
 
-Column values arrive as text and are converted by the column's type OID:
-
-==========================================  =======================================
-``int2``, ``int4``, ``int8``, ``oid``          ``int``
-``numeric``                                    ``decimal.Decimal`` (exact; ``NaN`` too)
-``float4``, ``float8``                         ``float``
-``bool``                                       ``bool``
-``text``, ``varchar``, ``bpchar``, ``name``    ``str``
-``json``, ``jsonb``                            parsed JSON (``dict``, ``list``, ...)
-``timestamptz``                                aware ``datetime`` (UTC: the stream sets TimeZone)
-``timestamp``                                  naive ``datetime``
-``date`` / ``time``                            ``datetime.date`` / ``datetime.time``
-anything else (uuid, bytea, arrays, ...)       the server's text form, a ``str``
-==========================================  =======================================
+Column values arrive as text and are converted by the column's type OID, as
+every path converts them (:mod:`trio_pgevents._values` has the table).
 
 Dates and timestamps Python cannot represent (``infinity``, BC, year > 9999)
 stay text. NULL is ``None``. A value that cannot be converted at all -- a
@@ -27,17 +15,23 @@ messages (schema, table, column) that do not decode are treated the same way.
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Callable
-from datetime import date, datetime, time
-from decimal import Decimal
 from typing import Any
 
 from .._errors import ReplicationError
 from .._events import ServerText
+from .._values import parse_array, text_converter
 
-__all__ = ["Converter", "RowParser", "careful_row_parser", "compile_row_parser", "converter_for_type"]
+__all__ = [
+    "DOMAIN_TYPES_SQL",
+    "Converter",
+    "DomainTypes",
+    "RowParser",
+    "careful_row_parser",
+    "compile_row_parser",
+    "converter_for_type",
+]
 
 #: Text form of a value -> the Python value.
 Converter = Callable[[str], Any]
@@ -46,61 +40,43 @@ _INT16 = struct.Struct(">h")
 _INT32 = struct.Struct(">i")
 
 
-def _bool(text: str) -> bool:
-    return text == "t"
+#: Each domain's base type, and each array-of-domain's element base type (the database's own
+#: types, which pgoutput names by their OIDs): OID -> (base OID, is an array).
+DomainTypes = dict[int, tuple[int, bool]]
+
+#: Runs on the replication connection before streaming (no parameters): the domains and the
+#: arrays of domains of the database, each with its base type (domains of domains followed).
+DOMAIN_TYPES_SQL = (
+    "WITH RECURSIVE chain(oid, base) AS ("
+    "SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE t.typtype OPERATOR(pg_catalog.=) 'd' "
+    "UNION ALL SELECT c.oid, t.typbasetype FROM chain c JOIN pg_catalog.pg_type t "
+    "ON t.oid OPERATOR(pg_catalog.=) c.base WHERE t.typtype OPERATOR(pg_catalog.=) 'd'), "
+    "resolved AS (SELECT c.oid, c.base FROM chain c JOIN pg_catalog.pg_type b "
+    "ON b.oid OPERATOR(pg_catalog.=) c.base WHERE b.typtype OPERATOR(pg_catalog.<>) 'd') "
+    "SELECT r.oid::pg_catalog.int8, r.base::pg_catalog.int8, false FROM resolved r "
+    "UNION ALL SELECT a.oid::pg_catalog.int8, r.base::pg_catalog.int8, true "
+    "FROM pg_catalog.pg_type a JOIN resolved r ON a.typelem OPERATOR(pg_catalog.=) r.oid "
+    "WHERE a.typcategory OPERATOR(pg_catalog.=) 'A'"
+)
 
 
-def _json(text: str) -> Any:
-    return json.loads(text)
+def converter_for_type(type_oid: int, domains: DomainTypes | None = None) -> Converter | None:
+    """The converter used for a column of this type OID (``None``: kept as text).
 
+    A domain converts as its base type (``domains`` knows the database's).
+    """
+    alias = domains.get(type_oid) if domains else None
+    if alias is None:
+        return text_converter(type_oid)
+    base, is_array = alias
+    element = text_converter(base)
+    if not is_array:
+        return element
 
-def _timestamp(text: str) -> Any:
-    try:
-        return datetime.fromisoformat(text)
-    except ValueError:
-        return text  # infinity, BC, year > 9999
+    def array(text: str) -> Any:
+        return parse_array(text, element)
 
-
-def _date(text: str) -> Any:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        return text
-
-
-def _time(text: str) -> Any:
-    try:
-        return time.fromisoformat(text)
-    except ValueError:
-        return text  # 24:00:00
-
-
-def _decimal(text: str) -> Decimal:
-    return Decimal(text)
-
-
-#: Type OID -> converter; types not listed stay text.
-_CONVERTERS: dict[int, Converter] = {
-    16: _bool,
-    20: int,
-    21: int,
-    23: int,
-    26: int,
-    700: float,
-    701: float,
-    1700: _decimal,
-    114: _json,
-    3802: _json,
-    1114: _timestamp,
-    1184: _timestamp,
-    1082: _date,
-    1083: _time,
-}
-
-
-def converter_for_type(type_oid: int) -> Converter | None:
-    """The converter used for a column of this type OID (``None``: kept as text)."""
-    return _CONVERTERS.get(type_oid)
+    return array
 
 
 #: Converters that accept the raw bytes of the text form (no decode needed).

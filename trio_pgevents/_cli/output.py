@@ -7,6 +7,8 @@ import json
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import msgspec
+
 from .. import (
     ChangeStreamStatus,
     Event,
@@ -78,6 +80,9 @@ def event_to_json(event: Event) -> dict[str, Any]:
     return out
 
 
+_ENCODER = msgspec.json.Encoder(decimal_format="number", enc_hook=str)
+
+
 def event_line(event: Event, *, ascii_only: bool = False) -> str:
     """One event as one line of JSON, newline included. Never raises.
 
@@ -86,7 +91,10 @@ def event_line(event: Event, *, ascii_only: bool = False) -> str:
     """
     fields = event_to_json(event)
     try:
-        text = json.dumps(fields, ensure_ascii=ascii_only, default=str)
+        if ascii_only:
+            text = json.dumps(fields, ensure_ascii=True, default=str)
+        else:  # exact numbers (Decimal) as JSON numbers, every digit
+            text = _ENCODER.encode(fields).decode("utf-8")
     except Exception:  # RecursionError, ...: whatever a payload's data can cause
         fields.pop("data", None)
         text = json.dumps(fields, ensure_ascii=ascii_only, default=str)

@@ -17,6 +17,7 @@ from typing import Any
 import trio
 
 from .._buffer import EventBuffer
+from .._columns import ColumnCatalog
 from .._events import StreamGap
 from .._listen import EventStream
 from .._options import StreamOptions
@@ -74,6 +75,7 @@ class OutboxFollower:
         self._wake = trio.Event()
         self._pending_gaps: list[StreamGap] = []
         self._rewind: Position | None = None
+        self._columns = ColumnCatalog()
         #: Set by a NOTIFY saying a member released leases (``LEASE_WAKE``).
         self.lease_wake = trio.Event()
         #: The position of the last row read (nothing read yet: past everything, so the
@@ -136,6 +138,28 @@ class OutboxFollower:
             with trio.move_on_after(delay):
                 await self._wake.wait()
 
+    async def _type_rows(self, events: list[Any], rows: list[Any]) -> None:
+        """Give each row event its table's converter (reading new tables' column types first).
+
+        The tables come from the read itself (the server reads them out of the
+        payload): nothing is parsed here; values are typed on first access.
+        """
+        catalog = self._columns
+        for attempt in (1, 2):
+            missing: list[tuple[str, str]] = []
+            for event, row in zip(events, rows, strict=True):
+                if row[5]:  # a row event
+                    table = (row[6], row[7])
+                    known, convert = catalog.converter(table, None)
+                    if not known:
+                        if table not in missing:
+                            missing.append(table)
+                    elif convert is not None:
+                        event.__dict__["_row_types"] = convert
+            if not missing or attempt == 2:
+                return
+            await self._db.run(functools.partial(catalog.learn, tables=missing))
+
     async def catch_up(self) -> None:
         """Read until the table has nothing more below xmin (one query per ``batch_size`` rows)."""
         limit, budget = self._options.batch_size, self._budget
@@ -156,6 +180,7 @@ class OutboxFollower:
             if not rows:
                 return
             events = [make_event(row, source) for row in rows]
+            await self._type_rows(events, rows)
             unknown = partitioner.unknown_tables(events)
             if unknown:
                 await self._db.run(functools.partial(partitioner.learn, tables=unknown))

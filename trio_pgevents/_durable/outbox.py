@@ -70,7 +70,8 @@ class OutboxSql:
             "pg_catalog.jsonb_build_object('id', r.id, 'txid', "
             "r.txid::pg_catalog.text::pg_catalog.numeric))::pg_catalog.text, r.upto, "
             + _ROW_EVENT_CHECK
-            + " "
+            + ", r.payload OPERATOR(pg_catalog.->>) 'table_schema', "
+            "r.payload OPERATOR(pg_catalog.->>) 'table_name' "
             # The LIMIT is innermost: a window function of the same level would see every
             # unread row (a sort of the whole backlog per read).
             "FROM (SELECT l.*, pg_catalog.sum(pg_catalog.pg_column_size(l.payload)) "
@@ -123,7 +124,7 @@ class OutboxSql:
 
 def make_event(row: tuple[Any, ...], source: str) -> Event:
     """The event of one row read by :attr:`OutboxSql.read` (its position attached)."""
-    event_id, txid_text, channel, payload, _, is_row_event = row
+    event_id, txid_text, channel, payload, _, is_row_event, _, _ = row
     event: Event
     if is_row_event:
         event = _new(RowChange, (channel, payload, 0, source))

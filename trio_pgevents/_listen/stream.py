@@ -11,6 +11,7 @@ import trio
 from sqlalchemy.engine import Engine
 
 from .._buffer import EventBuffer
+from .._columns import StreamTyping
 from .._connection import as_engine, validate_channel
 from .._consumer import BufferedStream
 from .._decode import Decoder
@@ -79,6 +80,11 @@ class EventStream(BufferedStream):
         ]
         self._tasks: list[tuple[trio.CancelScope, trio.Event]] = []
         self._closed = False
+        # Row events are typed by their columns' types, read from each database's catalog.
+        self._typing = StreamTyping(
+            {listener.source: listener.engine for listener in self._listeners},
+            options.connect_timeout,
+        )
 
     # ---- lifecycle ----------------------------------------------------------
 
