@@ -197,6 +197,13 @@ def _add_status(sub: _Commands, db: argparse.ArgumentParser) -> None:
         help="warn (and exit 3) when a change stream slot is more than this far behind: bytes, "
         "or 512MB, 1GB... (default 1GB)",
     )
+    status.add_argument(
+        "--max-consumer-lag",
+        type=non_negative_float,
+        metavar="SECONDS",
+        help="warn (and exit 3) when a durable consumer's oldest unacknowledged event is older than "
+        "this (default: no limit)",
+    )
     _installer_options(status)
 
 
