@@ -6,14 +6,16 @@ Every worker is the real console script in a subprocess, against a real Postgres
 from __future__ import annotations
 
 import json
+import signal
 
+import pytest
 import trio
 from psycopg2 import sql
 
 from trio_pgevents import DurableStream, RowChange, open_durable_stream
 
 from .conftest import Outbox, run_sql
-from .test_cli import CliProcess, arun_cli
+from .test_cli import CliProcess, StartCli, arun_cli
 from .test_cli import start_cli as start_cli  # the fixture
 
 DURABLE_SETTINGS = "tests.cli_settings.durable"
@@ -65,6 +67,97 @@ async def take_rows(stream: DurableStream, count: int) -> list[RowChange]:
             if isinstance(event, RowChange):
                 got.append(event)
     return got
+
+
+# ---- worker options ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--group"], "--group needs --consumer (durable mode)"),
+        (["--partitions", "4"], "--partitions needs --consumer (durable mode)"),
+        (
+            ["--lease-timeout", "5"],
+            "--lease-timeout needs --consumer (durable mode)",
+        ),
+        (
+            ["--consumer", "x", "--partitions", "4"],
+            "--partitions needs --group (an exclusive consumer has one partition)",
+        ),
+    ],
+)
+async def test_durable_options_that_make_no_sense_exit_2_with_one_line(
+    extra: list[str], message: str
+) -> None:
+    result = await arun_cli(["worker", "--settings", DURABLE_SETTINGS, *extra])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [f"trio-pgevents: error: worker: {message}"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "flag"),
+    [
+        (["--consumer", "x", "--group", "--partitions", "0"], "--partitions"),
+        (["--consumer", "x", "--group", "--partitions", "1025"], "--partitions"),
+        (["--consumer", "x", "--lease-timeout", "0"], "--lease-timeout"),
+    ],
+)
+async def test_out_of_range_values_are_usage_errors(extra: list[str], flag: str) -> None:
+    result = await arun_cli(["worker", "--settings", DURABLE_SETTINGS, *extra])
+    assert result.returncode == 2, result.stderr
+    assert f"argument {flag}" in result.stderr
+
+
+# ---- leases: a graceful stop hands over at once ------------------------------------------------------
+
+
+async def test_sigterm_hands_an_exclusive_consumer_to_the_standby_at_once(
+    outbox: Outbox, start_cli: StartCli
+) -> None:
+    args = durable_args(outbox, "handover", "--lease-timeout", "30")  # expiry is far away
+    first = await start_cli(args)
+    await first.wait_for("durable consumer 'handover' (exclusive", where="err")
+    second = await start_cli(args)
+    await second.wait_for("durable consumer 'handover' (exclusive", where="err")
+    with trio.fail_after(10):
+        while not (held := holders(outbox, "handover")):
+            await trio.sleep(0.05)
+    assert len(held) == 1
+    active, standby = (first, second) if held == {first.process.pid} else (second, first)
+    assert held == {active.process.pid}
+
+    await outbox.ainsert(1)
+    await active.wait_for("ROW 1 ")
+    active.send_signal(signal.SIGTERM)
+    stopped_at = trio.current_time()
+    assert await active.wait() == 0, active.transcript()
+    await outbox.ainsert(2, 3)
+    await standby.wait_for("ROW 3 ", timeout=5)  # the lease would expire only after 30 s
+    assert trio.current_time() - stopped_at < 5
+    assert handled(standby, 2)
+    assert not handled(standby, 1), "row 1 was acknowledged when the active worker stopped"
+    assert holders(outbox, "handover") == {standby.process.pid}
+
+
+async def test_group_workers_share_the_partitions(outbox: Outbox, start_cli: StartCli) -> None:
+    args = durable_args(outbox, "shared", "--group", "--lease-timeout", "2")
+    workers = [await start_cli([*args, "--partitions", "4"])]
+    await workers[0].wait_for("durable consumer 'shared' (group of 4 partitions)", where="err")
+    workers.append(await start_cli(args))  # no --partitions: it joins the group as it is
+    await workers[1].wait_for("durable consumer 'shared' (group of 4 partitions)", where="err")
+    with trio.fail_after(20):
+        while holders(outbox, "shared") != {w.process.pid for w in workers}:
+            await trio.sleep(0.05)
+    await outbox.ainsert(*range(1, 41))
+    with trio.fail_after(30):
+        while not all(any(handled(w, n) for w in workers) for n in range(1, 41)):
+            await trio.sleep(0.05)
+    # A new group with other partitions is refused with one line.
+    other = await arun_cli(durable_args(outbox, "shared", "--group", "--partitions", "8"))
+    assert other.returncode == 2, other.stderr
+    (line,) = other.stderr.strip().splitlines()[-1:]
+    assert line.startswith("trio-pgevents: error: durable consumer group 'shared' has 4 partitions")
 
 
 # ---- status ----------------------------------------------------------------------------------------

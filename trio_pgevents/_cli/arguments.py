@@ -8,8 +8,17 @@ from typing import TypeVar
 
 from .._errors import ConfigurationError
 from .._names import check_slot_name
+from .._options import MAX_PARTITIONS
 
-__all__ = ["bool_arg", "byte_size", "non_negative_float", "positive_float", "positive_int", "slot_name"]
+__all__ = [
+    "bool_arg",
+    "byte_size",
+    "non_negative_float",
+    "partition_count",
+    "positive_float",
+    "positive_int",
+    "slot_name",
+]
 
 N = TypeVar("N", int, float)
 
@@ -36,6 +45,14 @@ def positive_int(text: str) -> int:
     value = _number(int, text, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, not {value}")
+    return value
+
+
+def partition_count(text: str) -> int:
+    """``--partitions``: a consumer group's partitions, 1..1024."""
+    value = positive_int(text)
+    if value > MAX_PARTITIONS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_PARTITIONS} partitions, not {value}")
     return value
 
 

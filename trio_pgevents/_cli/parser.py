@@ -6,7 +6,16 @@ import argparse
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from .arguments import bool_arg, byte_size, non_negative_float, positive_float, positive_int, slot_name
+from .._options import DEFAULT_LEASE_TIMEOUT, DEFAULT_PARTITIONS
+from .arguments import (
+    bool_arg,
+    byte_size,
+    non_negative_float,
+    partition_count,
+    positive_float,
+    positive_int,
+    slot_name,
+)
 from .commands.demo import cmd_demo
 from .commands.installer import cmd_build, cmd_drop_change_stream, cmd_status, cmd_uninstall
 from .commands.listen import cmd_listen
@@ -177,6 +186,27 @@ def _add_worker(sub: _Commands, db: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="with --consumer: delete events every registered consumer acknowledged this often "
         "(default 60; 0: never)",
+    )
+    durable.add_argument(
+        "--group",
+        action="store_true",
+        help="with --consumer: join a consumer group, the workers under the name share its partitions "
+        "(default: exclusive, one worker active, the others stand by and take over)",
+    )
+    durable.add_argument(
+        "--partitions",
+        type=partition_count,
+        metavar="N",
+        help=f"with --group: how many partitions a new group has (1..1024, default "
+        f"{DEFAULT_PARTITIONS}; fixed when the group is created)",
+    )
+    durable.add_argument(
+        "--lease-timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="with --consumer: a worker that stops renewing its lease (it hangs, or dies) loses it "
+        f"after this long and another takes over (default {DEFAULT_LEASE_TIMEOUT:g}); a worker that "
+        "stops gracefully hands over at once",
     )
 
 
