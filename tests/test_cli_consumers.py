@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 from psycopg2 import sql
 
 from trio_pgevents import DurableStream, RowChange, open_durable_stream
 
-from .conftest import Outbox, run_sql
-from .test_cli import CliProcess, StartCli, arun_cli
+from .conftest import Outbox, Query, run_sql
+from .test_cli import SETTINGS, CliProcess, StartCli, _env, arun_cli, notify_all, row_payload
 from .test_cli import start_cli as start_cli  # the fixture
 
 DURABLE_SETTINGS = "tests.cli_settings.durable"
@@ -101,6 +107,8 @@ async def test_durable_options_that_make_no_sense_exit_2_with_one_line(
         (["--consumer", "x", "--group", "--partitions", "0"], "--partitions"),
         (["--consumer", "x", "--group", "--partitions", "1025"], "--partitions"),
         (["--consumer", "x", "--lease-timeout", "0"], "--lease-timeout"),
+        (["--metrics-port", "65536"], "--metrics-port"),
+        (["--metrics-port", "http"], "--metrics-port"),
     ],
 )
 async def test_out_of_range_values_are_usage_errors(extra: list[str], flag: str) -> None:
@@ -222,3 +230,111 @@ async def test_status_lists_durable_consumers_and_gates_on_their_lag(outbox: Out
         missing = await arun_cli(["status", "--max-consumer-lag", "0", *db])
         assert missing.returncode == 1, missing.stdout + missing.stderr
         assert "trio-pgevents: WARNING: durable consumer 'billing'" in missing.stderr
+
+
+# ---- metrics ----------------------------------------------------------------------------------------
+
+
+async def metrics_url(process: CliProcess) -> str:
+    (line,) = await process.wait_for("serving Prometheus metrics at ", where="err")
+    return line.rsplit(" ", 1)[-1]
+
+
+async def scrape(url: str) -> Samples:
+    def get() -> str:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return str(response.read().decode())
+
+    samples: Samples = {}
+    for family in text_string_to_metric_families(await trio.to_thread.run_sync(get)):
+        for sample in family.samples:
+            samples[sample.name] = (sample.labels, sample.value)
+    return samples
+
+
+async def scrape_until(url: str, condition: Callable[[dict[str, float]], bool]) -> Samples:
+    """Scrape until ``condition(values by name)`` holds (names without the ``trio_pgevents_`` prefix)."""
+    with trio.fail_after(30):
+        while True:
+            samples = await scrape(url)
+            values = {name.removeprefix("trio_pgevents_"): value for name, (_, value) in samples.items()}
+            if condition(values):
+                return samples
+            await trio.sleep(0.1)
+
+
+async def test_durable_worker_serves_prometheus_metrics(outbox: Outbox, start_cli: StartCli) -> None:
+    worker = await start_cli(durable_args(outbox, "metered", "--max-attempts", "2", "--metrics-port", "0"))
+    url = await metrics_url(worker)
+    assert url.startswith("http://127.0.0.1:")
+    await worker.wait_for("durable consumer 'metered'", where="err")
+    first = await scrape_until(url, lambda v: "consumer_lag_events" in v)
+    assert first["trio_pgevents_events_processed_total"] == ({"consumer": "metered"}, 0.0)
+    assert first["trio_pgevents_active"][1] == 1.0
+
+    await outbox.ainsert(1, -1, 2)
+    await worker.wait_for("ROW 2 ")
+    samples = await scrape_until(
+        url, lambda v: v["dead_letters_total"] == 1 and v["consumer_lag_events"] == 0
+    )
+    values = {name.removeprefix("trio_pgevents_"): value for name, (_, value) in samples.items()}
+    assert all(labels == {"consumer": "metered"} for labels, _ in samples.values())
+    assert values["events_received_total"] == 3
+    assert values["events_processed_total"] == 2
+    assert values["callback_failures_total"] == 2  # row -1, twice
+    assert values["retries_total"] == 1
+    assert values["consumer_lag_seconds"] == 0.0
+    assert (values["active"], values["partitions_held"], values["connected"]) == (1, 1, 1)
+    assert values["lease_changes_total"] >= 1
+    assert values["reconnects_total"] == 0
+
+    worker.send_signal(signal.SIGTERM)
+    assert await worker.wait() == 0, worker.transcript()
+
+
+async def test_listening_worker_serves_the_metrics_that_apply(
+    pg_url: str, query: Query, unique: Any, start_cli: StartCli
+) -> None:
+    channel = unique("metrics_ch")
+    env = _env(PG_EVENTS_DATA_UPDATE_CALLBACK="tests.cli_settings.callbacks.on_data_raises")
+    args = ["worker", "--settings", SETTINGS, "--database-url", pg_url, "--channel", channel]
+    worker = await start_cli([*args, "--metrics-port", "0"], env=env)
+    url = await metrics_url(worker)
+    await worker.wait_for("worker listening", where="err")
+    await notify_all(query, channel, [row_payload("t", 1, extra="fine"), row_payload("t", 2, extra="boom")])
+    samples = await scrape_until(url, lambda v: v["callback_failures_total"] == 1)
+    values = {name.removeprefix("trio_pgevents_"): value for name, (_, value) in samples.items()}
+    assert values == {
+        "events_received_total": 2,
+        "events_processed_total": 1,
+        "callback_failures_total": 1,
+        "reconnects_total": 0,
+        "connected": 1,
+    }
+    assert all(labels == {} for labels, _ in samples.values())
+    worker.send_signal(signal.SIGTERM)
+    assert await worker.wait() == 0, worker.transcript()
+
+
+async def test_metrics_without_prometheus_client_is_one_clear_line(tmp_path: Path) -> None:
+    blocked = tmp_path / "prometheus_client"
+    blocked.mkdir()
+    (blocked / "__init__.py").write_text("raise ImportError('not installed (blocked by the test)')\n")
+    result = await arun_cli(
+        ["worker", "--settings", DURABLE_SETTINGS, "--metrics-port", "0"], env=_env(PYTHONPATH=str(tmp_path))
+    )
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("trio-pgevents: error: worker: --metrics-port needs the prometheus_client package")
+    assert "pip install 'trio-pgevents[metrics]'" in line
+
+
+async def test_metrics_port_in_use_is_one_clear_line() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = await arun_cli(["worker", "--settings", DURABLE_SETTINGS, "--metrics-port", str(port)])
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"trio-pgevents: error: worker: cannot serve metrics on 127.0.0.1:{port}: ")

@@ -13,8 +13,9 @@ stop gracefully.
 The CLI uses the library (its root and core modules), never the reverse:
 ``entrypoint`` (``main``) -> ``parser`` -> ``commands/*`` -> ``database``,
 ``signals``, ``output``, ``progress``, ``dispatch`` (the worker's callback
-engine), ``settings``, ``demo``; ``arguments``, ``exits`` and ``defaults`` are
-shared by all.
+engine), ``metrics`` (and ``prometheus``, imported only for
+``--metrics-port``), ``settings``, ``demo``; ``arguments``, ``exits`` and
+``defaults`` are shared by all.
 """
 
 from .entrypoint import main

@@ -15,6 +15,7 @@ __all__ = [
     "byte_size",
     "non_negative_float",
     "partition_count",
+    "port_number",
     "positive_float",
     "positive_int",
     "slot_name",
@@ -53,6 +54,14 @@ def partition_count(text: str) -> int:
     value = positive_int(text)
     if value > MAX_PARTITIONS:
         raise argparse.ArgumentTypeError(f"expected at most {MAX_PARTITIONS} partitions, not {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0..65535 (0: any free port)."""
+    value = _number(int, text, "a port number")
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, not {value}")
     return value
 
 

@@ -12,6 +12,7 @@ from .arguments import (
     byte_size,
     non_negative_float,
     partition_count,
+    port_number,
     positive_float,
     positive_int,
     slot_name,
@@ -20,7 +21,7 @@ from .commands.demo import cmd_demo
 from .commands.installer import cmd_build, cmd_drop_change_stream, cmd_status, cmd_uninstall
 from .commands.listen import cmd_listen
 from .commands.worker import cmd_worker
-from .defaults import DEFAULT_CHANNEL, DEFAULT_INSTALLER_SCHEMA, PROG
+from .defaults import DEFAULT_CHANNEL, DEFAULT_INSTALLER_SCHEMA, DEFAULT_METRICS_HOST, PROG
 from .settings import DATABASE_URL
 
 __all__ = ["build_parser"]
@@ -207,6 +208,19 @@ def _add_worker(sub: _Commands, db: argparse.ArgumentParser) -> None:
         help="with --consumer: a worker that stops renewing its lease (it hangs, or dies) loses it "
         f"after this long and another takes over (default {DEFAULT_LEASE_TIMEOUT:g}); a worker that "
         "stops gracefully hands over at once",
+    )
+    metrics = worker.add_argument_group("metrics (needs the prometheus_client package)")
+    metrics.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve Prometheus metrics over HTTP on this port, at /metrics (0: any free port, logged)",
+    )
+    metrics.add_argument(
+        "--metrics-host",
+        default=DEFAULT_METRICS_HOST,
+        metavar="HOST",
+        help=f"with --metrics-port: the address to listen on (default {DEFAULT_METRICS_HOST})",
     )
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
 import trio
@@ -18,6 +19,7 @@ from ..database import command_settings
 from ..defaults import DEFAULT_CHANNEL
 from ..dispatch import CallbackRouter, Dispatcher
 from ..exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ExitStatus
+from ..metrics import WorkerFigures, require_prometheus, serving_metrics
 from ..settings import Settings
 from ..signals import serve_until_signalled
 
@@ -43,11 +45,15 @@ async def _serve(
     started: Callable[[], str],
     finishing: str,
     summary: Callable[[], str],
+    figures: WorkerFigures,
+    on_open: Callable[[Engine, Any], None] = lambda engine, stream: None,
 ) -> int:
     """Run ``worker`` on the stream until it ends or a signal stops it; log ``summary()`` at the end.
 
-    ``started()`` is logged once the stream is open; ``finishing`` says what a
-    graceful stop waits for.
+    ``started()`` is logged once the stream is open (``on_open(engine, stream)``
+    is called then); ``finishing`` says what a graceful stop waits for. With
+    ``--metrics-port``, ``figures`` are served from before connecting until
+    the worker stopped.
     """
 
     def on_signal(name: str, scope: trio.CancelScope) -> None:
@@ -56,10 +62,14 @@ async def _serve(
 
     async def body(engine: Engine) -> None:
         async with open_stream(engine) as stream:
+            on_open(engine, stream)
             logger.info("%s", started())
             await worker.run(stream)
 
-    forced = await serve_until_signalled(args, settings, on_signal, body)
+    async with AsyncExitStack() as serving:
+        if args.metrics_port is not None:
+            await serving.enter_async_context(serving_metrics(figures, args.metrics_host, args.metrics_port))
+        forced = await serve_until_signalled(args, settings, on_signal, body)
     logger.info("worker stopped: %s", summary())
     return EXIT_INTERRUPTED if forced else EXIT_OK
 
@@ -70,6 +80,7 @@ async def _run_listening_worker(args: argparse.Namespace, settings: Settings, ro
     channels = list(dict.fromkeys(args.channel or [DEFAULT_CHANNEL]))
     decoders = dict.fromkeys(channels, decode_trigger_payload)
     gets = "the event object" if args.callback_arg == "event" else "the JSON payload"
+    figures = WorkerFigures(lambda: dispatcher.statistics)
 
     def summary() -> str:
         s = dispatcher.statistics
@@ -86,6 +97,8 @@ async def _run_listening_worker(args: argparse.Namespace, settings: Settings, ro
         ),
         finishing="finishing running callbacks",
         summary=summary,
+        figures=figures,
+        on_open=lambda engine, stream: figures.attach(stream),
     )
 
 
@@ -111,6 +124,12 @@ async def _run_durable_worker(args: argparse.Namespace, settings: Settings, rout
         ) as stream:
             yield stream
 
+    figures = WorkerFigures(lambda: worker.statistics, consumer=args.consumer)
+
+    def on_open(engine: Engine, stream: DurableStream) -> None:
+        installer = Installer(engine, schema=args.installer_schema, channel=channel)
+        figures.attach(stream, functools.partial(installer.aio.list_consumers, args.consumer))
+
     def summary() -> str:
         s = worker.statistics
         return (
@@ -130,6 +149,8 @@ async def _run_durable_worker(args: argparse.Namespace, settings: Settings, rout
         ),
         finishing="finishing the running callback",
         summary=summary,
+        figures=figures,
+        on_open=on_open,
     )
 
 
@@ -173,6 +194,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ExitStatus(
             EXIT_USAGE, "worker: --partitions needs --group (an exclusive consumer has one partition)"
         )
+    if args.metrics_port is not None:
+        require_prometheus()
 
 
 async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
