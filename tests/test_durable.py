@@ -415,6 +415,7 @@ async def test_process_retries_then_dead_letters(outbox: Outbox, query: Query) -
         assert events.statistics().dead_lettered == 1
         assert worker.statistics.succeeded == 2
         assert worker.statistics.failed == 2 + 4
+        assert worker.statistics.retried == 2 + 3  # the last failure dead-letters instead
         assert worker.statistics.dead_lettered == 1
     assert calls == {1: 3, 2: 4, 3: 1}
     rows = await query(

@@ -52,6 +52,7 @@ from ._events import ServerText as ServerText
 from ._events import StreamGap as StreamGap
 from ._installer import AsyncInstaller as AsyncInstaller
 from ._installer import ConsumerInfo as ConsumerInfo
+from ._installer import ConsumerMember as ConsumerMember
 from ._installer import InstallAction as InstallAction
 from ._installer import Installer as Installer
 from ._installer import InstallReport as InstallReport
@@ -76,6 +77,7 @@ __all__ = [
     "ConnectError",
     "ConnectionLostError",
     "ConsumerInfo",
+    "ConsumerMember",
     "DurableStatistics",
     "DurableStream",
     "DurableWorker",

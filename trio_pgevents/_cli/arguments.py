@@ -8,8 +8,18 @@ from typing import TypeVar
 
 from .._errors import ConfigurationError
 from .._names import check_slot_name
+from .._options import MAX_PARTITIONS
 
-__all__ = ["bool_arg", "byte_size", "non_negative_float", "positive_float", "positive_int", "slot_name"]
+__all__ = [
+    "bool_arg",
+    "byte_size",
+    "non_negative_float",
+    "partition_count",
+    "port_number",
+    "positive_float",
+    "positive_int",
+    "slot_name",
+]
 
 N = TypeVar("N", int, float)
 
@@ -36,6 +46,22 @@ def positive_int(text: str) -> int:
     value = _number(int, text, "a whole number")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number >= 1, not {value}")
+    return value
+
+
+def partition_count(text: str) -> int:
+    """``--partitions``: a consumer group's partitions, 1..1024."""
+    value = positive_int(text)
+    if value > MAX_PARTITIONS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_PARTITIONS} partitions, not {value}")
+    return value
+
+
+def port_number(text: str) -> int:
+    """A TCP port, 0..65535 (0: any free port)."""
+    value = _number(int, text, "a port number")
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 0 to 65535, not {value}")
     return value
 
 

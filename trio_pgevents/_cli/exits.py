@@ -10,8 +10,8 @@ from .defaults import PROG
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
+    "EXIT_LAG",
     "EXIT_OK",
-    "EXIT_SLOT_LAG",
     "EXIT_USAGE",
     "ExitStatus",
     "print_error",
@@ -23,8 +23,9 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 #: Bad usage or settings: one line on stderr names what was wrong.
 EXIT_USAGE = 2
-#: ``status``: a change stream slot is past ``--max-slot-lag`` (or lost), nothing OUTDATED/MISSING.
-EXIT_SLOT_LAG = 3
+#: ``status``: a change stream slot is past ``--max-slot-lag`` (or lost), or a durable consumer
+#: past ``--max-consumer-lag``; nothing OUTDATED/MISSING.
+EXIT_LAG = 3
 #: Interrupted before the command could stop gracefully (a second signal, or Ctrl-C too early).
 EXIT_INTERRUPTED = 130
 

@@ -11,6 +11,7 @@ import msgspec
 
 from .. import (
     ChangeStreamStatus,
+    ConsumerInfo,
     Event,
     InstallAction,
     InstallStatus,
@@ -26,10 +27,13 @@ __all__ = [
     "event_to_json",
     "format_table",
     "human_bytes",
+    "lagging_consumers",
     "print_actions",
+    "print_consumers",
     "print_event",
     "print_status",
     "status_to_json",
+    "warn_lagging_consumers",
     "warn_lagging_slots",
 ]
 
@@ -125,16 +129,83 @@ def print_actions(actions: Sequence[InstallAction], out: TextIO) -> None:
 _ACTIONS = ("installed", "replaced", "unchanged", "removed", "skipped")
 
 
-def status_to_json(status: InstallStatus) -> dict[str, Any]:
+def status_to_json(
+    status: InstallStatus,
+    consumers: Sequence[ConsumerInfo] = (),
+    lagging: Sequence[ConsumerInfo] = (),
+) -> dict[str, Any]:
     """The installer's status as a JSON-ready dict (``status --json``).
 
     ``change_streams`` lists every change stream slot (with ``lag_bytes`` and
     ``warning``); ``lagging_change_streams`` names those with a warning.
+    ``consumers`` lists every durable consumer (each ``ConsumerInfo`` field,
+    ``members`` with each member's fields); ``lagging_consumers`` names those
+    past ``--max-consumer-lag``.
     """
     data = dataclasses.asdict(status)
     data["ok"] = status.ok
     data["lagging_change_streams"] = [s.slot for s in status.lagging_change_streams]
+    data["consumers"] = [dataclasses.asdict(c) for c in consumers]
+    data["lagging_consumers"] = [c.name for c in lagging]
     return data
+
+
+def lagging_consumers(consumers: Sequence[ConsumerInfo], max_lag: float | None) -> list[ConsumerInfo]:
+    """The consumers whose oldest unacknowledged event is older than ``max_lag`` seconds (None: none)."""
+    if max_lag is None:
+        return []
+    return [c for c in consumers if c.lag_seconds > max_lag]
+
+
+def print_consumers(consumers: Sequence[ConsumerInfo], lagging: Sequence[ConsumerInfo], out: TextIO) -> None:
+    """``status``' durable consumers: one row each, then one row per live member."""
+    if not consumers:
+        return
+    late = {c.name for c in lagging}
+    rows = [
+        (
+            c.name,
+            c.mode,
+            str(c.partitions),
+            f"{len(c.active_members)} active, {len(c.standby_members)} standby",
+            f"{c.last_txid}/{c.last_id}",
+            str(c.lag_events),
+            f"{c.lag_seconds:.1f}",
+            str(c.dead_letters),
+            "LAGGING" if c.name in late else "",
+        )
+        for c in consumers
+    ]
+    headers = ("CONSUMER", "MODE", "PARTITIONS", "MEMBERS", "POSITION", "LAG EVENTS", "LAG SECONDS")
+    out.write("durable consumers\n")
+    out.write(format_table((*headers, "DEAD LETTERS", "WARNING"), rows) + "\n")
+    members = [
+        (
+            c.name,
+            m.member,
+            "active" if m.active else "standby",
+            _ranges(m.partitions),
+            m.expires_at.isoformat(timespec="seconds"),
+        )
+        for c in consumers
+        for m in c.members
+    ]
+    if members:
+        out.write("durable consumer members\n")
+        out.write(format_table(("CONSUMER", "MEMBER", "STATE", "PARTITIONS", "EXPIRES"), members) + "\n")
+
+
+def _ranges(parts: Sequence[int]) -> str:
+    """``(0, 1, 2, 5)`` -> ``0-2,5``; nothing held -> ``-``."""
+    if not parts:
+        return "-"
+    spans: list[list[int]] = []
+    for part in parts:
+        if spans and part == spans[-1][1] + 1:
+            spans[-1][1] = part
+        else:
+            spans.append([part, part])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in spans)
 
 
 def _change_stream_rows(streams: Sequence[ChangeStreamStatus]) -> list[tuple[str, ...]]:
@@ -153,8 +224,16 @@ def _change_stream_rows(streams: Sequence[ChangeStreamStatus]) -> list[tuple[str
     return rows
 
 
-def print_status(status: InstallStatus, out: TextIO) -> None:
-    """``status`` as text: what is installed, the watched tables, the change stream slots, a verdict."""
+def print_status(
+    status: InstallStatus,
+    out: TextIO,
+    consumers: Sequence[ConsumerInfo] = (),
+    lagging: Sequence[ConsumerInfo] = (),
+) -> None:
+    """``status`` as text: what is installed, tables, slots, durable consumers, a verdict.
+
+    ``lagging`` are the consumers past ``--max-consumer-lag`` (flagged LAGGING).
+    """
     for label, state in (
         ("functions", status.function_state),
         ("ddl triggers", status.ddl_state),
@@ -174,6 +253,7 @@ def print_status(status: InstallStatus, out: TextIO) -> None:
         out.write("change streams\n")
         headers = ("SLOT", "ACTIVE", "LAG", "WAL STATUS", "WARNING")
         out.write(format_table(headers, _change_stream_rows(status.change_streams)) + "\n")
+    print_consumers(consumers, lagging, out)
     for problem in status.problems:
         out.write(f"privileges: {problem}\n")
     if status.ok:
@@ -191,3 +271,19 @@ def warn_lagging_slots(status: InstallStatus, err: TextIO) -> None:
     for lagging in status.lagging_change_streams:
         hint = f"To drop it: {PROG} drop-change-stream --slot {lagging.slot}"
         err.write(f"{PROG}: WARNING: {lagging.warning} {hint}\n")
+
+
+def warn_lagging_consumers(lagging: Sequence[ConsumerInfo], max_lag: float | None, err: TextIO) -> None:
+    """One loud line per durable consumer past ``--max-consumer-lag``, saying whether a worker holds it."""
+    for c in lagging:
+        if c.active_members:
+            who = f"{len(c.active_members)} active member(s): are they keeping up?"
+        elif c.members:
+            who = "no member holds a partition yet (they stand by)"
+        else:
+            who = "no worker is running for it"
+        err.write(
+            f"{PROG}: WARNING: durable consumer {c.name!r} is {c.lag_seconds:.1f}s behind (its oldest "
+            f"unacknowledged event; --max-consumer-lag {max_lag:g}), {c.lag_events} event(s) waiting; "
+            f"{who}\n"
+        )

@@ -6,12 +6,22 @@ import argparse
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from .arguments import bool_arg, byte_size, non_negative_float, positive_float, positive_int, slot_name
+from .._options import DEFAULT_LEASE_TIMEOUT, DEFAULT_PARTITIONS
+from .arguments import (
+    bool_arg,
+    byte_size,
+    non_negative_float,
+    partition_count,
+    port_number,
+    positive_float,
+    positive_int,
+    slot_name,
+)
 from .commands.demo import cmd_demo
 from .commands.installer import cmd_build, cmd_drop_change_stream, cmd_status, cmd_uninstall
 from .commands.listen import cmd_listen
 from .commands.worker import cmd_worker
-from .defaults import DEFAULT_CHANNEL, DEFAULT_INSTALLER_SCHEMA, PROG
+from .defaults import DEFAULT_CHANNEL, DEFAULT_INSTALLER_SCHEMA, DEFAULT_METRICS_HOST, PROG
 from .settings import DATABASE_URL
 
 __all__ = ["build_parser"]
@@ -178,6 +188,40 @@ def _add_worker(sub: _Commands, db: argparse.ArgumentParser) -> None:
         help="with --consumer: delete events every registered consumer acknowledged this often "
         "(default 60; 0: never)",
     )
+    durable.add_argument(
+        "--group",
+        action="store_true",
+        help="with --consumer: join a consumer group, the workers under the name share its partitions "
+        "(default: exclusive, one worker active, the others stand by and take over)",
+    )
+    durable.add_argument(
+        "--partitions",
+        type=partition_count,
+        metavar="N",
+        help=f"with --group: how many partitions a new group has (1..1024, default "
+        f"{DEFAULT_PARTITIONS}; fixed when the group is created)",
+    )
+    durable.add_argument(
+        "--lease-timeout",
+        type=positive_float,
+        metavar="SECONDS",
+        help="with --consumer: a worker that stops renewing its lease (it hangs, or dies) loses it "
+        f"after this long and another takes over (default {DEFAULT_LEASE_TIMEOUT:g}); a worker that "
+        "stops gracefully hands over at once",
+    )
+    metrics = worker.add_argument_group("metrics (needs the prometheus_client package)")
+    metrics.add_argument(
+        "--metrics-port",
+        type=port_number,
+        metavar="PORT",
+        help="serve Prometheus metrics over HTTP on this port, at /metrics (0: any free port, logged)",
+    )
+    metrics.add_argument(
+        "--metrics-host",
+        default=DEFAULT_METRICS_HOST,
+        metavar="HOST",
+        help=f"with --metrics-port: the address to listen on (default {DEFAULT_METRICS_HOST})",
+    )
 
 
 def _add_listen(sub: _Commands, db: argparse.ArgumentParser) -> None:
@@ -196,6 +240,13 @@ def _add_status(sub: _Commands, db: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="warn (and exit 3) when a change stream slot is more than this far behind: bytes, "
         "or 512MB, 1GB... (default 1GB)",
+    )
+    status.add_argument(
+        "--max-consumer-lag",
+        type=non_negative_float,
+        metavar="SECONDS",
+        help="warn (and exit 3) when a durable consumer's oldest unacknowledged event is older than "
+        "this (default: no limit)",
     )
     _installer_options(status)
 

@@ -38,6 +38,8 @@ class DurableWorkerStatistics:
     succeeded: int = 0
     #: Callback calls that raised (each retry counts).
     failed: int = 0
+    #: Callback calls made again after a failure (after the backoff).
+    retried: int = 0
     #: Events moved to the dead-letter table after ``max_attempts`` failures.
     dead_lettered: int = 0
     #: Callbacks cancelled at shutdown (their events stay unacknowledged).
@@ -184,4 +186,5 @@ class DurableWorker:
                 return False
             await trio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.backoff_max)
+            stats.retried += 1
         return False  # pragma: no cover - the loop always returns

@@ -41,12 +41,21 @@ names ``Installer`` for type checkers only):
 
 from .aio import AsyncInstaller
 from .installer import Installer
-from .reports import ActionKind, ConsumerInfo, InstallAction, InstallReport, InstallStatus, TableStatus
+from .reports import (
+    ActionKind,
+    ConsumerInfo,
+    ConsumerMember,
+    InstallAction,
+    InstallReport,
+    InstallStatus,
+    TableStatus,
+)
 
 __all__ = [
     "ActionKind",
     "AsyncInstaller",
     "ConsumerInfo",
+    "ConsumerMember",
     "InstallAction",
     "InstallReport",
     "InstallStatus",

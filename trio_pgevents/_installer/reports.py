@@ -3,7 +3,7 @@
 Plain frozen dataclasses, no database access: :class:`InstallAction` and
 :class:`InstallReport` (what an operation did), :class:`TableStatus` and
 :class:`InstallStatus` (what ``status()`` found), :class:`ConsumerInfo` (a
-durable consumer's position).
+durable consumer's position, members and lag) and :class:`ConsumerMember`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from .._cdc import ChangeStreamStatus
 __all__ = [
     "ActionKind",
     "ConsumerInfo",
+    "ConsumerMember",
+    "ConsumerMode",
     "InstallAction",
     "InstallReport",
     "InstallStatus",
@@ -28,6 +30,7 @@ __all__ = [
 ActionKind = Literal["installed", "replaced", "unchanged", "removed", "skipped"]
 ObjectState = Literal["INSTALLED", "OUTDATED", "MISSING"]
 TableState = Literal["INSTALLED", "OUTDATED", "MISSING", "ORPHANED", "SKIPPED"]
+ConsumerMode = Literal["exclusive", "group"]
 
 
 @dataclass(frozen=True)
@@ -174,16 +177,43 @@ class InstallStatus:
 
 
 @dataclass(frozen=True)
+class ConsumerMember:
+    """A stream open under a durable consumer's name (a live member: its lease is renewed).
+
+    Attributes:
+        member: the member's id, ``host:pid:random`` (``DurableStatistics.member``).
+        active: True when it holds at least one unexpired partition lease (it
+            delivers events); False: it stands by.
+        partitions: the partitions it holds, in order.
+        expires_at: when its membership lapses unless renewed (the server's clock).
+    """
+
+    member: str
+    active: bool
+    partitions: tuple[int, ...]
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
 class ConsumerInfo:
-    """A durable-mode consumer and its stored position.
+    """A durable-mode consumer: its stored position, its members, and how far behind it is.
 
     Attributes:
         name: the consumer's name.
-        last_txid: transaction id of the last acknowledged event.
+        last_txid: transaction id of the last acknowledged event (the slowest
+            partition's: what retention deletes up to).
         last_id: id of the last acknowledged event.
         created_at: when the consumer was registered.
         updated_at: when its position was last stored.
-        pending: events in the outbox after its position.
+        pending: events in the outbox after its position (the same as :attr:`lag_events`).
+        mode: ``"exclusive"`` (one active member, the others stand by) or
+            ``"group"`` (members share the partitions).
+        partitions: how many partitions (1 for an exclusive consumer).
+        members: the live members (streams open under the name), active ones first.
+        lag_events: events in the outbox after its position.
+        lag_seconds: age of the oldest event after its position, seconds (0.0
+            when there is none).
+        dead_letters: events of this consumer in ``<schema>.dead_letters``.
     """
 
     name: str
@@ -192,3 +222,19 @@ class ConsumerInfo:
     created_at: datetime
     updated_at: datetime
     pending: int = 0
+    mode: ConsumerMode = "exclusive"
+    partitions: int = 1
+    members: tuple[ConsumerMember, ...] = ()
+    lag_events: int = 0
+    lag_seconds: float = 0.0
+    dead_letters: int = 0
+
+    @property
+    def active_members(self) -> tuple[ConsumerMember, ...]:
+        """The members holding a partition."""
+        return tuple(m for m in self.members if m.active)
+
+    @property
+    def standby_members(self) -> tuple[ConsumerMember, ...]:
+        """The members holding none (they take over when a lease frees)."""
+        return tuple(m for m in self.members if not m.active)

@@ -16,8 +16,15 @@ from ... import InstallAction, Installer, change_stream_status
 from ..._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError
 from ..._secrets import get_logger
 from ..database import command_settings, connected
-from ..exits import EXIT_FAILURE, EXIT_OK, EXIT_SLOT_LAG, EXIT_USAGE, ExitStatus
-from ..output import print_actions, print_status, status_to_json, warn_lagging_slots
+from ..exits import EXIT_FAILURE, EXIT_LAG, EXIT_OK, EXIT_USAGE, ExitStatus
+from ..output import (
+    lagging_consumers,
+    print_actions,
+    print_status,
+    status_to_json,
+    warn_lagging_consumers,
+    warn_lagging_slots,
+)
 from ..progress import Progress
 from ..settings import Settings
 
@@ -128,23 +135,28 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 async def _run_status(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     async with connected(args, settings) as engine:
-        status = await _installer(args, engine).aio.status(lag_warning_bytes=args.max_slot_lag)
+        installer = _installer(args, engine)
+        status = await installer.aio.status(lag_warning_bytes=args.max_slot_lag)
+        consumers = await installer.aio.list_consumers()
+    lagging = lagging_consumers(consumers, args.max_consumer_lag)
     if args.json:
-        out.write(json.dumps(status_to_json(status), default=str) + "\n")
+        out.write(json.dumps(status_to_json(status, consumers, lagging), default=str) + "\n")
     else:
-        print_status(status, out)
+        print_status(status, out, consumers, lagging)
     warn_lagging_slots(status, sys.stderr)
+    warn_lagging_consumers(lagging, args.max_consumer_lag, sys.stderr)
     if not status.ok:
         return EXIT_FAILURE
-    return EXIT_SLOT_LAG if status.lagging_change_streams else EXIT_OK
+    return EXIT_LAG if status.lagging_change_streams or lagging else EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """``status``: what is installed, and the change stream slots with their lag.
+    """``status``: what is installed, the change stream slots and the durable consumers, with their lag.
 
     Exit status 1 when something is OUTDATED or MISSING; else 3 when a change
     stream slot is past --max-slot-lag (or lost): a slot nobody consumes keeps
-    WAL on the server forever.
+    WAL on the server forever; or when a durable consumer's oldest
+    unacknowledged event is older than --max-consumer-lag.
     """
     settings = command_settings(args)
     return trio.run(_run_status, args, settings, sys.stdout)

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
-from contextlib import AbstractAsyncContextManager
+import functools
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any, Protocol
 
 import trio
 from sqlalchemy.engine import Engine
 
-from ... import DurableStream, DurableWorker, open_durable_stream, open_event_stream
+from ... import DurableStream, DurableWorker, Installer, open_durable_stream, open_event_stream
 from ..._decode import decode_trigger_payload
+from ..._options import DEFAULT_PARTITIONS
 from ..._secrets import get_logger
 from ..database import command_settings
 from ..defaults import DEFAULT_CHANNEL
 from ..dispatch import CallbackRouter, Dispatcher
-from ..exits import EXIT_INTERRUPTED, EXIT_OK
+from ..exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, ExitStatus
+from ..metrics import WorkerFigures, require_prometheus, serving_metrics
 from ..settings import Settings
 from ..signals import serve_until_signalled
 
@@ -39,14 +42,18 @@ async def _serve(
     worker: _Worker,
     open_stream: Callable[[Engine], AbstractAsyncContextManager[Any]],
     *,
-    started: str,
+    started: Callable[[], str],
     finishing: str,
     summary: Callable[[], str],
+    figures: WorkerFigures,
+    on_open: Callable[[Engine, Any], None] = lambda engine, stream: None,
 ) -> int:
     """Run ``worker`` on the stream until it ends or a signal stops it; log ``summary()`` at the end.
 
-    ``started`` is logged once the stream is open; ``finishing`` says what a
-    graceful stop waits for.
+    ``started()`` is logged once the stream is open (``on_open(engine, stream)``
+    is called then); ``finishing`` says what a graceful stop waits for. With
+    ``--metrics-port``, ``figures`` are served from before connecting until
+    the worker stopped.
     """
 
     def on_signal(name: str, scope: trio.CancelScope) -> None:
@@ -55,10 +62,14 @@ async def _serve(
 
     async def body(engine: Engine) -> None:
         async with open_stream(engine) as stream:
-            logger.info("%s", started)
+            on_open(engine, stream)
+            logger.info("%s", started())
             await worker.run(stream)
 
-    forced = await serve_until_signalled(args, settings, on_signal, body)
+    async with AsyncExitStack() as serving:
+        if args.metrics_port is not None:
+            await serving.enter_async_context(serving_metrics(figures, args.metrics_host, args.metrics_port))
+        forced = await serve_until_signalled(args, settings, on_signal, body)
     logger.info("worker stopped: %s", summary())
     return EXIT_INTERRUPTED if forced else EXIT_OK
 
@@ -69,6 +80,7 @@ async def _run_listening_worker(args: argparse.Namespace, settings: Settings, ro
     channels = list(dict.fromkeys(args.channel or [DEFAULT_CHANNEL]))
     decoders = dict.fromkeys(channels, decode_trigger_payload)
     gets = "the event object" if args.callback_arg == "event" else "the JSON payload"
+    figures = WorkerFigures(lambda: dispatcher.statistics)
 
     def summary() -> str:
         s = dispatcher.statistics
@@ -79,10 +91,14 @@ async def _run_listening_worker(args: argparse.Namespace, settings: Settings, ro
         settings,
         dispatcher,
         lambda engine: open_event_stream(engine, channels, decoders=decoders),
-        started=f"worker listening on {', '.join(channels)} at {settings.safe_url} "
-        f"(concurrency {args.concurrency}, callbacks get {gets})",
+        started=lambda: (
+            f"worker listening on {', '.join(channels)} at {settings.safe_url} "
+            f"(concurrency {args.concurrency}, callbacks get {gets})"
+        ),
         finishing="finishing running callbacks",
         summary=summary,
+        figures=figures,
+        on_open=lambda engine, stream: figures.attach(stream),
     )
 
 
@@ -91,15 +107,28 @@ async def _run_durable_worker(args: argparse.Namespace, settings: Settings, rout
     worker = DurableWorker(router, max_attempts=args.max_attempts, shutdown_timeout=args.shutdown_timeout)
     channel = (args.channel or [DEFAULT_CHANNEL])[0]
 
-    def open_stream(engine: Engine) -> AbstractAsyncContextManager[DurableStream]:
-        return open_durable_stream(
+    lease: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def open_stream(engine: Engine) -> AsyncIterator[DurableStream]:
+        installer = Installer(engine, schema=args.installer_schema, channel=channel)
+        lease.update(await _lease_options(args, installer))
+        async with open_durable_stream(
             engine,
             args.consumer,
             schema=args.installer_schema,
             channel=channel,
             auto_ack=False,
             retention_interval=args.retention_interval or None,
-        )
+            **lease,
+        ) as stream:
+            yield stream
+
+    figures = WorkerFigures(lambda: worker.statistics, consumer=args.consumer)
+
+    def on_open(engine: Engine, stream: DurableStream) -> None:
+        installer = Installer(engine, schema=args.installer_schema, channel=channel)
+        figures.attach(stream, functools.partial(installer.aio.list_consumers, args.consumer))
 
     def summary() -> str:
         s = worker.statistics
@@ -113,11 +142,60 @@ async def _run_durable_worker(args: argparse.Namespace, settings: Settings, rout
         settings,
         worker,
         open_stream,
-        started=f"worker consuming {args.installer_schema}.events as durable consumer {args.consumer!r} "
-        f"at {settings.safe_url} (one at a time, up to {args.max_attempts} attempts)",
+        started=lambda: (
+            f"worker consuming {args.installer_schema}.events as durable consumer "
+            f"{args.consumer!r} ({_describe_mode(lease)}) at {settings.safe_url} (one at a time, up to "
+            f"{args.max_attempts} attempts)"
+        ),
         finishing="finishing the running callback",
         summary=summary,
+        figures=figures,
+        on_open=on_open,
     )
+
+
+async def _lease_options(args: argparse.Namespace, installer: Installer) -> dict[str, Any]:
+    """``--group``, ``--partitions``, ``--lease-timeout`` as ``open_durable_stream`` options.
+
+    A group's partitions are fixed when it is created: without ``--partitions``
+    a worker joins an existing group with the group's own count (a new group
+    gets the library's default).
+    """
+    options: dict[str, Any] = {"group": args.group}
+    if args.lease_timeout is not None:
+        options["lease_timeout"] = args.lease_timeout
+    if args.partitions is not None:
+        options["partitions"] = args.partitions
+    elif args.group:
+        existing = await installer.aio.list_consumers(args.consumer)
+        if existing and existing[0].mode == "group":
+            options["partitions"] = existing[0].partitions
+    return options
+
+
+def _describe_mode(lease: dict[str, Any]) -> str:
+    if not lease.get("group"):
+        return "exclusive: one worker active, the others stand by"
+    return f"group of {lease.get('partitions', DEFAULT_PARTITIONS)} partitions"
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """Options that make no sense together: one line, exit 2, before anything connects."""
+    if args.consumer is None:
+        durable_only = {
+            "--group": args.group,
+            "--partitions": args.partitions is not None,
+            "--lease-timeout": args.lease_timeout is not None,
+        }
+        for flag, given in durable_only.items():
+            if given:
+                raise ExitStatus(EXIT_USAGE, f"worker: {flag} needs --consumer (durable mode)")
+    if args.partitions is not None and not args.group:
+        raise ExitStatus(
+            EXIT_USAGE, "worker: --partitions needs --group (an exclusive consumer has one partition)"
+        )
+    if args.metrics_port is not None:
+        require_prometheus()
 
 
 async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -131,5 +209,6 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``worker``: listen and call the settings' callbacks."""
+    _check_options(args)
     settings = command_settings(args, need_callbacks=True)
     return trio.run(_run_worker, args, settings)
