@@ -108,6 +108,10 @@ class ColumnCatalog:
             return False, None  # a column added since: read the types again
         return True, convert
 
+    def entry(self, table: Table) -> tuple[frozenset[str], RowConverter | None] | None:
+        """``table``'s column names and converter, if its types are known."""
+        return self._tables.get(table)
+
     def untyped(self, tables: Iterable[Table], *, for_seconds: float) -> None:
         """Leave ``tables``' rows as sent for a while (their types could not be read)."""
         now = time.monotonic()
@@ -151,19 +155,38 @@ def attach_types(events: list[Any], catalog: ColumnCatalog) -> list[Table]:
     """Give each row event of ``events`` its table's converter; return the tables not known yet.
 
     A DDL event for a table makes its types be read again (ALTER TABLE).
+    Runs for every batch: consecutive events of one table (the usual batch)
+    cost a string comparison and a key check each.
     """
     missing: list[Table] = []
+    last_schema: Any = None
+    last_name: Any = None
+    known = False
+    entry: tuple[frozenset[str], RowConverter | None] | None = None
     for event in events:
         kind = type(event)
         if kind is RowChange:
             data = event.data
-            table = (data.get("table_schema"), data.get("table_name"))
+            schema = data.get("table_schema")
+            name = data.get("table_name")
+            if entry is None or name != last_name or schema != last_schema:
+                last_schema, last_name = schema, name
+                table = (schema, name)
+                known, _ = catalog.converter(table, None)
+                entry = catalog.entry(table)
+                if entry is None:
+                    if not known and table not in missing and _could_exist(table):
+                        missing.append(table)
+                    entry = _NO_ENTRY
+            if entry is _NO_ENTRY:
+                continue
+            names, convert = entry
             row = data.get("new_data")
-            if not isinstance(row, dict):
+            if type(row) is not dict:
                 row = data.get("old_data")
-            known, convert = catalog.converter(table, row if isinstance(row, dict) else None)
-            if not known:
-                if table not in missing and _could_exist(table):
+            if type(row) is dict and not names.issuperset(row):  # a column added since
+                table = (schema, name)
+                if table not in missing:
                     missing.append(table)
             elif convert is not None:
                 event.__dict__["_row_types"] = convert
@@ -171,7 +194,11 @@ def attach_types(events: list[Any], catalog: ColumnCatalog) -> list[Table]:
             kind is SchemaChange and event.object_type == "table" and event.schema_name and event.object_name
         ):
             catalog.forget((event.schema_name, event.object_name))
+            entry = None  # look again: it may be this batch's table
     return missing
+
+
+_NO_ENTRY: tuple[frozenset[str], RowConverter | None] = (frozenset(), None)
 
 
 class StreamTyping:

@@ -18,10 +18,10 @@ a custom decoder, the durable outbox) are guarded field by field here.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
-from functools import cached_property
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, overload
 
 from ._payload import METHODS, UNPARSED, parse_json, why
 
@@ -46,6 +46,38 @@ __all__ = [
 ]
 
 _new = tuple.__new__
+
+
+_T = TypeVar("_T")
+
+
+class _cached(Generic[_T]):
+    """``functools.cached_property`` without its lock (Python 3.11 takes an RLock per first read).
+
+    Events are immutable and each is read by one task at a time; two racing
+    first reads would compute the same value twice, which is harmless.
+    """
+
+    def __init__(self, compute: Callable[[Any], _T]) -> None:
+        self._compute = compute
+        self._name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _cached[_T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> _T: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> _T | _cached[_T]:
+        if obj is None:
+            return self
+        value = self._compute(obj)
+        obj.__dict__[self._name] = value
+        return value
 
 #: What a :class:`RowChange` did: a trigger's or the WAL's operation, or ``READ`` for a
 #: row of a change stream's initial snapshot (``""`` only in a hand-built event without one).
@@ -149,7 +181,7 @@ class _DecodedEvent(Event):
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
-    @cached_property
+    @_cached
     def data(self) -> dict[str, Any]:
         """The decoded JSON payload (every key, including ones not typed here).
 
@@ -255,7 +287,7 @@ class RowChange(_DecodedEvent):
         # Type first: a list is not hashable, and ``in`` a frozenset would raise.
         return method if type(method) is str and method in _EVENT_METHODS else ""  # type: ignore[return-value]
 
-    @cached_property
+    @_cached
     def old_data(self) -> dict[str, Any] | None:
         """The row before the change (UPDATE, DELETE), or ``None``; values typed by column.
 
@@ -265,7 +297,7 @@ class RowChange(_DecodedEvent):
         """
         return self._row("old_data")
 
-    @cached_property
+    @_cached
     def new_data(self) -> dict[str, Any] | None:
         """The row after the change (INSERT, UPDATE, READ), or ``None``; values typed by column."""
         return self._row("new_data")

@@ -188,7 +188,7 @@ class EventStream(BufferedStream):
         return StreamStatistics(
             events_received=buffer.events_in,
             batches_received=buffer.batches_in,
-            buffered=len(buffer) + len(self._batch) - self._pos,
+            buffered=len(buffer) + self._undelivered,
             max_buffer_size=buffer.max_size,
             dropped=buffer.dropped_total,
             channels=self.channels,
