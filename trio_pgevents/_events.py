@@ -79,6 +79,7 @@ class _cached(Generic[_T]):
         obj.__dict__[self._name] = value
         return value
 
+
 #: What a :class:`RowChange` did: a trigger's or the WAL's operation, or ``READ`` for a
 #: row of a change stream's initial snapshot (``""`` only in a hand-built event without one).
 Method: TypeAlias = Literal["INSERT", "UPDATE", "DELETE", "TRUNCATE", "READ", ""]
