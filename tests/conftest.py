@@ -14,7 +14,7 @@ import trio
 from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
-from trio_pgevents import Event, Installer, drop_change_stream
+from trio_pgevents import Event, Installer, RowChange, drop_change_stream
 from trio_pgevents._consumer import BufferedStream
 
 Query = Callable[..., Awaitable[list[tuple[Any, ...]]]]
@@ -73,6 +73,17 @@ async def read_with_cancellations(stream: BufferedStream, count: int, timeout: f
                     got.append(await stream.receive())
             if len(got) < count:
                 got.extend(await batches.__anext__())
+    return got
+
+
+async def take_rows(stream: BufferedStream, count: int, timeout: float = 20) -> list[RowChange]:
+    """The next ``count`` row events of ``stream`` (other events are skipped)."""
+    got: list[RowChange] = []
+    with trio.fail_after(timeout):
+        while len(got) < count:
+            event = await stream.receive()
+            if isinstance(event, RowChange):
+                got.append(event)
     return got
 
 

@@ -18,9 +18,9 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from psycopg2 import sql
 
-from trio_pgevents import DurableStream, RowChange, open_durable_stream
+from trio_pgevents import open_durable_stream
 
-from .conftest import Outbox, Query, run_sql
+from .conftest import Outbox, Query, run_sql, take_rows
 from .test_cli import SETTINGS, CliProcess, StartCli, _env, arun_cli, notify_all, row_payload
 from .test_cli import start_cli as start_cli  # the fixture
 
@@ -63,16 +63,6 @@ def holders(outbox: Outbox, consumer: str) -> set[int]:
 
 def handled(process: CliProcess, n: int) -> bool:
     return any(line.startswith(f"ROW {n} ") for line in process.out)
-
-
-async def take_rows(stream: DurableStream, count: int) -> list[RowChange]:
-    got: list[RowChange] = []
-    with trio.fail_after(20):
-        while len(got) < count:
-            event = await stream.receive()
-            if isinstance(event, RowChange):
-                got.append(event)
-    return got
 
 
 # ---- worker options ------------------------------------------------------------------------------

@@ -16,13 +16,11 @@ from trio_pgevents import (
     ConfigurationError,
     ConsumerInfo,
     ConsumerMember,
-    DurableStream,
     Installer,
-    RowChange,
     open_durable_stream,
 )
 
-from .conftest import Outbox, run_sql
+from .conftest import Outbox, run_sql, take_rows
 
 LEASE = 2.0
 
@@ -41,16 +39,6 @@ async def wait_listing(outbox: Outbox, name: str, condition: Callable[[ConsumerI
         while not condition(info := await listed(outbox, name)):
             await trio.sleep(0.05)
     return info
-
-
-async def take_rows(stream: DurableStream, count: int) -> list[RowChange]:
-    got: list[RowChange] = []
-    with trio.fail_after(20):
-        while len(got) < count:
-            event = await stream.receive()
-            if isinstance(event, RowChange):
-                got.append(event)
-    return got
 
 
 def test_old_constructors_still_work() -> None:

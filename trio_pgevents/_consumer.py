@@ -194,22 +194,25 @@ class BufferedStream:
         """
         batch = self._held
         if batch is None:
+            raw: list[Any]
             if self._raw is not None:
                 await trio.lowlevel.checkpoint()  # cancelled here: nothing was taken
                 raw = self._raw
             else:
                 raw = await self._buffer.get()
-            raw = self._raw_chunk(raw, whole)
-            batch = _events(raw)
-            if self._typing is None or not _decoded(raw):
-                return batch
-        typing = self._typing
-        assert typing is not None
-        if not typing.attach(batch):
-            self._held = batch  # cancelled while its types are read: the next call resumes
-            await typing.learn()
-            typing.attach(batch)
-        self._held = None
+            batch = self._decode(self._raw_chunk(raw, whole))
+        if self._held is not None:  # cancelled while its types are read: the next call resumes
+            assert self._typing is not None
+            await self._typing.learn()
+            self._typing.attach(batch)
+            self._held = None
+        return batch
+
+    def _decode(self, raw: list[Any]) -> list[Event]:
+        """``raw`` as events, typed if their types are known; else held (see :attr:`_held`)."""
+        batch = _events(raw)
+        if self._typing is not None and _decoded(raw) and not self._typing.attach(batch):
+            self._held = batch  # its types must be read first
         return batch
 
     def _take_batch_nowait(self) -> list[Event]:
@@ -217,16 +220,11 @@ class BufferedStream:
         batch = self._held
         if batch is None:
             raw = self._raw if self._raw is not None else self._buffer.get_nowait()
-            raw = self._raw_chunk(raw, False)
-            batch = _events(raw)
-            if self._typing is None or not _decoded(raw):
-                return batch
-        typing = self._typing
-        assert typing is not None
-        if not typing.attach(batch):
-            self._held = batch  # its types must be read first: by the next receive()
-            raise trio.WouldBlock
-        self._held = None
+            batch = self._decode(self._raw_chunk(raw, False))
+        elif self._typing is not None and self._typing.attach(batch):
+            self._held = None
+        if self._held is not None:
+            raise trio.WouldBlock  # its types must be read first: by the next receive()
         return batch
 
     def __aiter__(self) -> BufferedStream:
