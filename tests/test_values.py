@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
-from typing import Any
+from typing import Any, assert_never
 
 import psycopg2
 import psycopg2.extras
@@ -19,8 +19,13 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from trio_pgevents import (
+    AnyEvent,
     Installer,
+    Notification,
+    Overflow,
     RowChange,
+    SchemaChange,
+    StreamGap,
     decode_trigger_payload,
     open_change_stream,
     open_durable_stream,
@@ -197,3 +202,27 @@ async def test_a_column_added_later_is_typed_too(
         assert type(event.new_data["amount"]) is Decimal
     finally:
         installer.uninstall()
+
+
+def _kind(event: AnyEvent) -> str:
+    # mypy --strict checks this match is exhaustive (assert_never): AnyEvent is every event type.
+    match event:
+        case RowChange():
+            return f"row {event.method}"
+        case SchemaChange():
+            return "ddl"
+        case StreamGap():
+            return "gap"
+        case Overflow():
+            return "overflow"
+        case Notification():
+            return "notification"
+        case _:
+            assert_never(event)
+
+
+def test_any_event_matches_exhaustively() -> None:
+    row = RowChange.from_data("c", {"table_name": "t", "method": "READ", "new_data": {"a": 1}}, 0, "s")
+    assert _kind(row) == "row READ"
+    assert _kind(Notification("c", "p", 1, "s")) == "notification"
+    assert _kind(Overflow("s", 3)) == "overflow"
