@@ -5,14 +5,17 @@
 (1) Throughput. A table ``(id int PRIMARY KEY, v int, t text)`` watched with
 ``Installer.watch_table(t, durable=True)`` gets N rows (N distinct keys, in
 1000-row transactions) before anything is timed; the outbox then holds N
-events. Each repetition drains that same backlog twice, each time under a
+events. Each repetition drains that same backlog three times, each under a
 fresh consumer name (``group=True, partitions=16``, ``auto_ack=False``, one
 :class:`~trio_pgevents.DurableWorker` per member) with an I/O-bound handler,
 ``async def handler(event): await trio.sleep(0.002)``:
 
 - (A) one member (the baseline);
 - (B) four members of one group, each a task in this process (the handler
-  only awaits, so one Trio loop hosts them all).
+  only awaits, so one Trio loop hosts them all);
+- (B') four members as in B, but the clock starts once the members have
+  also *read* their events (all N waiting in their buffers), not as soon as
+  they hold their partitions.
 
 The members open together and their workers wait; the clock starts once
 every member holds its fair share (16 partitions for A, 4 each for B) and
@@ -23,6 +26,14 @@ reported on its own line, and B's rate counting it is in the JSON
 the hand-backs need not wait for anything. After the N-th event the members
 run on for a moment; every event must have been handled exactly once
 (counted by key across members), else the benchmark fails. Target: B >= 3.5x A.
+
+A member that gains partitions reads the whole outbox from their stored
+position and keeps their events: in B the three members that gain theirs at
+the rebalance each read all N rows, in one process, inside B's clock (the
+first member read them before it); A's clock includes its one member's read
+of N rows. B' leaves that read out: the gap
+between B and B' is what the members' reading costs. The order of the three
+cases alternates between repetitions (A B B', then B' B A).
 
 (2) Writers. pgbench single-row INSERTs (``-c 16 -j 2``) into a
 durable-watched table while (w0) nobody consumes, (w1) an exclusive consumer
@@ -125,18 +136,26 @@ class _Drain:
     """One drain of the backlog by ``members`` members."""
 
     balance_s: float  # opening the members -> each holds its share
-    process_s: float  # balanced -> the N-th distinct event handled
+    ready_s: float  # opening the members -> the clock starts (balanced, and read if asked)
+    process_s: float  # the clock's start -> the N-th distinct event handled
     per_member: list[int] = field(default_factory=list)
 
     def rate(self, total: int) -> float:
         return total / self.process_s
 
     def rate_with_balance(self, total: int) -> float:
-        return total / (self.balance_s + self.process_s)
+        return total / (self.ready_s + self.process_s)
 
 
-async def _drain(db: _Installed, consumer: str, members: int, total: int, timeout: float) -> _Drain:
-    """Open ``members`` members of ``consumer``, balance, then handle the ``total`` events."""
+async def _drain(
+    db: _Installed, consumer: str, members: int, total: int, timeout: float, read_first: bool = False
+) -> _Drain:
+    """Open ``members`` members of ``consumer``, balance, then handle the ``total`` events.
+
+    ``read_first``: start the clock only once the members have also read their
+    partitions' events (all ``total`` waiting in their buffers), not when they
+    hold them.
+    """
     streams: list[DurableStream] = []
     workers: list[DurableWorker] = []
     counts = [0] * members
@@ -188,6 +207,9 @@ async def _drain(db: _Installed, consumer: str, members: int, total: int, timeou
             await all_open.wait()
             await _wait_balanced(streams, PARTITIONS)
             balanced = time.perf_counter()
+            while read_first and sum(stream.statistics().buffered for stream in streams) < total:
+                await trio.sleep(0.005)
+            ready = time.perf_counter()
             go.set()
             await done.wait()
             finished = time.perf_counter()
@@ -199,13 +221,14 @@ async def _drain(db: _Installed, consumer: str, members: int, total: int, timeou
             f"{consumer}: {sum(counts)} events handled ({len(seen)} distinct, duplicates "
             f"{sorted(duplicates)[:10]}), expected each of {total} exactly once"
         )
-    return _Drain(balanced - started, finished - balanced, counts)
+    return _Drain(balanced - started, ready - started, finished - ready, counts)
 
 
 def measure_throughput(server: Server, *, total: int, reps: int, log: Log) -> list[Result]:
-    """(A) one member vs (B) four, draining the same ``total``-event backlog, ``reps`` times each."""
+    """(A) one member vs (B) four vs (B') four timed after their read, same backlog, ``reps`` times each."""
     db = _Installed.create(server, "bench_grp", "int PRIMARY KEY")
-    drains: dict[int, list[_Drain]] = {1: [], MEMBERS: []}
+    drains: dict[str, list[_Drain]] = {"A": [], "B": [], "B'": []}
+    variants = {"A": (1, False), "B": (MEMBERS, False), "B'": (MEMBERS, True)}
     try:
         for start in range(1, total + 1, 1000):
             server.execute(
@@ -216,20 +239,21 @@ def measure_throughput(server: Server, *, total: int, reps: int, log: Log) -> li
             )
         timeout = 60 + 3 * total * HANDLER_IO
         for rep in range(reps):
-            order = (1, MEMBERS) if rep % 2 == 0 else (MEMBERS, 1)  # alternate: drift hits both alike
-            for members in order:
+            order = list(variants) if rep % 2 == 0 else list(reversed(variants))  # drift hits all alike
+            for variant in order:
+                members, read_first = variants[variant]
                 consumer = unique_name(f"bench_grp{members}")
-                result = trio.run(_drain, db, consumer, members, total, timeout)
-                drains[members].append(result)
+                result = trio.run(_drain, db, consumer, members, total, timeout, read_first)
+                drains[variant].append(result)
                 log(
-                    f"durable_groups rep {rep + 1}/{reps}, {members} member(s): balanced in "
-                    f"{result.balance_s:.2f}s, {total} events in {result.process_s:.2f}s = "
-                    f"{result.rate(total):,.0f}/s (per member {result.per_member})"
+                    f"durable_groups rep {rep + 1}/{reps}, ({variant}) {members} member(s): balanced in "
+                    f"{result.balance_s:.2f}s, clock from {result.ready_s:.2f}s, {total} events in "
+                    f"{result.process_s:.2f}s = {result.rate(total):,.0f}/s (per member {result.per_member})"
                 )
     finally:
         db.drop()
 
-    one, group = drains[1], drains[MEMBERS]
+    one, group, read = drains["A"], drains["B"], drains["B'"]
     handler = f"async handler awaiting trio.sleep({HANDLER_IO * 1000:g} ms)"
     base = Result(
         "durable_groups",
@@ -241,8 +265,9 @@ def measure_throughput(server: Server, *, total: int, reps: int, log: Log) -> li
             f"throughput: {total} INSERT events (distinct keys, 1000-row transactions) in the outbox "
             f"before timing; each drain a fresh consumer (group=True, partitions={PARTITIONS}, "
             "auto_ack=False, one DurableWorker per member, members are tasks of one Trio loop); "
-            "clock from every member holding its fair share (A: 16, B: 4 each) to the last distinct "
-            "event handled; open-to-balanced timed apart; every event handled exactly once (checked)"
+            "clock from every member holding its fair share (A: 16, B: 4 each; B': and having read its "
+            "events) to the last distinct event handled; open-to-balanced timed apart; every event "
+            "handled exactly once (checked)"
         ),
         extra={
             "open_to_balanced_s": [d.balance_s for d in one],
@@ -277,6 +302,27 @@ def measure_throughput(server: Server, *, total: int, reps: int, log: Log) -> li
     )
     scaled.extra["paired_ratios"] = paired
     scaled.extra["largest_member_events"] = largest
+    read_row = Result(
+        "durable_groups",
+        f"(B') group of {MEMBERS}, clock once the members have also read their events",
+        median([d.rate(total) for d in read]),
+        "ev/s",
+        samples=[d.rate(total) for d in read],
+        note=(
+            "(B') is (B) with the clock started once the members have read their partitions' events "
+            "(all in their buffers) too: a member that gains partitions reads the whole outbox and keeps "
+            f"their events, and here the {MEMBERS} members do that in one process; the gap between (B) "
+            "and (B') is what that reading costs (A's clock includes its one member's read of the "
+            f"{total} rows). Paired B'/A: "
+            + ", ".join(f"{b.rate(total) / a.rate(total):.2f}x" for a, b in zip(one, read, strict=True))
+        ),
+        extra={
+            "per_member_events": [d.per_member for d in read],
+            "largest_member_events": [max(d.per_member) for d in read],
+            "open_to_read_s": [d.ready_s for d in read],
+        },
+    )
+    with_ratio(read_row, base)
     balance = [d.balance_s for d in group]
     balance_row = Result(
         "durable_groups",
@@ -292,7 +338,7 @@ def measure_throughput(server: Server, *, total: int, reps: int, log: Log) -> li
             + " ev/s"
         ),
     )
-    return [base, scaled, balance_row]
+    return [base, scaled, read_row, balance_row]
 
 
 # ---- (2) writers ----------------------------------------------------------------------------------
