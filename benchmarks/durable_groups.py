@@ -15,7 +15,12 @@ fresh consumer name (``group=True, partitions=16``, ``auto_ack=False``, one
   only awaits, so one Trio loop hosts them all);
 - (B') four members as in B, but the clock starts once the members have
   also *read* their events (all N waiting in their buffers), not as soon as
-  they hold their partitions.
+  they hold their partitions;
+- (C1), (C4) no library: one task awaiting ``trio.sleep(0.002)`` N times,
+  and four tasks N/4 times each, in one Trio loop. C4/C1 is what the machine
+  allows B/A to reach at best (each sleep overshoots by the loop's and the
+  OS's wake-up latency, more so with four times the wake-ups on a shared
+  2-core machine).
 
 The members open together and their workers wait; the clock starts once
 every member holds its fair share (16 partitions for A, 4 each for B) and
@@ -33,7 +38,7 @@ the rebalance each read all N rows, in one process, inside B's clock (the
 first member read them before it); A's clock includes its one member's read
 of N rows. B' leaves that read out: the gap
 between B and B' is what the members' reading costs. The order of the three
-cases alternates between repetitions (A B B', then B' B A).
+cases alternates between repetitions (A B B' C1 C4, then C4 C1 B' B A).
 
 (2) Writers. pgbench single-row INSERTs (``-c 16 -j 2``) into a
 durable-watched table while (w0) nobody consumes, (w1) an exclusive consumer
@@ -224,11 +229,27 @@ async def _drain(
     return _Drain(balanced - started, ready - started, finished - ready, counts)
 
 
+async def _bare(tasks: int, total: int) -> float:
+    """No library: ``tasks`` tasks await the handler's sleep ``total / tasks`` times each; seconds."""
+    started = time.perf_counter()
+
+    async def one() -> None:
+        for _ in range(total // tasks):
+            await trio.sleep(HANDLER_IO)
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(tasks):
+            nursery.start_soon(one)
+    return time.perf_counter() - started
+
+
 def measure_throughput(server: Server, *, total: int, reps: int, log: Log) -> list[Result]:
     """(A) one member vs (B) four vs (B') four timed after their read, same backlog, ``reps`` times each."""
     db = _Installed.create(server, "bench_grp", "int PRIMARY KEY")
     drains: dict[str, list[_Drain]] = {"A": [], "B": [], "B'": []}
     variants = {"A": (1, False), "B": (MEMBERS, False), "B'": (MEMBERS, True)}
+    bare_tasks = {"C1": 1, "C4": MEMBERS}
+    bare: dict[str, list[float]] = {key: [] for key in bare_tasks}  # ev/s
     try:
         for start in range(1, total + 1, 1000):
             server.execute(
@@ -239,8 +260,17 @@ def measure_throughput(server: Server, *, total: int, reps: int, log: Log) -> li
             )
         timeout = 60 + 3 * total * HANDLER_IO
         for rep in range(reps):
-            order = list(variants) if rep % 2 == 0 else list(reversed(variants))  # drift hits all alike
+            order = [*variants, *bare_tasks]
+            if rep % 2:
+                order.reverse()  # drift hits all alike
             for variant in order:
+                if variant in bare_tasks:
+                    bare[variant].append(total / trio.run(_bare, bare_tasks[variant], total))
+                    log(
+                        f"durable_groups rep {rep + 1}/{reps}, ({variant}) no library, "
+                        f"{bare_tasks[variant]} task(s): {bare[variant][-1]:,.0f}/s"
+                    )
+                    continue
                 members, read_first = variants[variant]
                 consumer = unique_name(f"bench_grp{members}")
                 result = trio.run(_drain, db, consumer, members, total, timeout, read_first)
@@ -290,6 +320,7 @@ def measure_throughput(server: Server, *, total: int, reps: int, log: Log) -> li
     # What the key spread allows: the largest member's share bounds B (N / its share x A).
     largest = [max(d.per_member) for d in group]
     paired = [b.rate(total) / a.rate(total) for a, b in zip(one, group, strict=True)]
+    ceiling = [c4 / c1 for c1, c4 in zip(bare["C1"], bare["C4"], strict=True)]
     scaled.note = (
         f"scaling: B/A paired by repetition {', '.join(f'{r:.2f}x' for r in paired)}; the partition "
         "is a hash of table and key, so members' shares differ: largest member's share "
@@ -298,7 +329,8 @@ def measure_throughput(server: Server, *, total: int, reps: int, log: Log) -> li
         + ", ".join(f"{total / m:.2f}x" for m in largest)
         + f" with no overhead); one member: {median([d.process_s for d in one]) / total * 1e3:.2f} ms "
         f"per event, group: {median([d.process_s / max(d.per_member) for d in group]) * 1e3:.2f} ms "
-        "per event of the largest member"
+        "per event of the largest member; the machine's ceiling C4/C1 paired: "
+        + ", ".join(f"{c:.2f}x" for c in ceiling)
     )
     scaled.extra["paired_ratios"] = paired
     scaled.extra["largest_member_events"] = largest
@@ -338,7 +370,29 @@ def measure_throughput(server: Server, *, total: int, reps: int, log: Log) -> li
             + " ev/s"
         ),
     )
-    return [base, scaled, read_row, balance_row]
+    bare_one = Result(
+        "durable_groups",
+        f"(C1) no library: 1 task awaiting trio.sleep({HANDLER_IO * 1000:g} ms) {total} times",
+        median(bare["C1"]),
+        "ev/s",
+        samples=bare["C1"],
+        note=(
+            f"ceiling: (C1) one task, (C4) {MEMBERS} tasks ({total // MEMBERS} sleeps each) in one Trio "
+            "loop, no database, no library, interleaved with A/B/B'; C4/C1 is what this machine lets "
+            "B/A reach at best with an even split (every sleep overshoots by the wake-up latency; C4 "
+            "has four times the wake-ups): paired C4/C1 " + ", ".join(f"{c:.2f}x" for c in ceiling)
+        ),
+    )
+    bare_four = Result(
+        "durable_groups",
+        f"(C4) no library: {MEMBERS} tasks, same sleeps",
+        median(bare["C4"]),
+        "ev/s",
+        samples=bare["C4"],
+        extra={"paired_ratios": ceiling},
+    )
+    with_ratio(bare_four, bare_one)
+    return [base, scaled, read_row, balance_row, bare_one, bare_four]
 
 
 # ---- (2) writers ----------------------------------------------------------------------------------
