@@ -32,7 +32,7 @@ from ._common import BenchContext, Result, machine_info, open_server
 
 #: Benchmarks in the order they run. Modules of other topics are optional.
 BENCHMARKS = ["throughput", "latency", "decoded", "writers", "memory"]
-OPTIONAL = ["installer_ddl", "faults", "durable", "cdc"]
+OPTIONAL = ["installer_ddl", "faults", "durable", "durable_groups", "cdc"]
 
 
 def _load(name: str) -> ModuleType | None:
