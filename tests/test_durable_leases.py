@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import psycopg2
@@ -287,3 +289,28 @@ async def test_durable_workers_share_a_group(outbox: Outbox) -> None:
             worker.stop()
     assert sorted(n for _, n in processed) == list(range(200))  # once each
     assert {index for index, _ in processed} == {0, 1}  # by both members
+
+
+def test_an_events_partition_does_not_depend_on_whether_its_types_were_read() -> None:
+    # Members that could and could not read a table's column types must agree on every event.
+    from trio_pgevents._durable.partition import Partitioner
+
+    payload = (
+        '{"v": 1, "kind": "row", "table_schema": "public", "table_name": "t", "method": "INSERT", '
+        '"old_data": null, "new_data": {"id": 12.50, "at": "2024-01-01T00:00:00+00:00", "n": 1}}'
+    )
+    partitioner = Partitioner(64)
+    partitioner._keys[("public", "t")] = ("id", "at")
+    untyped = RowChange("c", payload, 0, "s")
+    typed = RowChange("c", payload, 0, "s")
+    typed.__dict__["_row_types"] = lambda row: {
+        **row,
+        "id": Decimal("12.5"),
+        "at": datetime(2024, 1, 1, tzinfo=UTC),
+    }
+    assert typed.new_data is not None
+    assert typed.new_data["at"] == datetime(2024, 1, 1, tzinfo=UTC)
+    assert partitioner.part_of(typed) == partitioner.part_of(untyped)
+    # The key is the row's key: 64 different ids spread over more than one partition.
+    parts = {partitioner.part_of(RowChange("c", payload.replace("12.50", str(i)), 0, "s")) for i in range(64)}
+    assert len(parts) > 1

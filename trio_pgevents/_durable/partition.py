@@ -9,13 +9,13 @@ by its table alone (its changes stay in order, in one partition). An UPDATE
 that changes a row's key moves the row's later events to the new key's
 partition.
 
-The hash is CRC-32 of the key's JSON text: the same in every process and
-Python version, unlike ``hash()``.
+The hash is CRC-32 of the key's values as sent (their text, joined by NUL):
+the same in every process and Python version, unlike ``hash()``, and
+independent of whether a process could read the column types.
 """
 
 from __future__ import annotations
 
-import json
 import zlib
 from typing import Any
 
@@ -74,10 +74,12 @@ class Partitioner:
             return 0  # an outbox row that is no row event: all in one place, in order
         table = (event.table_schema, event.table_name)
         columns = self._keys.get(table, ())
-        row = event.old_data if event.method == "DELETE" else event.new_data
-        if columns and row is not None and all(column in row for column in columns):
-            key: list[Any] = [*table, [row[column] for column in columns]]
-        else:
-            key = list(table)
-        text = json.dumps(key, separators=(",", ":"), default=str, ensure_ascii=False)
+        # The values as sent, never as typed: typing depends on whether this process could
+        # read the column types, and every member must put an event in the same partition.
+        data = event.data
+        row = data.get("old_data" if event.method == "DELETE" else "new_data")
+        parts = [table[0], table[1]]
+        if columns and type(row) is dict and all(column in row for column in columns):
+            parts += [str(row[column]) for column in columns]
+        text = "\x00".join(parts)
         return zlib.crc32(text.encode("utf-8", "surrogatepass")) % self.partitions
