@@ -13,6 +13,7 @@ nox.options.error_on_missing_interpreters = True
 def tests(session: nox.Session) -> None:
     """Run the test suite against an embedded Postgres (or $TRIO_PGEVENTS_TEST_DSN)."""
     session.install("-e", ".[test]")
+    session.install("--no-deps", "psycopg2-pgevents==0.2.2")  # compat side by side; it pins pytest<6
     session.run("pytest", *session.posargs)
 
 

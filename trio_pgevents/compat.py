@@ -1,4 +1,4 @@
-"""Drop-in replacement for psycopg2-pgevents' functions.
+"""Drop-in replacement for psycopg2-pgevents (0.2.2).
 
 Users of `psycopg2-pgevents <https://github.com/shawalli/psycopg2-pgevents>`_
 switch by changing one import::
@@ -6,26 +6,46 @@ switch by changing one import::
     from trio_pgevents.compat import (install_trigger_function, install_trigger,
                                       register_event_channel, poll)
 
-The names, signatures, the channel (``psycopg2_pgevents_channel``), the
-trigger function (``public.psycopg2_pgevents_create_event()``), the trigger
-name and the event JSON (``event_id``, ``event_type``, ``schema_name``,
-``table_name``, ``row_id``) are the original's. What differs, on purpose:
+Every top-level name of the original is here (``execute``, ``log`` and
+``set_debug`` too), with its signature. The same as the original: the channel
+(``psycopg2_pgevents_channel``), the trigger function
+(``public.psycopg2_pgevents_create_event()``), the trigger name, the event
+JSON (``event_id``, ``event_type``, ``schema_name``, ``table_name``,
+``row_id``), the order ``poll`` yields events in (the order the server sent
+them), :class:`Event` (hashable, equal only to itself, the same ``repr``),
+``row_id`` where the original delivered one (``id`` converted to an integer
+as the original's trigger did: text ``'42'`` gives ``42``, numeric ``4.5``
+gives ``5``), table and schema names as SQL reads them (``"MyTable"`` is
+``mytable``; ``'"MyTable"'`` is exactly ``MyTable``), and ``set_debug(True)``
+printing the same lines to stdout on the same loggers (``pgevents.*``).
+
+What differs, on purpose:
 
 - no ``uuid-ossp`` extension: ``event_id`` comes from the built-in
   ``gen_random_uuid()`` (Postgres 13+);
-- no required ``id`` column: ``row_id`` is the ``id`` column when the table
-  has one (as before), else the primary key (its value, or an object of its
-  columns for a composite key), else ``null``;
-- ``poll`` yields events in the order the server sent them;
-- schema and table names are quoted identifiers (spaces, quotes, upper case
-  work; nothing can be injected);
+- writes the original failed (its trigger made the user's INSERT fail) are
+  delivered: an ``id`` that is no integer (uuid, ``'abc'``, past 2**31) is
+  delivered as it is; a table with no ``id`` column gives its primary key
+  (its value, or an object of its columns for a composite key), else
+  ``null``;
+- a name that is not a valid SQL identifier (spaces, quotes, a mixed-case
+  name of a table created quoted) names exactly that table, where the
+  original failed on it: the names SQL reads are tried first, then the name
+  as it is; identifiers are always quoted (nothing can be injected);
+  ``trigger_installed`` finds a trigger under the name it was installed by
+  (the original's said ``False`` for ``"MyTable"``);
 - ``search_path`` is never changed (the original reset it to
   ``"$user", public`` after every install);
-- a payload on the channel that is not an event -- whatever it holds: not
-  JSON, nested past the parser's depth, fields of the wrong type -- is
-  skipped by ``poll`` with a warning (a few lines per interval at most) and
-  makes ``Event.fromjson`` raise a ``ValueError`` that is also a
-  :class:`~trio_pgevents.TrioPgEventsError`: any role can NOTIFY any channel.
+- ``poll`` yields notifications already buffered on the connection at once
+  (the original waited for more data to arrive first, and returned nothing
+  when none did), leaves notifications of other channels on the connection
+  (the original parsed them as events), and skips a payload that is not an
+  event -- not JSON, nested past the parser's depth, fields of the wrong
+  type -- with a warning on the ``trio_pgevents.compat`` logger (a few
+  lines per interval at most), where the original raised and ended the
+  iteration: any role can NOTIFY any channel. ``Event.fromjson`` raises a
+  ``ValueError`` (also a :class:`~trio_pgevents.TrioPgEventsError`) for such
+  text, where the original raised ``ValueError`` or ``KeyError``.
 
 Every function takes a plain psycopg2 connection and commits its own work,
 like the original. For everything else, see :class:`trio_pgevents.Installer`.
@@ -34,13 +54,16 @@ like the original. For everything else, see :class:`trio_pgevents.Installer`.
 from __future__ import annotations
 
 import json
+import re
 import select
+import string
 from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
 from psycopg2 import sql
 
+from ._compat_log import _execute, execute, log, set_debug
 from ._errors import PayloadError
 from ._payload import SetAsideLog, parse_json, why
 from ._secrets import get_logger
@@ -48,18 +71,19 @@ from ._secrets import get_logger
 __all__ = [
     "CHANNEL",
     "Event",
+    "execute",
     "install_trigger",
     "install_trigger_function",
+    "log",
     "poll",
     "register_event_channel",
+    "set_debug",
     "trigger_function_installed",
     "trigger_installed",
     "uninstall_trigger",
     "uninstall_trigger_function",
     "unregister_event_channel",
 ]
-
-logger = get_logger("trio_pgevents.compat")
 
 #: The channel psycopg2-pgevents' trigger function notifies on.
 CHANNEL = "psycopg2_pgevents_channel"
@@ -68,7 +92,7 @@ _TRIGGER = sql.Identifier("psycopg2_pgevents_trigger")
 #: The values of ``event_type`` (the trigger fires AFTER INSERT OR UPDATE OR DELETE).
 _EVENT_TYPES = frozenset({"INSERT", "UPDATE", "DELETE"})
 #: Payloads ``poll`` skipped: one warning each, then a count every interval.
-_SKIPPED = SetAsideLog(logger, "skipped: not a psycopg2-pgevents event")
+_SKIPPED = SetAsideLog(get_logger("trio_pgevents.compat"), "skipped: not a psycopg2-pgevents event")
 
 _FUNCTION_BODY = """
 DECLARE
@@ -76,11 +100,26 @@ DECLARE
     row_json jsonb;
     pk text[];
     row_id jsonb;
+    int_id integer;
 BEGIN
     IF TG_OP = 'DELETE' THEN rec := OLD; ELSE rec := NEW; END IF;
     row_json := pg_catalog.to_jsonb(rec);
     IF row_json ? 'id' THEN
         row_id := row_json -> 'id';
+        -- The original's conversion (an integer variable assigned NEW.id): text '42' gives 42,
+        -- numeric 4.5 gives 5. Where it fails (uuid, 'abc', past 2**31) the original failed the
+        -- write; here the value is delivered as it is. Integers and uuids need no attempt.
+        IF row_id <> 'null'::jsonb AND pg_catalog.pg_typeof(rec.id) NOT IN (
+            'pg_catalog.int2'::pg_catalog.regtype, 'pg_catalog.int4'::pg_catalog.regtype,
+            'pg_catalog.int8'::pg_catalog.regtype, 'pg_catalog.uuid'::pg_catalog.regtype
+        ) THEN
+            BEGIN
+                int_id := rec.id;
+                row_id := pg_catalog.to_jsonb(int_id);
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+        END IF;
     ELSE
         SELECT pg_catalog.array_agg(a.attname::text ORDER BY a.attnum) INTO pk
           FROM pg_catalog.pg_index i
@@ -104,9 +143,14 @@ BEGIN
 END
 """
 
+# ---- events ----------------------------------------------------------------------------------------
+
 
 class Event:
-    """A psycopg2-pgevents event (same attributes as the original's).
+    """A psycopg2-pgevents event (the original's attributes, ``repr``, hash and equality).
+
+    Hashable, and equal only to itself, like the original's (events are
+    told apart by identity: two Events made from one JSON are two events).
 
     Attributes:
         id: the event's UUID.
@@ -124,15 +168,11 @@ class Event:
         self.row_id = row_id
 
     def __repr__(self) -> str:
+        # The original's, character for character (it has no closing ">").
         return (
             f"<Event id:{self.id} type:{self.type} table:{self.schema_name}.{self.table_name} "
-            f"row-id:{self.row_id}>"
+            f"row-id:{self.row_id}"
         )
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Event) and vars(self) == vars(other)
-
-    __hash__ = None  # type: ignore[assignment]  # mutable, like the original
 
     @classmethod
     def fromjson(cls, json_string: str) -> Event:
@@ -180,31 +220,68 @@ class Event:
         )
 
 
-def _execute(connection: Any, statement: sql.Composable, params: Any = None) -> list[tuple[Any, ...]] | None:
-    # Like the original: one statement, committed (``with connection`` commits or rolls back).
-    with connection, connection.cursor() as cursor:
-        cursor.execute(statement, params)
-        if cursor.description is None:
-            return None
-        rows = list(cursor.fetchall())
-        return rows or None
+# ---- table names -----------------------------------------------------------------------------------
+
+#: A name SQL reads unquoted (and folds to lower case): letters, digits, ``_``, ``$``, any non-ASCII.
+_UNQUOTED = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*\Z")
+#: A quoted identifier: ``"..."`` with ``""`` for a quote inside.
+_QUOTED = re.compile(r'"((?:[^"]|"")+)"\Z')
+_FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)  # Postgres folds ASCII only
+#: The first (schema, table) pair that exists; ``::name`` truncates as the parser does (63 bytes).
+_FIND = sql.SQL(
+    """SELECT n.nspname, c.relname
+         FROM ROWS FROM (pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[]))
+              WITH ORDINALITY AS x(s, t, o)
+         JOIN pg_catalog.pg_namespace n ON n.nspname = x.s::name
+         JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = x.t::name
+        ORDER BY x.o LIMIT 1"""
+)
 
 
-def _table(table: str, schema: str) -> sql.Composed:
+def _spellings(name: str) -> list[str]:
+    """The names ``name`` may mean: SQL's reading of it (the original's) first, then ``name`` itself."""
+    quoted = _QUOTED.match(name)
+    if quoted:
+        read = quoted.group(1).replace('""', '"')
+    elif _UNQUOTED.match(name):
+        read = name.translate(_FOLD)
+    else:
+        read = name
+    return [read] if read == name else [read, name]
+
+
+def _resolve(connection: Any, table: str, schema: str) -> tuple[str, str]:
+    """The exact (schema, table) meant: the first spelling pair naming a relation, else SQL's reading."""
+    pairs = [(s, t) for s in _spellings(schema) for t in _spellings(table)]
+    if len(pairs) > 1:
+        rows = _execute(connection, _FIND, ([s for s, _ in pairs], [t for _, t in pairs]))
+        if rows:
+            return rows[0][0], rows[0][1]
+    return pairs[0]
+
+
+def _table(schema: str, table: str) -> sql.Composed:
     return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+
+
+# ---- triggers --------------------------------------------------------------------------------------
 
 
 def trigger_function_installed(connection: Any) -> bool:
     """True if the psycopg2-pgevents trigger function exists."""
+    log("Checking if trigger function installed...", logger_name="pgevents.trigger")
     rows = _execute(
         connection,
         sql.SQL("SELECT pg_catalog.to_regprocedure('public.psycopg2_pgevents_create_event()') IS NOT NULL"),
     )
-    return bool(rows and rows[0][0])
+    installed = bool(rows and rows[0][0])
+    log("...{}installed".format("" if installed else "NOT "), logger_name="pgevents.trigger")
+    return installed
 
 
 def trigger_installed(connection: Any, table: str, schema: str = "public") -> bool:
-    """True if the psycopg2-pgevents trigger is on ``schema.table``."""
+    """True if the psycopg2-pgevents trigger is on ``schema.table`` (names as :func:`install_trigger`)."""
+    log(f"Checking if {schema}.{table} trigger installed...", logger_name="pgevents.trigger")
     rows = _execute(
         connection,
         sql.SQL(
@@ -213,17 +290,23 @@ def trigger_installed(connection: Any, table: str, schema: str = "public") -> bo
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                 WHERE n.nspname = %s AND c.relname = %s AND t.tgname = 'psycopg2_pgevents_trigger'"""
         ),
-        (schema, table),
+        _resolve(connection, table, schema),
     )
-    return bool(rows)
+    installed = bool(rows)
+    log("...{}installed".format("" if installed else "NOT "), logger_name="pgevents.trigger")
+    return installed
 
 
 def install_trigger_function(connection: Any, overwrite: bool = False) -> None:
-    """Install the trigger function (skipped if present, unless ``overwrite``)."""
+    """Install the trigger function (skipped if present, unless ``overwrite``).
+
+    A database set up by the original already has its function: pass
+    ``overwrite=True`` once to replace it with this one.
+    """
     if not overwrite and trigger_function_installed(connection):
-        logger.debug("trigger function already installed; skipping")
+        log("Trigger function already installed; skipping...", logger_name="pgevents.trigger")
         return
-    logger.debug("installing trigger function")
+    log("Installing trigger function...", logger_name="pgevents.trigger")
     statement = sql.SQL("CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS {}").format(
         _FUNCTION, sql.Literal(_FUNCTION_BODY)
     )
@@ -232,18 +315,23 @@ def install_trigger_function(connection: Any, overwrite: bool = False) -> None:
 
 def uninstall_trigger_function(connection: Any, force: bool = False) -> None:
     """Drop the trigger function; ``force`` also drops the triggers using it (CASCADE)."""
-    logger.debug("uninstalling trigger function (cascade=%s)", force)
+    log(f"Uninstalling trigger function (cascade={force})...", logger_name="pgevents.trigger")
     modifier = sql.SQL(" CASCADE" if force else "")
     _execute(connection, sql.SQL("DROP FUNCTION IF EXISTS {}(){}").format(_FUNCTION, modifier))
 
 
 def install_trigger(connection: Any, table: str, schema: str = "public", overwrite: bool = False) -> None:
-    """Put the trigger on ``schema.table`` (skipped if present, unless ``overwrite``)."""
+    """Put the trigger on ``schema.table`` (skipped if present, unless ``overwrite``).
+
+    Names are read as SQL reads them, as the original did (``MyTable`` is
+    ``mytable``, ``'"MyTable"'`` is ``MyTable``); when no such table exists,
+    the name as given is tried (so ``"Order Lines"`` names that table).
+    """
     if not overwrite and trigger_installed(connection, table, schema):
-        logger.debug("%s.%s trigger already installed; skipping", schema, table)
+        log(f"{schema}.{table} trigger already installed; skipping...", logger_name="pgevents.trigger")
         return
-    logger.debug("installing %s.%s trigger", schema, table)
-    target = _table(table, schema)
+    log(f"Installing {schema}.{table} trigger...", logger_name="pgevents.trigger")
+    target = _table(*_resolve(connection, table, schema))
     # One transaction: no moment without a trigger when replacing.
     _execute(
         connection,
@@ -256,35 +344,48 @@ def install_trigger(connection: Any, table: str, schema: str = "public", overwri
 
 
 def uninstall_trigger(connection: Any, table: str, schema: str = "public") -> None:
-    """Remove the trigger from ``schema.table`` (no error if absent)."""
-    logger.debug("uninstalling %s.%s trigger", schema, table)
-    _execute(connection, sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(_TRIGGER, _table(table, schema)))
+    """Remove the trigger from ``schema.table`` (no error if absent; names as :func:`install_trigger`)."""
+    log(f"Uninstalling {schema}.{table} trigger...", logger_name="pgevents.trigger")
+    target = _table(*_resolve(connection, table, schema))
+    _execute(connection, sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(_TRIGGER, target))
+
+
+# ---- the channel -----------------------------------------------------------------------------------
 
 
 def register_event_channel(connection: Any) -> None:
     """``LISTEN`` to the psycopg2-pgevents channel on ``connection``."""
+    log("Registering psycopg2-pgevents channel...", logger_name="pgevents.event")
     _execute(connection, sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
 
 
 def unregister_event_channel(connection: Any) -> None:
     """``UNLISTEN`` the psycopg2-pgevents channel."""
+    log("Unregistering psycopg2-pgevents channel...", logger_name="pgevents.event")
     _execute(connection, sql.SQL("UNLISTEN {}").format(sql.Identifier(CHANNEL)))
 
 
 def poll(connection: Any, timeout: float = 1.0) -> Iterator[Event]:
-    """Yield the events waiting on ``connection``, in the order they were sent.
+    """Yield the events waiting on ``connection``, in the order they were sent (as the original).
 
     Blocks up to ``timeout`` seconds for the first one (0: do not block);
-    yields nothing if none arrives. Notifications on other channels are left
-    alone; payloads that are not psycopg2-pgevents events -- whatever they
-    hold -- are skipped with a warning (rate-limited).
+    yields nothing if none arrives. Where it differs from the original:
+    notifications already buffered on the connection (read while it ran
+    another statement) are yielded at once, without waiting for more data;
+    notifications on other channels are left on the connection; a payload
+    that is not a psycopg2-pgevents event -- whatever it holds -- is skipped
+    with a warning (rate-limited) instead of raising.
     """
+    blocking = f"Blocking, {timeout} seconds" if timeout > 0.0 else "Non-Blocking"
+    log(f"Polling for events ({blocking})...", logger_name="pgevents.event")
     if not connection.notifies:
         ready, _, _ = select.select([connection], [], [], max(0.0, timeout))
         if not ready:
+            log("...No events found", logger_name="pgevents.event")
             return
+    log("Events", logger_name="pgevents.event")
+    log("------", logger_name="pgevents.event")
     connection.poll()
-    # Pop from the front: the seed's pop() from the end reversed the order.
     pending = connection.notifies
     kept = []
     while pending:
@@ -292,6 +393,7 @@ def poll(connection: Any, timeout: float = 1.0) -> Iterator[Event]:
         if notify.channel != CHANNEL:
             kept.append(notify)
             continue
+        log(str(notify), logger_name="pgevents.event")
         try:
             event = Event.fromjson(notify.payload)
         except Exception as exc:  # PayloadError; anything else is no reason to stop either
