@@ -204,11 +204,13 @@ async def test_existing_finished_slot_takes_no_snapshot(
     assert comment == (None,)
     await query(f"INSERT INTO {name} VALUES (11, 11, 'after')")
     async with open_change_stream(
-        pg_engine, slot=slot, publication=publication, tables=[name], snapshot=True
+        pg_engine, slot=slot, publication=publication, tables=[name], snapshot=True, status_interval=60
     ) as changes:
         assert changes.snapshot_lsn is None
         assert changes.snapshot_done
-        (change,) = await take(changes, 1)
+        # At once: a change sent with the answer to START_REPLICATION sits in libpq's
+        # buffer, which no readable socket announces (it used to wait for a keepalive).
+        (change,) = await take(changes, 1, timeout=15)
         assert change.method == "INSERT"
         assert change.new_data["id"] == 11
         assert changes.statistics().snapshot_rows == 0
@@ -246,7 +248,7 @@ async def test_snapshot_needs_backpressure(pg_engine: Engine, cdc_names: Any) ->
             pg_engine,
             slot=slot,
             publication=publication,
-            snapshot="yes",  # type: ignore[typeddict-item]
+            snapshot="yes",  # type: ignore[arg-type]
         ):
             pass  # pragma: no cover
 
@@ -354,7 +356,7 @@ async def test_read_values_are_typed_like_the_change_stream(
     # And equal to what psycopg2 reads, where psycopg2 types a value the same way.
     conn = psycopg2.connect(pg_dsn)
     try:
-        psycopg2.extras.register_uuid(conn_or_curs=conn)
+        psycopg2.extras.register_uuid(conn_or_curs=conn)  # type: ignore[no-untyped-call]
         with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cursor:
             cursor.execute(f"SELECT * FROM {name} WHERE id = 1")
             selected = dict(cursor.fetchone() or {})
@@ -516,3 +518,24 @@ async def test_kill_during_the_snapshot_then_restart_misses_nothing(
     status = await trio.to_thread.run_sync(change_stream_status, pg_url, slot)
     assert status.exists
     assert not status.active
+
+
+async def test_changes_waiting_at_start_arrive_at_once(
+    pg_engine: Engine, query: Query, table: Any, cdc_names: Any
+) -> None:
+    # The server sends waiting changes with its answer to START_REPLICATION; libpq may
+    # read them into its buffer with that answer, where no readable socket announces
+    # them: the stream must read before it first waits (it used to sit until a keepalive).
+    name = await table()
+    slot, publication = cdc_names()
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, tables=[name]):
+        pass
+    for number in range(8):
+        await query(f"INSERT INTO {name} VALUES ({number}, 0, NULL)")
+        started = trio.current_time()
+        async with open_change_stream(
+            pg_engine, slot=slot, publication=publication, tables=[name], status_interval=60
+        ) as changes:
+            (change,) = await take(changes, 1, timeout=30)
+        assert change.new_data["id"] == number
+        assert trio.current_time() - started < 5

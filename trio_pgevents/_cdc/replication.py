@@ -220,7 +220,9 @@ class Replicator(ReconnectingSource):
         put = self._buffer.put
         wait_readable = trio.lowlevel.wait_readable
         linger = self._linger
-        more = False
+        # Read before the first wait: what the server sent right after START_REPLICATION
+        # may already sit in libpq's buffer, where no readable socket would announce it.
+        more = True
         while True:
             if more:
                 await trio.lowlevel.checkpoint()
