@@ -518,6 +518,11 @@ async def test_kill_during_the_snapshot_then_restart_misses_nothing(
     status = await trio.to_thread.run_sync(change_stream_status, pg_url, slot)
     assert status.exists
     assert not status.active
+    # The second snapshot was processed: it is recorded as finished.
+    (comment,) = await query(
+        "SELECT obj_description(oid, 'pg_publication') FROM pg_publication WHERE pubname = %s", (publication,)
+    )
+    assert comment == (None,)
 
 
 async def test_changes_waiting_at_start_arrive_at_once(
@@ -539,3 +544,42 @@ async def test_changes_waiting_at_start_arrive_at_once(
             (change,) = await take(changes, 1, timeout=30)
         assert change.new_data["id"] == number
         assert trio.current_time() - started < 5
+
+
+async def test_without_auto_ack_the_last_read_event_must_be_acknowledged(
+    pg_engine: Engine, query: Query, table: Any, cdc_names: Any
+) -> None:
+    name = await table()
+    await query(f"INSERT INTO {name} SELECT g, g, 'x' FROM generate_series(1, 50) g")
+    slot, publication = cdc_names()
+    options: dict[str, Any] = {"tables": [name], "snapshot": True, "auto_ack": False}
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, **options) as changes:
+        first = changes.snapshot_lsn
+        reads = await take(changes, 50)
+        assert changes.snapshot_done  # all handed out...
+        await changes.ack(reads[10])  # ...but only some acknowledged
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, **options) as changes:
+        assert changes.snapshot_lsn not in (None, first)  # taken again
+        reads = await take(changes, 50)
+        await changes.ack(reads[-1])
+    async with open_change_stream(pg_engine, slot=slot, publication=publication, **options) as changes:
+        assert changes.snapshot_lsn is None
+
+
+async def test_snapshot_reads_what_the_publication_publishes(
+    pg_engine: Engine, query: Query, table: Any, cdc_names: Any
+) -> None:
+    # A column list and a row filter (PostgreSQL 15+): the snapshot reads the rows and
+    # columns the publication sends, as its changes will.
+    name = await table()
+    await query(f"INSERT INTO {name} SELECT g, g, 'x' FROM generate_series(1, 20) g")
+    slot, publication = cdc_names()
+    await query(f"CREATE PUBLICATION {publication} FOR TABLE {name} (id, v) WHERE (v > 15)")
+    async with open_change_stream(
+        pg_engine, slot=slot, publication=publication, tables=[name], snapshot=True
+    ) as changes:
+        reads = await take(changes, 5)
+        await query(f"INSERT INTO {name} VALUES (21, 21, 'y')")
+        (insert,) = await take(changes, 1)
+    assert sorted(e.new_data["id"] for e in reads) == [16, 17, 18, 19, 20]
+    assert reads[0].new_data.keys() == insert.new_data.keys() == {"id", "v"}

@@ -153,8 +153,12 @@ class Replicator(ReconnectingSource):
         marker); once everything is read, a lost connection is only a
         reconnect: the slot streams from the snapshot's consistent point.
         """
-        await snapshot.deliver(self._buffer.put)
-        self.last_event_at = time.time()
+
+        async def put(batch: list[Event]) -> None:
+            self.last_event_at = time.time()
+            await self._buffer.put(batch)
+
+        await snapshot.deliver(put)
         stream = self._stream
         try:
             await start_held(held, (stream.slot, stream.publication, self._status_interval), self._options)

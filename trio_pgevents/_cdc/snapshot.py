@@ -90,7 +90,8 @@ def _set_marker(cursor: Any, publication: str, slot: str, *, pending: bool) -> N
     cursor.execute("BEGIN")
     try:
         # Two streams sharing a publication must not lose each other's line.
-        cursor.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(%s))", (marker,))
+        lock = f"trio_pgevents: the comment of publication {publication}"
+        cursor.execute("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext(%s))", (lock,))
         old = _comment(cursor, publication)
         lines = [line for line in (old or "").splitlines() if line != marker]
         if pending:
