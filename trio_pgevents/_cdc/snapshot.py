@@ -161,10 +161,11 @@ def _plan(cursor: Any, slot: str, publication: str, slot_exists: bool) -> bool:
 async def plan_snapshot(
     engine: Engine, slot: str, publication: str, slot_exists: bool, connect_timeout: float
 ) -> bool:
-    """Whether a stream opened with ``snapshot=True`` takes a snapshot (True: the slot is missing).
+    """Whether a stream opened with ``snapshot=True`` takes a snapshot (and creates the slot).
 
-    A missing slot gets the marker before it is created; an existing slot
-    with the marker (its snapshot was never finished) is dropped. Bounded by
+    Yes when the slot is missing (it gets the marker before it is created), or
+    when it has the marker (its snapshot never finished: it is dropped). No for
+    a slot without the marker: it streams on. Bounded by
     ``connect_timeout`` (and the grace a slot whose client just died needs).
     """
     work = functools.partial(_plan, slot=slot, publication=publication, slot_exists=slot_exists)
