@@ -143,6 +143,8 @@ class ChangeStreamOptions(_Connecting, _Gaps, _Acknowledging, total=False):
 
     status_interval: float
     linger: float
+    snapshot: bool
+    query_timeout: float
 
 
 #: Which options each opener takes (from the TypedDicts above: one list, no copy).
@@ -197,8 +199,8 @@ class StreamOptions:
             this often, seconds (None: never).
         retention_batch_size: durable: rows deleted per retention statement.
         max_buffer_bytes: durable: bytes of payload read ahead of the consumer.
-        query_timeout: durable: a query with no answer in this time means the
-            connection is dead, seconds.
+        query_timeout: durable, and a change stream's snapshot: a query with no
+            answer in this time means the connection is dead, seconds.
         lease_timeout: durable: a member that stops renewing its leases loses
             them after this long (another member takes over), seconds.
         group: durable: members opened with the same consumer name share its
@@ -209,6 +211,10 @@ class StreamOptions:
             least this often, seconds.
         linger: change streams: after a small read, let further changes gather
             this long before reading again (0..1 s; 0: off).
+        snapshot: change streams: when the slot is created, deliver every row
+            of the published tables first (``RowChange`` with method
+            ``"READ"``), then the changes committed after. Needs
+            ``overflow="backpressure"``.
     """
 
     max_buffer_size: int = DEFAULT_MAX_BUFFER_SIZE
@@ -243,6 +249,7 @@ class StreamOptions:
     partitions: int = DEFAULT_PARTITIONS
     status_interval: float = DEFAULT_STATUS_INTERVAL
     linger: float = DEFAULT_LINGER
+    snapshot: bool = False
 
     @classmethod
     def parse(cls, opener: str, given: Mapping[str, Any]) -> StreamOptions:
@@ -262,7 +269,7 @@ class StreamOptions:
         _choice("overflow", self.overflow, get_args(OverflowPolicy))
         _choice("on_gap", self.on_gap, get_args(GapPolicy))
         _choice("start", self.start, get_args(StartPolicy))
-        for name in ("reconnect", "auto_ack", "group"):
+        for name in ("reconnect", "auto_ack", "group", "snapshot"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(f"{name} must be True or False, not {getattr(self, name)!r}")
         for name in (
@@ -285,6 +292,11 @@ class StreamOptions:
             check_int_at_least_1("max_reconnect_attempts", self.max_reconnect_attempts)
         check_number_in("queue_usage_warning", self.queue_usage_warning, 0.0, 1.0, low_open=True)
         check_number_in("linger", self.linger, 0.0, MAX_LINGER)
+        if self.snapshot and self.overflow != "backpressure":
+            raise ConfigurationError(
+                f"snapshot=True needs overflow='backpressure', not {self.overflow!r}: "
+                "a snapshot that drops rows is no snapshot"
+            )
         check_int_at_least_1("partitions", self.partitions)
         if self.partitions > MAX_PARTITIONS:
             raise ConfigurationError(f"partitions must be at most {MAX_PARTITIONS}, not {self.partitions!r}")

@@ -90,8 +90,14 @@ async def prepare(
     tables: list[tuple[str, str]] | None,
     create: bool,
     connect_timeout: float,
-) -> None:
+    *,
+    create_missing_slot: bool = True,
+) -> bool:
     """Check the server can stream, and create the publication and slot if asked.
+
+    Returns whether the slot existed. With ``create_missing_slot=False`` a missing slot
+    is left for the caller to create (a change stream with ``snapshot=True``
+    creates it on its replication connection, which exports the snapshot).
 
     Connecting and the checks are bounded by ``connect_timeout`` (a silent
     server cannot hold the caller, nor the worker thread: its socket is shut
@@ -129,9 +135,9 @@ async def prepare(
     except DB_ERRORS as exc:
         raise ConnectError(f"could not connect to {source}: {one_line(exc)}") from exc
     assert plan is not None
-    if plan.slot_exists:
+    if plan.slot_exists or not create_missing_slot:
         conn_mod.give_back(plan.proxy)  # no round trip: nothing is open on it
-        return
+        return plan.slot_exists
     # Creating the slot: the thread owns the connection from here on.
     fd = plan.proxy.dbapi_connection.fileno()
     creating = Handoff()
@@ -157,6 +163,7 @@ async def prepare(
         raise ConnectError(
             f"lost the connection to {source} while creating slot {slot!r}: {one_line(exc)}"
         ) from exc
+    return False
 
 
 def _ensure_publication(

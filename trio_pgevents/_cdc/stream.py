@@ -41,6 +41,7 @@ from .admin import split_table
 from .pgoutput import ack_position, format_lsn
 from .prepare import prepare
 from .replication import Replicator
+from .snapshot import InitialSnapshot, plan_snapshot
 
 __all__ = ["ChangeStream", "ChangeStreamStatistics", "open_change_stream"]
 
@@ -62,6 +63,10 @@ class ChangeStreamStatistics(StreamHealth):
     position_stores: int
     #: One entry: the replication connection's health.
     sources: tuple[SourceStatistics, ...]
+    #: ``snapshot=True``: rows of the initial snapshot read so far (0 without one).
+    snapshot_rows: int = 0
+    #: False while READ events of the initial snapshot remain to be handed out (see ``snapshot_done``).
+    snapshot_done: bool = True
 
 
 class ChangeStream(ResumableStream[int]):
@@ -81,10 +86,21 @@ class ChangeStream(ResumableStream[int]):
     ``ack_interval`` seconds, at once with ``ack(event)`` or :meth:`flush`,
     and on close). Only processed positions are ever confirmed.
 
+    With ``snapshot=True`` and a new slot, the stream begins with a ``READ``
+    event for every row of the published tables (see :attr:`snapshot_lsn`
+    and :attr:`snapshot_done`).
+
     Made by :func:`open_change_stream`.
     """
 
-    def __init__(self, engine: Engine, slot: str, publication: str, options: StreamOptions) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        slot: str,
+        publication: str,
+        options: StreamOptions,
+        snapshot: InitialSnapshot | None = None,
+    ) -> None:
         self.source = conn_mod.describe_source(engine)
         super().__init__(
             EventBuffer(options.max_buffer_size, options.overflow, self.source),
@@ -95,7 +111,8 @@ class ChangeStream(ResumableStream[int]):
         self.slot = slot
         self.publication = publication
         self._options = options
-        self._replicator = Replicator(self, engine, options)
+        self._snapshot = snapshot
+        self._replicator = Replicator(self, engine, options, snapshot)
         self._scope: trio.CancelScope | None = None
 
     # ---- positions ---------------------------------------------------------------
@@ -106,6 +123,8 @@ class ChangeStream(ResumableStream[int]):
     async def _store(self, position: int) -> None:
         # Confirmed to the server at once (with the next status update if disconnected).
         self._replicator.confirm_now()
+        if self._snapshot is not None:
+            self._snapshot.note_acked(position)
         await trio.lowlevel.checkpoint()
 
     @property
@@ -113,6 +132,34 @@ class ChangeStream(ResumableStream[int]):
         """The acknowledged WAL position (``X/Y``), confirmed to the server, if any."""
         position = self.acked_position
         return format_lsn(position) if position else None
+
+    # ---- the initial snapshot -------------------------------------------------------
+
+    @property
+    def snapshot_lsn(self) -> str | None:
+        """The WAL position (``X/Y``) of the snapshot this stream takes, or None if it takes none.
+
+        Known as soon as the stream is open. Not None means the stream starts
+        with a ``READ`` event for every row (each with this ``lsn``), then the
+        changes committed after: state kept from an earlier attempt should be
+        discarded (an unfinished snapshot is taken again, with a new LSN).
+        """
+        snapshot = self._snapshot
+        return None if snapshot is None else snapshot.lsn_text
+
+    @property
+    def snapshot_done(self) -> bool:
+        """True once every READ event of the snapshot has been handed out (always True without one).
+
+        It turns True as the last READ event is handed to the consumer: checked
+        after handling an event, it says the whole snapshot has been applied.
+        With no rows at all, it turns True when the snapshot has been read.
+        """
+        snapshot = self._snapshot
+        if snapshot is None or (snapshot.read and snapshot.rows == 0):
+            return True
+        handed = self._handed if self._handed is not None else 0
+        return snapshot.lsn > 0 and max(handed, self._acked) >= snapshot.lsn
 
     # ---- health --------------------------------------------------------------------
 
@@ -138,6 +185,8 @@ class ChangeStream(ResumableStream[int]):
             events_received=self._buffer.events_in,
             buffered=len(self._buffer) + len(self._batch) - self._pos,
             sources=(self._replicator.statistics(),),
+            snapshot_rows=0 if self._snapshot is None else self._snapshot.rows,
+            snapshot_done=self.snapshot_done,
             **self._position_figures(),
         )
 
@@ -196,6 +245,14 @@ async def open_change_stream(
             publishes all tables (needs a superuser). Tables need a primary
             key or ``REPLICA IDENTITY FULL`` (:func:`set_replica_identity`).
         create: create a missing publication/slot (else :class:`ReplicationError`).
+        snapshot: (an option) ``True``: when the slot is created, first a
+            ``RowChange`` with method ``"READ"`` for every row of the
+            published tables, read in the snapshot the slot exports, then
+            every change committed after it -- nothing missed or doubled at
+            the boundary. A slot that exists already streams on without one,
+            unless its snapshot was never finished (the stream stopped during
+            it): then the slot is dropped and the snapshot taken again. See
+            :attr:`ChangeStream.snapshot_lsn` and :attr:`ChangeStream.snapshot_done`.
         **options: see :class:`~trio_pgevents.StreamOptions` (the same name
             means the same, with the same default, in every opener):
             ``max_buffer_size``, ``overflow`` (anything but the default
@@ -203,7 +260,8 @@ async def open_change_stream(
             ``backoff_initial``, ``backoff_max``, ``max_reconnect_attempts``,
             ``reconnect_timeout``, ``keepalive``, ``close_timeout``,
             ``connect_timeout``, ``auto_ack``, ``ack_every``, ``ack_interval``,
-            ``status_interval``, ``linger``.
+            ``status_interval``, ``linger``, ``snapshot``, ``query_timeout``
+            (the snapshot's queries).
 
     Raises:
         ConnectError: the server could not be reached, or did not answer
@@ -223,8 +281,14 @@ async def open_change_stream(
     if table_list is not None and not table_list:
         raise ConfigurationError("tables must name at least one table (or be None for all tables)")
     engine = conn_mod.as_engine(engine)
-    await prepare(engine, slot, publication, table_list, create, parsed.connect_timeout)
-    stream = ChangeStream(engine, slot, publication, parsed)
+    timeout = parsed.connect_timeout
+    slot_exists = await prepare(
+        engine, slot, publication, table_list, create, timeout, create_missing_slot=not parsed.snapshot
+    )
+    snapshot = None
+    if parsed.snapshot and await plan_snapshot(engine, slot, publication, slot_exists, timeout):
+        snapshot = InitialSnapshot(engine, slot, publication, parsed, conn_mod.describe_source(engine))
+    stream = ChangeStream(engine, slot, publication, parsed, snapshot)
     async with open_unwrapping_nursery() as nursery:
         try:
             await stream._start(nursery)
