@@ -240,7 +240,7 @@ def print_status(
         ("auto-rebuild", status.auto_rebuild_state),
         ("durable", status.durable_state),
     ):
-        shown = state or "not installed"
+        shown: str = state or "not installed"
         if label == "ddl triggers" and status.ddl_events:
             shown += f" (ddl events: {status.ddl_events})"
         out.write(f"{label:<14}{shown}\n")
