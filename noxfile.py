@@ -13,6 +13,9 @@ nox.options.error_on_missing_interpreters = True
 def tests(session: nox.Session) -> None:
     """Run the test suite against an embedded Postgres (or $TRIO_PGEVENTS_TEST_DSN)."""
     session.install("-e", ".[test]")
+    # The original pg_events, for the side-by-side tests (tests/test_pgevents_compat.py): its
+    # pinned psycopg2<2.8 does not build on 3.11, and it runs fine on psycopg2-binary.
+    session.install("--no-deps", "pg_events==0.1.6")
     session.run("pytest", *session.posargs)
 
 

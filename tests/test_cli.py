@@ -113,13 +113,15 @@ StartCli = Callable[..., Awaitable[CliProcess]]
 
 @pytest.fixture
 async def start_cli() -> AsyncIterator[StartCli]:
-    """``proc = await start_cli(args, env=...)``: run the console script; killed at teardown."""
+    """``proc = await start_cli(args, env=..., program=...)``: run the console script; killed at teardown."""
     procs: list[CliProcess] = []
     async with trio.open_nursery() as nursery:
 
-        async def start(args: Sequence[str], *, env: dict[str, str] | None = None) -> CliProcess:
+        async def start(
+            args: Sequence[str], *, env: dict[str, str] | None = None, program: Sequence[str] = (CLI,)
+        ) -> CliProcess:
             process = await trio.lowlevel.open_process(
-                [CLI, *args],
+                [*program, *args],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,

@@ -583,7 +583,9 @@ async def test_worker_is_not_stopped_by_bad_payloads(
         [line] = await proc.wait_for(f'"table_name" : "{table}"')
         expected_type = "RowChange" if arg == "event" else "str"
         # json: pg_events' shape of the same payload; json-full and event: the payload as sent.
-        shown = pg_events_payload(decode_trigger_payload(CHANNEL, good, 0, "db")) if arg == "json" else good
+        decoded = decode_trigger_payload(CHANNEL, good, 0, "db")
+        assert isinstance(decoded, RowChange)
+        shown = pg_events_payload(decoded) if arg == "json" else good
         assert line == f"DATA thread=worker type={expected_type} {shown}"
         assert proc.process.returncode is None
         proc.send_signal(signal.SIGINT)

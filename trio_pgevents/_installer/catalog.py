@@ -177,7 +177,10 @@ def read_status(cur: Cursor, b: SqlBuilder) -> InstallStatus:
         durable_state=durable_state,
         problems=privilege_problems(cur, b, state) if state.schema_exists else (),
         all_schemas=all_schemas,
-        pg_events=tuple(f"{kind.replace('_', ' ')} {name}" for kind, name in find_pg_events(cur)),
+        pg_events=tuple(
+            name if kind == "trigger" else f"{kind.replace('_', ' ')} {name}"
+            for kind, name in find_pg_events(cur)
+        ),
     )
 
 

@@ -88,7 +88,12 @@ def _merge(actions: list[InstallAction], more: Sequence[InstallAction]) -> None:
 
 
 def _replace_pg_events(args: argparse.Namespace, found: Sequence[str], safe_url: str) -> bool:
-    """Whether to remove pg_events' objects: ``--replace-pg-events``, or the user said yes."""
+    """Whether to remove pg_events' objects: ``--replace-pg-events``, or the user said yes.
+
+    Raises:
+        ExitStatus: (2) pg_events' objects are there and are to stay: building
+            beside them cannot work (nothing was changed).
+    """
     if not found:
         return False
     listing = "; ".join(found)
@@ -105,13 +110,14 @@ def _replace_pg_events(args: argparse.Namespace, found: Sequence[str], safe_url:
         sys.stderr.flush()
         if sys.stdin.readline().strip().lower() in ("y", "yes"):
             return True
-    logger.warning(
-        "this database was built by pg_events and its objects stay in place (%s): each "
-        "CREATE/ALTER/DROP TABLE re-creates pg_events' triggers on every table, and every change "
-        "is notified twice; run build --replace-pg-events to remove them",
-        listing,
+    raise ExitStatus(
+        EXIT_USAGE,
+        f"build: {safe_url} was built by pg_events ({listing}). Its event triggers would run on "
+        "trio-pgevents' own DDL (they call its functions unqualified: the install fails) and on every "
+        "CREATE/ALTER/DROP TABLE re-create a trigger on every table, so every change is notified "
+        "twice. Pass --replace-pg-events to remove them in the same transaction as trio-pgevents' "
+        "DDL triggers; nothing was changed",
     )
-    return False
 
 
 async def _install(installer: Installer, args: argparse.Namespace, replace: bool) -> list[InstallAction]:
@@ -189,8 +195,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     Without --schema every user schema is watched, those created later too
     (auto-rebuild attaches their tables' triggers; else status reports them).
     Tables named _... are left out, as pg_events did. A database built by
-    pg_events: its objects are reported, and removed with --replace-pg-events
-    (or when the user says yes on a terminal).
+    pg_events: its objects are removed with --replace-pg-events (or when the
+    user says yes on a terminal), else build refuses (exit 2).
     """
     settings = command_settings(args)
     return trio.run(_run_build, args, settings, sys.stdout)
