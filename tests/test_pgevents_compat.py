@@ -538,3 +538,35 @@ def test_replacing_pg_events_without_superuser_changes_nothing_of_theirs(
     finally:
         db.sql(f'DROP OWNED BY "{role}" CASCADE')
         run_sql(pg_dsn, f'DROP OWNED BY "{role}"; DROP ROLE "{role}"')
+
+
+async def test_a_drop_with_too_many_dependents_for_notify_lists_fewer_and_says_so(
+    make_db: Callable[[], Database],
+) -> None:
+    db = make_db()
+    await build(db)
+    columns = ", ".join(f"c{n} int" for n in range(120))
+    db.sql(f"CREATE TABLE wide (id int PRIMARY KEY, {columns})")
+    for n in range(120):  # each listed dependent takes ~200 bytes: far past NOTIFY's 8000
+        db.sql(f'CREATE INDEX "wide_index_with_a_rather_long_name_number_{n:03}" ON wide (c{n})')
+    (dropped,) = await receive_ddl(db, ["DROP TABLE wide"], "sentinel_3")
+    assert dropped.object_identity == "public.wide"
+    assert dropped.data["truncated"] is True
+    assert 10 < len(dropped.dependents) < 120
+    assert len(dropped.payload.encode()) < 8000
+
+
+async def test_every_user_schema_leaves_out_system_and_library_schemas(
+    make_db: Callable[[], Database],
+) -> None:
+    db = make_db()
+    other = Installer(db.url, schema="other_library", channel="other")
+    await other.aio.install(durable=True)  # its own tables (registry, outbox) are not user tables
+    db.sql("CREATE SCHEMA app; CREATE TABLE app.orders (id int PRIMARY KEY)")
+    installer = Installer(db.url)
+    report = await installer.aio.watch_all_schemas()
+    watched = {a.name.rpartition(" on ")[2] for a in report.actions if a.kind == "trigger"}
+    assert watched == {"app.orders"}
+    status = await installer.aio.status()
+    assert {(t.schema, t.table) for t in status.tables} == {("app", "orders")}
+    assert status.ok

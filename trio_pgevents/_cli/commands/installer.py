@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from ... import InstallAction, Installer, change_stream_status
 from ..._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError
+from ..._installer.sql.base import user_schema_sql
 from ..._secrets import get_logger
 from ..database import command_settings, connected
 from ..exits import EXIT_FAILURE, EXIT_LAG, EXIT_OK, EXIT_USAGE, ExitStatus
@@ -42,15 +43,13 @@ def _installer(args: argparse.Namespace, engine: Engine) -> Installer:
 
 # ---- build ---------------------------------------------------------------------------------------
 
-_USER_SCHEMAS = """
-SELECT n.nspname,
-       (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p'))
-FROM pg_namespace n
-WHERE n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> 'information_schema' AND n.nspname <> %(own)s
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d  -- schemas created by extensions
-                  WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
-ORDER BY n.nspname
-"""
+#: Every user schema (see ``user_schema_sql``) with its number of tables.
+_USER_SCHEMAS = (
+    "SELECT n.nspname, (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid "
+    "AND c.relkind IN ('r', 'p')) FROM pg_namespace n WHERE "
+    + user_schema_sql("@OWN@").replace("%", "%%").replace("@OWN@", "%(own)s")
+    + " ORDER BY n.nspname"
+)
 
 _SCHEMA_TABLES = """
 SELECT n.nspname, count(c.oid)

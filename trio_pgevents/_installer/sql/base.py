@@ -71,12 +71,14 @@ def comment_for(definition: str) -> str:
 
 
 #: A pg_namespace row (alias ``n``) is a user schema: not the system's, not an
-#: extension's, not the library schema (``{library}``, a quoted literal).
+#: extension's, not the library schema (``{library}``, a quoted literal) nor another
+#: installer's (its comment starts with ``trio_pgevents ``).
 _USER_SCHEMA = (
     "(n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' AND n.nspname <> {library} "
     "AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d "
     "WHERE d.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.objid = n.oid "
-    "AND d.deptype = 'e'))"
+    "AND d.deptype = 'e') "
+    "AND coalesce(pg_catalog.obj_description(n.oid, 'pg_namespace'), '') NOT LIKE 'trio\\_pgevents %')"
 )
 
 
