@@ -180,6 +180,7 @@ STEPS = [
     ("new schema's table", "INSERT INTO later.things (note) VALUES ('new')"),
     ("create table as", "CREATE TABLE copy AS SELECT 1 AS one"),
     ("drop column", "ALTER TABLE items DROP COLUMN extra"),
+    ("truncate", "TRUNCATE later.things"),
     ("drop table", "DROP TABLE items"),
     # pg_events cannot build while a view exists (it tries row triggers on it): drop it at once.
     ("view", "CREATE VIEW v AS SELECT 1 AS one; DROP VIEW v"),
@@ -198,8 +199,20 @@ EXPECTED = {
     "new schema's table": ["DATA"],  # a schema created after build is watched too
     "create table as": [],
     "drop column": ["SCHEMA", "SCHEMA"],  # the dropped column, then the ALTER TABLE
+    "truncate": [],  # pg_events had no TRUNCATE trigger (see DIFFERS)
     "drop table": ["SCHEMA"],  # one event: its sequence, types, constraints... are not events
     "view": [],
+}
+#: Where trio-pgevents differs on purpose: a TRUNCATE reaches the data callback (a mirror of the
+#: table would silently go stale otherwise), in pg_events' shape without old_data/new_data.
+DIFFERS = {
+    "truncate": [
+        (
+            "DATA",
+            '{"table_schema" : "later", "table_name" : "things", "session_user" : "postgres", '
+            '"method" : "TRUNCATE", "query" : "TRUNCATE later.things"}',
+        )
+    ]
 }
 
 
@@ -225,9 +238,8 @@ async def test_side_by_side_with_pg_events_the_callbacks_get_the_same(
     assert list(want) == list(got) == [label for label, _ in STEPS]
     for label, _ in STEPS:
         assert [kind for kind, _ in want[label]] == EXPECTED[label], (label, want[label])
-        assert [comparable(*call) for call in got[label]] == [comparable(*call) for call in want[label]], (
-            label
-        )
+        expected = DIFFERS.get(label, want[label])
+        assert [comparable(*call) for call in got[label]] == [comparable(*call) for call in expected], label
     # Point 6: pg_events called back on its main thread; trio-pgevents calls plain functions in a
     # worker thread (the event loop goes on reading meanwhile).
     assert {thread for _, thread, _ in callbacks(theirs)} == {"main"}
