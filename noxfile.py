@@ -13,7 +13,10 @@ nox.options.error_on_missing_interpreters = True
 def tests(session: nox.Session) -> None:
     """Run the test suite against an embedded Postgres (or $TRIO_PGEVENTS_TEST_DSN)."""
     session.install("-e", ".[test]")
-    session.install("--no-deps", "psycopg2-pgevents==0.2.2")  # compat side by side; it pins pytest<6
+    # The originals, for the side-by-side tests (tests/test_compat_side_by_side.py,
+    # tests/test_pgevents_compat.py), without their pins: psycopg2-pgevents pins pytest<6,
+    # pg_events psycopg2<2.8 (does not build on 3.11); both run fine on psycopg2-binary.
+    session.install("--no-deps", "psycopg2-pgevents==0.2.2", "pg_events==0.1.6")
     session.run("pytest", *session.posargs)
 
 

@@ -36,6 +36,7 @@ from trio_pgevents import (
     decode_trigger_payload,
     open_event_stream,
 )
+from trio_pgevents._cli.pgevents_shape import pg_events_payload
 from trio_pgevents._consumer import NotifyBatch, _events
 from trio_pgevents._payload import SetAsideLog
 
@@ -569,7 +570,7 @@ async def test_worker_is_not_stopped_by_bad_payloads(
     start_cli: StartCli, pg_url: str, query: Query, unique: Callable[[str], str]
 ) -> None:
     table = unique("worker_after")
-    for arg in ("json", "event"):
+    for arg in ("json", "json-full", "event"):
         proc = await start_cli(
             ["worker", "--settings", SETTINGS, "--database-url", pg_url, "--callback-arg", arg], env=_env()
         )
@@ -580,8 +581,12 @@ async def test_worker_is_not_stopped_by_bad_payloads(
         good = row_text(table, 4)
         await query("SELECT pg_notify(%s, %s)", (CHANNEL, good))
         [line] = await proc.wait_for(f'"table_name" : "{table}"')
-        expected_type = "str" if arg == "json" else "RowChange"
-        assert line == f"DATA thread=worker type={expected_type} {good}"
+        expected_type = "RowChange" if arg == "event" else "str"
+        # json: pg_events' shape of the same payload; json-full and event: the payload as sent.
+        decoded = decode_trigger_payload(CHANNEL, good, 0, "db")
+        assert isinstance(decoded, RowChange)
+        shown = pg_events_payload(decoded) if arg == "json" else good
+        assert line == f"DATA thread=worker type={expected_type} {shown}"
         assert proc.process.returncode is None
         proc.send_signal(signal.SIGINT)
         assert await proc.wait() == 0, proc.transcript()

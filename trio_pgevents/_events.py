@@ -382,6 +382,21 @@ class SchemaChange(_DecodedEvent):
         value = self.data.get("object_name")
         return value if isinstance(value, str) else None
 
+    @property
+    def dependents(self) -> tuple[dict[str, Any], ...]:
+        """A drop's event: the objects dropped along with it (sequence, types, constraints...).
+
+        Each is a dict of ``object_type``, ``schema_name``, ``object_name`` and
+        ``object_identity``. Empty for other events, and with
+        ``install(ddl_events="all")``, where each dropped object is an event
+        of its own. ``data["truncated"]`` is true when the list was cut to
+        fit NOTIFY.
+        """
+        value = self.data.get("dependents")
+        if not isinstance(value, list):
+            return ()
+        return tuple(item for item in value if isinstance(item, dict))
+
 
 class StreamGap(Event):
     """Control event: the connection to ``source`` was lost and is back.

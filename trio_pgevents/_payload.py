@@ -67,7 +67,14 @@ METHODS = frozenset({"INSERT", "UPDATE", "DELETE", "TRUNCATE"})
 
 _NONE = type(None)
 #: A JSON value's Python type after parsing -> its ``jsonb_typeof`` name.
-_JSONB_TYPES: dict[type, str] = {str: "string", dict: "object", bool: "boolean", int: "number", _NONE: "null"}
+_JSONB_TYPES: dict[type, str] = {
+    str: "string",
+    dict: "object",
+    list: "array",
+    bool: "boolean",
+    int: "number",
+    _NONE: "null",
+}
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ _NAME: frozenset[type] = frozenset({str})
 _ROW_DATA: frozenset[type] = frozenset({dict, _NONE})
 _FLAG: frozenset[type] = frozenset({bool, _NONE})
 _INT: frozenset[type] = frozenset({int, _NONE})
+_LIST: frozenset[type] = frozenset({list, _NONE})
 #: An oid: json_build_object writes it as a string ("1259"); a number is accepted too.
 _OID: frozenset[type] = frozenset({str, int, _NONE})
 
@@ -131,6 +139,11 @@ DDL_KEYS: tuple[Key, ...] = (
     Key("in_extension", _FLAG, "bool"),
     Key("is_temporary", _FLAG, "bool"),
     Key("session_user", _TEXT),
+    # A drop's event (pg_events' stream): the objects dropped along with the ones the
+    # statement named, each {object_type, schema_name, object_name, object_identity}.
+    Key("dependents", _LIST, "json", optional=True),
+    # The dependents list was cut to fit NOTIFY.
+    Key("truncated", _FLAG, "bool", optional=True),
 )
 _KEYS = {ROW: ROW_KEYS, DDL: DDL_KEYS}
 

@@ -23,13 +23,16 @@ __all__ = ["CONNECT_TIMEOUT", "command_settings", "connected"]
 CONNECT_TIMEOUT = 10
 
 
-def command_settings(args: argparse.Namespace, *, need_callbacks: bool = False) -> Settings:
+def command_settings(
+    args: argparse.Namespace, *, need_callbacks: bool = False, schema_callback: bool = True
+) -> Settings:
     """The settings for this command; its connections are named ``trio-pgevents-COMMAND``."""
     return load_settings(
         args.settings,
         database_url=args.database_url,
         need_callbacks=need_callbacks,
         application_name=f"{PROG}-{args.command}",
+        schema_callback=schema_callback,
     )
 
 

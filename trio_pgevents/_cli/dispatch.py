@@ -2,8 +2,10 @@
 
 :func:`dispatch_events` reads any async iterator of events (a LISTEN stream, or
 the durable consumer's stream) and calls the callback :class:`CallbackRouter`
-picks for each. Plain functions run in a worker thread (``trio.to_thread``), so
-a slow callback does not stall the loop; ``async def`` functions run directly.
+picks for each, with the payload in pg_events' shape by default
+(:mod:`.pgevents_shape`). Plain functions run in a worker thread
+(``trio.to_thread``; pg_events called them on its main thread), so a slow
+callback does not stall the loop; ``async def`` functions run directly.
 A ``trio.CapacityLimiter`` bounds how many run at once (``concurrency=1``, the
 default, calls them one after another, in event order). A callback that raises
 is logged with its event (its repr cut short: a payload may be ~8 KB);
@@ -30,8 +32,10 @@ from .. import Event, Notification, Overflow, RowChange, SchemaChange, StreamGap
 from .._errors import ConfigurationError
 from .._secrets import get_logger
 from .._threads import call_callback
+from .pgevents_shape import pg_events_payload
 
 __all__ = [
+    "CALLBACK_ARGS",
     "CallbackArg",
     "CallbackRouter",
     "Dispatcher",
@@ -43,8 +47,10 @@ __all__ = [
 
 logger = get_logger("trio_pgevents.worker")
 
-#: What a callback receives: the payload text (as pg_events did), or the event object.
-CallbackArg = Literal["json", "event"]
+#: What a callback receives: the payload text in pg_events' shape (``json``), the
+#: installer's payload text as sent (``json-full``), or the event object (``event``).
+CallbackArg = Literal["json", "json-full", "event"]
+CALLBACK_ARGS: tuple[CallbackArg, ...] = ("json", "json-full", "event")
 
 #: The channels pg_events' own triggers notify on (a database built by pg_events).
 LEGACY_DATA_CHANNELS = frozenset({"pgevents_data_update"})
@@ -90,8 +96,10 @@ class CallbackRouter:
     arg: CallbackArg = "json"
 
     def __post_init__(self) -> None:
-        if self.arg not in ("json", "event"):
-            raise ConfigurationError(f"callback argument must be 'json' or 'event', not {self.arg!r}")
+        if self.arg not in CALLBACK_ARGS:
+            raise ConfigurationError(
+                f"callback argument must be one of {', '.join(map(repr, CALLBACK_ARGS))}, not {self.arg!r}"
+            )
 
     def route(self, event: Event) -> Callback | None:
         """The callback for ``event``, or None to skip it (after logging why)."""
@@ -121,8 +129,17 @@ class CallbackRouter:
         return None
 
     def argument(self, event: Event) -> Any:
-        """What the callback is called with for ``event``."""
-        return event if self.arg == "event" else event.payload
+        """What the callback is called with for ``event``.
+
+        ``json``: the payload text in pg_events' shape (see :mod:`.pgevents_shape`)
+        for row and schema changes, as sent for anything else; ``json-full``:
+        the payload text as sent; ``event``: the event object.
+        """
+        if self.arg == "event":
+            return event
+        if self.arg == "json" and isinstance(event, (RowChange, SchemaChange)):
+            return pg_events_payload(event)
+        return event.payload
 
 
 @dataclass

@@ -240,7 +240,12 @@ def print_status(
         ("auto-rebuild", status.auto_rebuild_state),
         ("durable", status.durable_state),
     ):
-        out.write(f"{label:<14}{state or 'not installed'}\n")
+        shown: str = state or "not installed"
+        if label == "ddl triggers" and status.ddl_events:
+            shown += f" (ddl events: {status.ddl_events})"
+        out.write(f"{label:<14}{shown}\n")
+    if status.all_schemas:
+        out.write(f"{'schemas':<14}every user schema, those created later too\n")
     rows = [
         (f"{t.schema}.{t.table}", t.state, "yes" if t.durable else "no", t.reason or "")
         for t in status.tables
@@ -256,6 +261,13 @@ def print_status(
     print_consumers(consumers, lagging, out)
     for problem in status.problems:
         out.write(f"privileges: {problem}\n")
+    for found in status.pg_events:
+        out.write(f"pg_events: {found}\n")
+    if status.pg_events:
+        out.write(
+            f"pg_events: the original pg_events' objects are installed too; {PROG} build "
+            "--replace-pg-events removes them\n"
+        )
     if status.ok:
         out.write("ok\n")
     elif status.problems:

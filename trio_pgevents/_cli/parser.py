@@ -106,7 +106,7 @@ def _add_build(sub: _Commands, db: argparse.ArgumentParser) -> None:
         "--schema",
         action="append",
         metavar="NAME",
-        help="schema whose tables to watch; repeatable (default: every user schema)",
+        help="schema whose tables to watch; repeatable (default: every user schema, those created later too)",
     )
     build.add_argument(
         "--auto-rebuild",
@@ -116,6 +116,24 @@ def _add_build(sub: _Commands, db: argparse.ArgumentParser) -> None:
         help="new tables in watched schemas get triggers automatically (needs superuser; default true)",
     )
     build.add_argument("--no-ddl", action="store_true", help="do not install DDL event triggers")
+    build.add_argument(
+        "--ddl-events",
+        choices=["tables", "all"],
+        help="which DDL events: 'tables' as pg_events (CREATE/ALTER/DROP TABLE; a drop is one event "
+        "listing what went with it), or 'all' (every DDL command, every dropped object); "
+        "default: what is installed, else tables",
+    )
+    build.add_argument(
+        "--include-underscore-tables",
+        action="store_true",
+        help="also watch tables whose name starts with '_' (pg_events left them out)",
+    )
+    build.add_argument(
+        "--replace-pg-events",
+        action="store_true",
+        help="remove the original pg_events' triggers and functions, in the same transaction as "
+        "the DDL event triggers (asked on a terminal when they are found)",
+    )
     build.add_argument(
         "--durable", action="store_true", help="durable (outbox) triggers instead of NOTIFY only"
     )
@@ -133,10 +151,19 @@ def _add_worker(sub: _Commands, db: argparse.ArgumentParser) -> None:
     worker = _command(sub, "worker", cmd_worker, db, "listen and call the settings' callbacks")
     worker.add_argument(
         "--callback-arg",
-        choices=["json", "event"],
+        choices=["json", "json-full", "event"],
         default="json",
-        help="what callbacks receive: the JSON payload string as pg_events did (default), "
-        "or the decoded RowChange/SchemaChange object",
+        help="what callbacks receive: the JSON payload string in pg_events' shape (default), the "
+        "installer's full payload (json-full: format version, kind, every key), or the decoded "
+        "RowChange/SchemaChange object",
+    )
+    worker.add_argument(
+        "--auto-rebuild",
+        type=bool_arg,
+        default=True,
+        metavar="true|false",
+        help="as pg_events: false ignores DDL events, and PG_EVENTS_DB_SCHEMA_UPDATE_CALLBACK "
+        "need not be set (default true)",
     )
     worker.add_argument(
         "--concurrency",

@@ -268,6 +268,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     need_callbacks: bool = False,
     application_name: str | None = None,
+    schema_callback: bool = True,
 ) -> Settings:
     """Resolve the settings the way the command line does.
 
@@ -281,6 +282,8 @@ def load_settings(
         need_callbacks: the worker needs both callbacks set; a callback
             explicitly set to ``None`` means "ignore those events".
         application_name: added to the URL unless it already has one.
+        schema_callback: False (the worker's ``--auto-rebuild false``, as
+            pg_events): the DDL callback is neither needed nor looked up.
 
     Raises:
         ConfigurationError: the message starts with the setting that was wrong.
@@ -295,18 +298,25 @@ def load_settings(
     setting = "--database-url" if database_url else DATABASE_URL
     url = resolve_database_url(url_value, setting=setting, application_name=application_name)
     callbacks: dict[str, Callable[..., Any] | None] = {}
-    for name in (DATA_CALLBACK, SCHEMA_CALLBACK):
+    for name in (DATA_CALLBACK, SCHEMA_CALLBACK) if schema_callback else (DATA_CALLBACK,):
         value = _lookup(module, env, name)
         if value is _MISSING:
             if need_callbacks:
+                hint = " or run the worker with --auto-rebuild false" if name == SCHEMA_CALLBACK else ""
                 raise ConfigurationError(
-                    f"{name}: not set (a dotted path to a callable; set it to None to ignore these events)"
+                    f"{name}: not set (a dotted path to a callable; set it to None to ignore these "
+                    f"events{hint})"
                 )
             callbacks[name] = None
         elif value is None:
             callbacks[name] = None
         else:
             callbacks[name] = resolve_callable(name, value)
-    if need_callbacks and callbacks[DATA_CALLBACK] is None and callbacks[SCHEMA_CALLBACK] is None:
-        raise ConfigurationError(f"{DATA_CALLBACK}: both callbacks are None: the worker would do nothing")
-    return Settings(url, callbacks[DATA_CALLBACK], callbacks[SCHEMA_CALLBACK])
+    schema = callbacks.get(SCHEMA_CALLBACK)
+    if need_callbacks and callbacks[DATA_CALLBACK] is None and schema is None:
+        raise ConfigurationError(
+            f"{DATA_CALLBACK}: "
+            + ("both callbacks are None" if schema_callback else "None, and --auto-rebuild false")
+            + ": the worker would do nothing"
+        )
+    return Settings(url, callbacks[DATA_CALLBACK], schema)

@@ -8,7 +8,8 @@
   watches tables created later in a watched schema, ``durable=True`` the
   outbox tables of durable mode.
 - ``watch_table`` / ``watch_schema`` attach an AFTER INSERT/UPDATE/DELETE row
-  trigger and an AFTER TRUNCATE statement trigger; ``unwatch_table`` detaches.
+  trigger and an AFTER TRUNCATE statement trigger; ``unwatch_table`` detaches;
+  ``watch_all_schemas`` watches every user schema, those created later too.
 - ``status()`` compares what is in the database with what this version would
   create (hashes in ``COMMENT``\\ s); ``prune()`` removes ORPHANED leftovers;
   ``uninstall()`` removes everything the installer created, nothing else.
@@ -31,9 +32,10 @@ names ``Installer`` for type checkers only):
 - :mod:`.reports`: what operations return (``InstallReport``,
   ``InstallStatus``...).
 - :mod:`.base`: the options and their checks; one transaction per operation.
+- :mod:`.pgevents`: finding and removing the original pg_events' objects.
 - :mod:`.catalog`: reading the database's current state (read only).
 - :mod:`.ensure`: bringing one object at a time up to date.
-- :mod:`.install`, :mod:`.watch`, :mod:`.maintenance`, :mod:`.streams`,
+- :mod:`.install`, :mod:`.watch` (:mod:`.schemas`), :mod:`.maintenance`, :mod:`.streams`,
   :mod:`.outbox`: the operations, one mixin each.
 - :mod:`.aio`: ``AsyncInstaller``, each operation's coroutine twin.
 - :mod:`.installer`: ``Installer``, the mixins composed.

@@ -17,6 +17,7 @@ from .._threads import run_abandonable
 from .install import InstallOps
 from .maintenance import MaintenanceOps
 from .outbox import OutboxOps
+from .schemas import AllSchemasOps
 from .streams import ChangeStreamOps
 from .watch import WatchOps
 
@@ -70,6 +71,9 @@ class AsyncInstaller:
     watch_schema = _async_twin(WatchOps.watch_schema)
     watch_schema_sql = _async_twin(WatchOps.watch_schema_sql)
     unwatch_table = _async_twin(WatchOps.unwatch_table)
+    watch_all_schemas = _async_twin(AllSchemasOps.watch_all_schemas)
+    watch_all_schemas_sql = _async_twin(AllSchemasOps.watch_all_schemas_sql)
+    unwatch_all_schemas = _async_twin(AllSchemasOps.unwatch_all_schemas)
     unwatch_table_sql = _async_twin(WatchOps.unwatch_table_sql)
     status = _async_twin(MaintenanceOps.status)
     change_streams = _async_twin(ChangeStreamOps.change_streams)

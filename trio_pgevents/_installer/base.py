@@ -24,12 +24,13 @@ from .._names import MAX_IDENTIFIER_BYTES, check_identifier
 from .._options import DEFAULT_CONNECT_TIMEOUT
 from .._secrets import describe_error, redactor_for
 from .._threads import thread_handoff
-from .sql import PAYLOAD_MODES, SqlBuilder
+from .sql import DDL_EVENTS, PAYLOAD_MODES, SqlBuilder
 
 __all__ = [
     "Cursor",
     "InstallerBase",
     "PayloadMode",
+    "check_ddl_events",
     "check_durable_channel",
     "check_lag_warning",
     "check_name",
@@ -61,6 +62,14 @@ def check_payload(value: object) -> PayloadMode:
             f"payload must be one of {', '.join(map(repr, PAYLOAD_MODES))}, not {value!r}"
         )
     return value  # type: ignore[return-value]
+
+
+def check_ddl_events(value: object) -> None:
+    """Raise :class:`ConfigurationError` unless ``value`` is None or a ``ddl_events`` choice."""
+    if value is not None and value not in DDL_EVENTS:
+        raise ConfigurationError(
+            f"ddl_events must be one of {', '.join(map(repr, DDL_EVENTS))}, not {value!r}"
+        )
 
 
 def check_name(value: object, what: str) -> str:

@@ -10,25 +10,32 @@ let a role do more than it should. Nothing here changes the database.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from psycopg2 import sql
 
 from .base import Cursor
+from .pgevents import find_pg_events
 from .reports import InstallStatus, ObjectState, TableStatus
-from .sql import SqlBuilder
+from .sql import DDL_EVENTS, DEFAULT_DDL_EVENTS, DdlEvents, SqlBuilder
+from .sql.base import user_schema_sql
 
 __all__ = [
     "TABLE_GONE",
     "State",
     "durable_exists",
     "has_outbox",
+    "match_ddl_events",
     "privilege_problems",
     "read_state",
     "read_status",
     "table_statuses",
 ]
 
+
+#: The purposes of the DDL event triggers.
+_DDL = ("ddl_end", "sql_drop")
 
 #: The reason of an ORPHANED registry entry whose table was dropped (prune forgets it).
 TABLE_GONE = "the table no longer exists"
@@ -99,6 +106,20 @@ def read_state(cur: Cursor, b: SqlBuilder) -> State:
     return state
 
 
+def match_ddl_events(b: SqlBuilder, state: State) -> DdlEvents | None:
+    """Which ``ddl_events`` the installed DDL event triggers were made with (None: neither).
+
+    Leaves ``b`` rendering that choice (the default when none matches).
+    """
+    for mode in DDL_EVENTS:
+        b.ddl_events = mode
+        triggers = b.event_triggers()
+        if all(state.event_triggers.get(triggers[p][0].name) == triggers[p][0].comment for p in _DDL):
+            return mode
+    b.ddl_events = DEFAULT_DDL_EVENTS
+    return None
+
+
 def _object_state(wanted: dict[str, str], current: dict[str, str | None]) -> ObjectState:
     if any(name not in current for name in wanted):
         return "MISSING"
@@ -110,6 +131,7 @@ def _object_state(wanted: dict[str, str], current: dict[str, str | None]) -> Obj
 def read_status(cur: Cursor, b: SqlBuilder) -> InstallStatus:
     """Everything ``status()`` reports but the change streams."""
     state = read_state(cur, b)
+    ddl_events = match_ddl_events(b, state)
     fns = b.functions()
     base = {name: fns[name].comment for name in b.BASE_FUNCTIONS}
     base_tables = {d.key: d.comment for d in b.base_tables()}
@@ -138,13 +160,27 @@ def read_status(cur: Cursor, b: SqlBuilder) -> InstallStatus:
         return result
 
     tables = table_statuses(cur, b, state)
+    all_schemas = False
+    if "watched" in state.tables:
+        cur.execute(
+            sql.SQL("SELECT EXISTS (SELECT FROM {S}.watched WHERE schema_name = '' AND table_name = '')")
+            .format(S=b.S)
+            .as_string(cur)
+        )
+        all_schemas = bool(cur.fetchone()[0])
     return InstallStatus(
         function_state=function_state,
-        ddl_state=event_state(("ddl_end", "sql_drop")),
+        ddl_state=event_state(_DDL),
+        ddl_events=ddl_events,
         tables=tables,
         auto_rebuild_state=event_state(("auto_rebuild",)),
         durable_state=durable_state,
         problems=privilege_problems(cur, b, state) if state.schema_exists else (),
+        all_schemas=all_schemas,
+        pg_events=tuple(
+            name if kind == "trigger" else f"{kind.replace('_', ' ')} {name}"
+            for kind, name in find_pg_events(cur)
+        ),
     )
 
 
@@ -196,6 +232,14 @@ def privilege_problems(cur: Cursor, b: SqlBuilder, state: State) -> tuple[str, .
     return tuple(problems)
 
 
+def _skips_underscore(options: str) -> bool:
+    """Whether a schema watch's options (JSON text) leave out tables named ``_...``."""
+    try:
+        return json.loads(options).get("skip_underscore") is True
+    except (ValueError, AttributeError):
+        return False
+
+
 def table_statuses(cur: Cursor, b: SqlBuilder, state: State) -> tuple[TableStatus, ...]:
     """Each watched table's triggers compared with what this version attaches, and orphans."""
     registry: list[tuple[str, str, str, str]] = []
@@ -210,22 +254,33 @@ def table_statuses(cur: Cursor, b: SqlBuilder, state: State) -> tuple[TableStatu
             .as_string(cur)
         )
         registry = list(cur.fetchall())
-    schema_modes = {s: (m, o) for s, t, m, o in registry if t == ""}
+    schema_modes = {s: (m, o) for s, t, m, o in registry if t == "" and s != ""}
     table_modes = {(s, t): (m, o) for s, t, m, o in registry if t != ""}
+    # The "every user schema" entry: it covers each user schema that has no entry of its own.
+    everywhere = next(((m, o) for s, t, m, o in registry if s == "" and t == ""), None)
     # Relations that matter: every one in a watched schema, and explicitly registered ones.
+    user_schema = user_schema_sql(b.literal(b.schema)).replace("%", "%%")
     cur.execute(
-        """SELECT n.nspname, c.relname, c.relkind, c.relispartition FROM pg_catalog.pg_class c
-           JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
-            AND ((n.nspname = ANY (%s) AND NOT c.relispartition)
-                 OR (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[])))""",
+        f"""SELECT n.nspname, c.relname, c.relkind, c.relispartition,
+                   %s AND NOT (n.nspname = ANY (%s)) AND {user_schema}
+              FROM pg_catalog.pg_class c
+              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+               AND (((n.nspname = ANY (%s) OR (%s AND {user_schema})) AND NOT c.relispartition)
+                    OR (n.nspname, c.relname) IN (SELECT * FROM unnest(%s::text[], %s::text[])))""",
         (
+            everywhere is not None,
             list(schema_modes),
+            list(schema_modes),
+            everywhere is not None,
             [s for s, _ in table_modes],
             [t for _, t in table_modes],
         ),
     )
-    relations = {(s, t): (kind, part) for s, t, kind, part in cur.fetchall()}
+    rows = cur.fetchall()
+    relations = {(s, t): (kind, part) for s, t, kind, part, _ in rows}
+    # In a schema watched only as one of every user schema: one created after the watch.
+    late = {(s, t) for s, t, _, _, later in rows if later}
     cur.execute(
         """SELECT n.nspname, c.relname, t.tgname, t.tgparentid <> 0, p.proname, d.description
              FROM pg_catalog.pg_trigger t
@@ -243,7 +298,11 @@ def table_statuses(cur: Cursor, b: SqlBuilder, state: State) -> tuple[TableStatu
 
     watched: dict[tuple[str, str], tuple[str, str]] = {}
     for (s, t), (_, part) in relations.items():
-        entry = table_modes.get((s, t)) or (schema_modes.get(s) if not part else None)
+        entry = table_modes.get((s, t))
+        if entry is None and not part:
+            entry = everywhere if (s, t) in late else schema_modes.get(s)
+            if entry is not None and t.startswith("_") and _skips_underscore(entry[1]):
+                entry = None  # pg_events' rule: left out unless watched by name
         if entry is not None and entry[0] != "excluded":
             watched[(s, t)] = entry
     for key, entry in table_modes.items():
@@ -287,7 +346,13 @@ def table_statuses(cur: Cursor, b: SqlBuilder, state: State) -> tuple[TableStatu
         for tgname, (inherited, fn_name, _) in have.items():
             if tgname not in want and not inherited:
                 problems.append(f"{tgname} (calling {fn_name}()) is not used in {mode} mode")
-        if not have:
+        if not have and (s, t) in late:
+            reason = (
+                f"schema {s} was created after every user schema was watched: auto-rebuild "
+                "attaches new tables' triggers, or the next install() / trio-pgevents build"
+            )
+            result.append(TableStatus(s, t, "MISSING", reason, durable))
+        elif not have:
             result.append(TableStatus(s, t, "MISSING", "watched but no trigger installed", durable))
         elif problems:
             result.append(TableStatus(s, t, "OUTDATED", "; ".join(problems), durable))

@@ -11,11 +11,13 @@ import psycopg2.errors
 from psycopg2 import sql
 
 from .._errors import InsufficientPrivilegeError
-from .base import Cursor, InstallerBase, check_durable_channel
-from .catalog import read_state
+from .base import Cursor, InstallerBase, check_ddl_events, check_durable_channel
+from .catalog import match_ddl_events, read_state
 from .ensure import action_rows, ensure_base, ensure_event_triggers, finish
+from .pgevents import drop_pg_events_script, find_pg_events
 from .reports import InstallAction, InstallReport
-from .sql import OBSOLETE_FUNCTIONS, SqlBuilder
+from .sql import DEFAULT_DDL_EVENTS, OBSOLETE_FUNCTIONS, DdlEvents, SqlBuilder
+from .sql.base import user_schema_sql
 
 __all__ = ["InstallOps"]
 
@@ -35,6 +37,19 @@ def _refresh_watched(cur: Cursor, b: SqlBuilder) -> list[InstallAction]:
     rows = cur.fetchall()
     watched_schemas = {s for s, t, _, _, exists, _ in rows if t == "" and exists}
     actions: list[InstallAction] = []
+    everywhere = [(mode, options) for s, t, mode, options, _, _ in rows if s == "" and t == ""]
+    if everywhere:
+        # Every user schema is watched: those created since (no entry of their own) too.
+        mode, options = everywhere[0]
+        cur.execute(
+            "SELECT n.nspname FROM pg_catalog.pg_namespace n WHERE "
+            + user_schema_sql(b.literal(b.schema)).replace("%", "%%")
+            + " AND n.nspname <> ALL (%s) ORDER BY 1",
+            (sorted(watched_schemas),),
+        )
+        for (schema,) in cur.fetchall():
+            cur.execute(b.call("watch_schema", schema, mode == "durable", options))
+            actions.extend(action_rows(cur))
     for schema, table, mode, options, schema_exists, table_exists in rows:
         if table == "" and schema_exists:
             cur.execute(b.call("watch_schema", schema, mode == "durable", options))
@@ -78,7 +93,13 @@ class InstallOps(InstallerBase):
     """:meth:`install` and :meth:`install_sql` (a mixin of :class:`~trio_pgevents.Installer`)."""
 
     def install(
-        self, *, ddl: bool = False, auto_rebuild: bool = False, durable: bool = False
+        self,
+        *,
+        ddl: bool = False,
+        auto_rebuild: bool = False,
+        durable: bool = False,
+        ddl_events: DdlEvents | None = None,
+        replace_pg_events: bool = False,
     ) -> InstallReport:
         """Create (or bring up to date) the library schema, functions and registry.
 
@@ -94,17 +115,44 @@ class InstallOps(InstallerBase):
                 re-created) in a watched schema, in the DDL's own transaction.
                 Superuser only.
             durable: create the outbox tables and function of durable mode.
+            ddl_events: which DDL events the DDL event triggers send:
+                ``"tables"`` (pg_events' stream: CREATE TABLE, ALTER TABLE and
+                DROP TABLE; a drop is one event whose ``dependents`` lists the
+                objects dropped along with it) or ``"all"`` (every DDL command,
+                each dropped object an event of its own). Default: what is
+                installed, else ``"tables"``.
+            replace_pg_events: first remove the original pg_events' event
+                triggers, functions and table triggers (``status().pg_events``
+                lists them), in the same transaction. Superuser only.
 
         Raises:
-            InsufficientPrivilegeError: ``ddl``/``auto_rebuild`` without superuser.
-                Everything else was installed (and committed) before it is raised.
+            InsufficientPrivilegeError: ``ddl``/``auto_rebuild``/``replace_pg_events``
+                without superuser. Everything else was installed (and committed)
+                before it is raised.
             InstallError: anything else went wrong; nothing was changed.
         """
+        check_ddl_events(ddl_events)
         denied: list[str] = []
 
         def work(cur: Cursor, b: SqlBuilder) -> list[InstallAction]:
             state = read_state(cur, b)
-            actions = ensure_base(cur, b, state, durable)
+            b.ddl_events = ddl_events or match_ddl_events(b, state) or DEFAULT_DDL_EVENTS
+            actions: list[InstallAction] = []
+            if replace_pg_events:
+                # First: pg_events' event triggers would run their rebuild on our CREATE TABLEs.
+                cur.execute("SAVEPOINT trio_pgevents_pg_events")
+                found = find_pg_events(cur)
+                try:
+                    cur.execute(drop_pg_events_script())
+                except psycopg2.errors.InsufficientPrivilege:
+                    cur.execute("ROLLBACK TO SAVEPOINT trio_pgevents_pg_events")
+                    denied.append("removing pg_events' objects")
+                    why = "pg_events'; needs a superuser"
+                    actions += [InstallAction(k, n, "skipped", why) for k, n in found]
+                else:
+                    cur.execute("RELEASE SAVEPOINT trio_pgevents_pg_events")
+                    actions += [InstallAction(k, n, "removed", "pg_events'") for k, n in found]
+            actions += ensure_base(cur, b, state, durable)
             names = b.names
             groups: list[tuple[str, tuple[str, ...]]] = []
             if (
@@ -121,7 +169,7 @@ class InstallOps(InstallerBase):
                     actions.extend(ensure_event_triggers(cur, b, state, purposes))
                 except psycopg2.errors.InsufficientPrivilege:
                     cur.execute("ROLLBACK TO SAVEPOINT trio_pgevents_ddl")
-                    denied.append(label)
+                    denied.append(f"creating {label}")
                     for purpose in purposes:
                         actions.append(
                             InstallAction("event_trigger", purpose, "skipped", "needs a superuser")
@@ -136,15 +184,33 @@ class InstallOps(InstallerBase):
         if denied:
             user = self._engine.url.username or "the connected role"
             raise InsufficientPrivilegeError(
-                f"creating {' and '.join(denied)} needs a superuser (CREATE EVENT TRIGGER), and role "
+                f"{' and '.join(denied)} needs a superuser (event triggers are theirs), and role "
                 f"{user!r} is not one. Everything else was installed. To get DDL events, run "
                 "install(ddl=True) once as a superuser (or have one run install_sql(ddl=True) in a "
-                "migration); or call install() without ddl/auto_rebuild."
+                "migration); or call install() without ddl/auto_rebuild/replace_pg_events."
             )
         return InstallReport(tuple(actions))
 
-    def install_sql(self, *, ddl: bool = False, auto_rebuild: bool = False, durable: bool = False) -> str:
-        """The SQL of ``install(...)`` for a migration: idempotent, run it in one transaction."""
+    def install_sql(
+        self,
+        *,
+        ddl: bool = False,
+        auto_rebuild: bool = False,
+        durable: bool = False,
+        ddl_events: DdlEvents | None = None,
+        replace_pg_events: bool = False,
+    ) -> str:
+        """The SQL of ``install(...)`` for a migration: idempotent, run it in one transaction.
+
+        ``ddl_events`` defaults to ``"tables"`` (the script cannot know what is installed).
+        """
+        check_ddl_events(ddl_events)
         if durable:
             check_durable_channel(self.channel)
-        return self._render(lambda b: _install_script(b, ddl, auto_rebuild, durable))
+
+        def render(b: SqlBuilder) -> str:
+            b.ddl_events = ddl_events or DEFAULT_DDL_EVENTS
+            script = _install_script(b, ddl, auto_rebuild, durable)
+            return (drop_pg_events_script() + ";\n" + script) if replace_pg_events else script
+
+        return self._render(render)

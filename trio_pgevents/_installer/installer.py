@@ -2,7 +2,7 @@
 
 :class:`~.base.InstallerBase` holds the options and runs each operation in
 one transaction; the operations come from :class:`~.install.InstallOps`,
-:class:`~.watch.WatchOps`, :class:`~.maintenance.MaintenanceOps`,
+:class:`~.watch.WatchOps` (with :class:`~.schemas.AllSchemasOps`), :class:`~.maintenance.MaintenanceOps`,
 :class:`~.streams.ChangeStreamOps` and :class:`~.outbox.OutboxOps`, and
 :attr:`Installer.aio` gives all of them as coroutines
 (:class:`~.aio.AsyncInstaller`).
@@ -14,13 +14,13 @@ from .aio import AsyncInstaller
 from .install import InstallOps
 from .maintenance import MaintenanceOps
 from .outbox import OutboxOps
+from .schemas import AllSchemasOps
 from .streams import ChangeStreamOps
-from .watch import WatchOps
 
 __all__ = ["Installer"]
 
 
-class Installer(InstallOps, WatchOps, MaintenanceOps, ChangeStreamOps, OutboxOps):
+class Installer(InstallOps, AllSchemasOps, MaintenanceOps, ChangeStreamOps, OutboxOps):
     """Installs, inspects and removes the triggers that turn changes into events.
 
     Args:

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Literal
 
 from .._cdc import ChangeStreamStatus
+from .sql import DdlEvents
 
 __all__ = [
     "ActionKind",
@@ -141,6 +142,16 @@ class InstallStatus:
             auto-rebuild needs, a SECURITY DEFINER function owned by a
             superuser: what an install by an earlier version left).
             ``install()`` fixes them.
+        ddl_events: which DDL events the installed DDL event triggers send
+            (``"tables"`` or ``"all"``, see ``install(ddl_events=...)``), or
+            ``None`` when there are none, or they are OUTDATED.
+        all_schemas: every user schema is watched, those created later too
+            (``watch_all_schemas()``).
+        pg_events: objects of the original pg_events found in the database
+            (its DDL event triggers, functions and table triggers), one line
+            each; empty when there are none. They do not count in :attr:`ok`:
+            ``install(replace_pg_events=True)`` (``trio-pgevents build
+            --replace-pg-events``) removes them.
     """
 
     function_state: ObjectState
@@ -150,6 +161,9 @@ class InstallStatus:
     durable_state: ObjectState | None = None
     change_streams: tuple[ChangeStreamStatus, ...] = ()
     problems: tuple[str, ...] = ()
+    ddl_events: DdlEvents | None = None
+    all_schemas: bool = False
+    pg_events: tuple[str, ...] = ()
 
     @property
     def lagging_change_streams(self) -> tuple[ChangeStreamStatus, ...]:

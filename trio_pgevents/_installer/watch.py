@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .._errors import ConfigurationError
 from .base import Cursor, InstallerBase, PayloadMode, check_name, check_payload
 from .catalog import read_state
 from .ensure import action_rows, ensure_base, ensure_function, finish
@@ -23,9 +24,14 @@ __all__ = ["WatchOps"]
 class WatchOps(InstallerBase):
     """``watch_table``, ``watch_schema``, ``unwatch_table`` and their ``*_sql`` twins (a mixin)."""
 
-    def _options(self, payload: PayloadMode | None) -> str:
+    def _options(self, payload: PayloadMode | None, skip_underscore: bool = False) -> str:
         """A watch's options as the registry keeps them (JSON text)."""
-        return json.dumps({"payload": self.payload if payload is None else check_payload(payload)})
+        options: dict[str, Any] = {"payload": self.payload if payload is None else check_payload(payload)}
+        if not isinstance(skip_underscore, bool):
+            raise ConfigurationError(f"skip_underscore must be a bool, not {skip_underscore!r}")
+        if skip_underscore:
+            options["skip_underscore"] = True
+        return json.dumps(options)
 
     def _table_watch(
         self, table: str, schema: str, durable: bool, payload: PayloadMode | None
@@ -35,10 +41,12 @@ class WatchOps(InstallerBase):
         check_name(schema, "schema name")
         return (schema, table, durable, self._options(payload))
 
-    def _schema_watch(self, schema: str, durable: bool, payload: PayloadMode | None) -> tuple[Any, ...]:
+    def _schema_watch(
+        self, schema: str, durable: bool, payload: PayloadMode | None, skip_underscore: bool = False
+    ) -> tuple[Any, ...]:
         """The arguments of the ``watch_schema`` function, checked."""
         check_name(schema, "schema name")
-        return (schema, durable, self._options(payload))
+        return (schema, durable, self._options(payload, skip_underscore))
 
     def _watch(self, what: str, function: str, args: tuple[Any, ...], durable: bool) -> InstallReport:
         """Bring the base up to date, then call the installer's ``function`` (one transaction)."""
@@ -93,7 +101,12 @@ class WatchOps(InstallerBase):
         return self._call_sql("watch_table", self._table_watch(table, schema, durable, payload))
 
     def watch_schema(
-        self, schema: str, *, durable: bool = False, payload: PayloadMode | None = None
+        self,
+        schema: str,
+        *,
+        durable: bool = False,
+        payload: PayloadMode | None = None,
+        skip_underscore: bool = False,
     ) -> InstallReport:
         """Watch every table of a schema (ordinary and partitioned).
 
@@ -108,18 +121,26 @@ class WatchOps(InstallerBase):
             schema: the schema to watch.
             durable: outbox mode (see :meth:`watch_table`).
             payload: ``"row"`` or ``"keys"``; default: the installer's ``payload``.
+            skip_underscore: leave out tables whose name starts with ``_``,
+                now and when created later (pg_events' rule), unless watched
+                by name.
 
         Raises:
             InstallError: the schema does not exist, or is the library schema.
         """
-        args = self._schema_watch(schema, durable, payload)
+        args = self._schema_watch(schema, durable, payload, skip_underscore)
         return self._watch(f"watch_schema({schema})", "watch_schema", args, durable)
 
     def watch_schema_sql(
-        self, schema: str, *, durable: bool = False, payload: PayloadMode | None = None
+        self,
+        schema: str,
+        *,
+        durable: bool = False,
+        payload: PayloadMode | None = None,
+        skip_underscore: bool = False,
     ) -> str:
         """The SQL of ``watch_schema(...)`` (run ``install_sql()`` before it)."""
-        return self._call_sql("watch_schema", self._schema_watch(schema, durable, payload))
+        return self._call_sql("watch_schema", self._schema_watch(schema, durable, payload, skip_underscore))
 
     def unwatch_table(self, table: str, schema: str = "public") -> InstallReport:
         """Remove the triggers from one table and forget it.

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine
 
 from ... import InstallAction, Installer, change_stream_status
 from ..._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError
+from ..._installer.sql.base import user_schema_sql
 from ..._secrets import get_logger
 from ..database import command_settings, connected
 from ..exits import EXIT_FAILURE, EXIT_LAG, EXIT_OK, EXIT_USAGE, ExitStatus
@@ -42,15 +43,13 @@ def _installer(args: argparse.Namespace, engine: Engine) -> Installer:
 
 # ---- build ---------------------------------------------------------------------------------------
 
-_USER_SCHEMAS = """
-SELECT n.nspname,
-       (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid AND c.relkind IN ('r', 'p'))
-FROM pg_namespace n
-WHERE n.nspname NOT LIKE 'pg\\_%%' AND n.nspname <> 'information_schema' AND n.nspname <> %(own)s
-  AND NOT EXISTS (SELECT 1 FROM pg_depend d  -- schemas created by extensions
-                  WHERE d.classid = 'pg_namespace'::regclass AND d.objid = n.oid AND d.deptype = 'e')
-ORDER BY n.nspname
-"""
+#: Every user schema (see ``user_schema_sql``) with its number of tables.
+_USER_SCHEMAS = (
+    "SELECT n.nspname, (SELECT count(*) FROM pg_class c WHERE c.relnamespace = n.oid "
+    "AND c.relkind IN ('r', 'p')) FROM pg_namespace n WHERE "
+    + user_schema_sql("@OWN@").replace("%", "%%").replace("@OWN@", "%(own)s")
+    + " ORDER BY n.nspname"
+)
 
 _SCHEMA_TABLES = """
 SELECT n.nspname, count(c.oid)
@@ -87,33 +86,98 @@ def _merge(actions: list[InstallAction], more: Sequence[InstallAction]) -> None:
             actions[i] = action
 
 
+def _replace_pg_events(args: argparse.Namespace, found: Sequence[str], safe_url: str) -> bool:
+    """Whether to remove pg_events' objects: ``--replace-pg-events``, or the user said yes.
+
+    Raises:
+        ExitStatus: (2) pg_events' objects are there and are to stay: building
+            beside them cannot work (nothing was changed).
+    """
+    if not found:
+        return False
+    listing = "; ".join(found)
+    if args.replace_pg_events:
+        logger.info("removing pg_events' objects: %s", listing)
+        return True
+    if sys.stdin.isatty():
+        sys.stderr.write(
+            f"{safe_url} was built by pg_events ({listing}). Left in place, its DDL triggers "
+            "re-create a trigger on every table at each CREATE/ALTER/DROP TABLE (trio-pgevents' "
+            "tables too) and every change is notified twice. Remove them, in the same transaction "
+            "as trio-pgevents' DDL triggers? [y/N] "
+        )
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() in ("y", "yes"):
+            return True
+    raise ExitStatus(
+        EXIT_USAGE,
+        f"build: {safe_url} was built by pg_events ({listing}). Its event triggers would run on "
+        "trio-pgevents' own DDL (they call its functions unqualified: the install fails) and on every "
+        "CREATE/ALTER/DROP TABLE re-create a trigger on every table, so every change is notified "
+        "twice. Pass --replace-pg-events to remove them in the same transaction as trio-pgevents' "
+        "DDL triggers; nothing was changed",
+    )
+
+
+async def _install(installer: Installer, args: argparse.Namespace, replace: bool) -> list[InstallAction]:
+    """The install steps of ``build``: the base, then what needs a superuser (reported if denied).
+
+    pg_events' objects are removed in the transaction that installs the DDL
+    event triggers, before anything is created (pg_events' event triggers would
+    run on trio-pgevents' own CREATE TABLEs).
+    """
+    actions: list[InstallAction] = []
+    if not replace:
+        # First what any role may install, so the report shows it even if DDL triggers are denied.
+        _merge(actions, (await installer.aio.install(durable=args.durable)).actions)
+    if args.no_ddl and not replace:
+        return actions
+    try:
+        report = await installer.aio.install(
+            durable=args.durable,
+            ddl=not args.no_ddl,
+            auto_rebuild=args.auto_rebuild and not args.no_ddl,
+            ddl_events=args.ddl_events,
+            replace_pg_events=replace,
+        )
+    except InsufficientPrivilegeError as exc:
+        what = "DDL event triggers" if not args.no_ddl else "removing pg_events' objects"
+        logger.warning("%s skipped: %s", what, exc)
+        if replace:
+            _merge(actions, (await installer.aio.install(durable=args.durable)).actions)
+        _merge(actions, [InstallAction("event_trigger", what, "skipped", str(exc))])
+    else:
+        _merge(actions, report.actions)
+    return actions
+
+
 async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
     async with connected(args, settings) as engine:
         installer = _installer(args, engine)
-        actions: list[InstallAction] = []
-        # First what any role may install, so the report shows it even if DDL triggers are denied.
-        _merge(actions, (await installer.aio.install(durable=args.durable)).actions)
-        if not args.no_ddl:
-            try:
-                report = await installer.aio.install(
-                    ddl=True, auto_rebuild=args.auto_rebuild, durable=args.durable
-                )
-            except InsufficientPrivilegeError as exc:
-                logger.warning("DDL event triggers skipped: %s", exc)
-                _merge(actions, [InstallAction("event_trigger", "DDL event triggers", "skipped", str(exc))])
-            else:
-                _merge(actions, report.actions)
+        found = (await installer.aio.status()).pg_events
+        actions = await _install(installer, args, _replace_pg_events(args, found, settings.safe_url))
         schemas = await trio.to_thread.run_sync(schemas_to_watch, engine, args.schema, args.installer_schema)
         total_tables = sum(count for _, count in schemas)
         progress = Progress(total_tables, "tables")
         progress.enabled = progress.enabled and total_tables >= PROGRESS_THRESHOLD
+        options = {
+            "durable": args.durable,
+            "payload": args.payload,
+            "skip_underscore": not args.include_underscore_tables,
+        }
         try:
-            for name, count in schemas:
+            if not args.schema:
+                # Every user schema, and those created later (pg_events watched every table).
+                report = await progress.while_waiting(
+                    f"every user schema ({total_tables} tables)",
+                    functools.partial(installer.aio.watch_all_schemas, **options),
+                )
+                _merge(actions, report.actions)
+                progress.advance(total_tables, "done")
+            for name, count in schemas if args.schema else ():
                 report = await progress.while_waiting(
                     f"schema {name} ({count} tables)",
-                    functools.partial(
-                        installer.aio.watch_schema, name, durable=args.durable, payload=args.payload
-                    ),
+                    functools.partial(installer.aio.watch_schema, name, **options),
                 )
                 _merge(actions, report.actions)
                 progress.advance(count, f"schema {name} done")
@@ -125,7 +189,14 @@ async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) 
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    """``build``: install the trigger function, watch every table, add DDL triggers where permitted."""
+    """``build``: install the trigger function, watch every table, add DDL triggers where permitted.
+
+    Without --schema every user schema is watched, those created later too
+    (auto-rebuild attaches their tables' triggers; else status reports them).
+    Tables named _... are left out, as pg_events did. A database built by
+    pg_events: its objects are removed with --replace-pg-events (or when the
+    user says yes on a terminal), else build refuses (exit 2).
+    """
     settings = command_settings(args)
     return trio.run(_run_build, args, settings, sys.stdout)
 
@@ -143,6 +214,11 @@ async def _run_status(args: argparse.Namespace, settings: Settings, out: TextIO)
         out.write(json.dumps(status_to_json(status, consumers, lagging), default=str) + "\n")
     else:
         print_status(status, out, consumers, lagging)
+    if status.pg_events:
+        logger.warning(
+            "pg_events' objects are installed in this database (%s): run build --replace-pg-events",
+            "; ".join(status.pg_events),
+        )
     warn_lagging_slots(status, sys.stderr)
     warn_lagging_consumers(lagging, args.max_consumer_lag, sys.stderr)
     if not status.ok:

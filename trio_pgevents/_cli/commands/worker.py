@@ -79,7 +79,11 @@ async def _run_listening_worker(args: argparse.Namespace, settings: Settings, ro
     dispatcher = Dispatcher(router, concurrency=args.concurrency, shutdown_timeout=args.shutdown_timeout)
     channels = list(dict.fromkeys(args.channel or [DEFAULT_CHANNEL]))
     decoders = dict.fromkeys(channels, decode_trigger_payload)
-    gets = "the event object" if args.callback_arg == "event" else "the JSON payload"
+    gets = {
+        "event": "the event object",
+        "json-full": "the full JSON payload",
+        "json": "the JSON payload in pg_events' shape",
+    }[args.callback_arg]
     figures = WorkerFigures(lambda: dispatcher.statistics)
 
     def summary() -> str:
@@ -210,5 +214,5 @@ async def _run_worker(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     """``worker``: listen and call the settings' callbacks."""
     _check_options(args)
-    settings = command_settings(args, need_callbacks=True)
+    settings = command_settings(args, need_callbacks=True, schema_callback=args.auto_rebuild)
     return trio.run(_run_worker, args, settings)

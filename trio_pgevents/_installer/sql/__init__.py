@@ -34,8 +34,11 @@ Privileges (the security model, see the README's "Security" section):
 
 from .base import (
     COMMENT_PREFIX,
+    DDL_EVENTS,
+    DEFAULT_DDL_EVENTS,
     NOTIFY_MAX_BYTES,
     PAYLOAD_MODES,
+    DdlEvents,
     Definition,
     ObjectNames,
     comment_for,
@@ -46,9 +49,12 @@ from .functions import OBSOLETE_FUNCTIONS
 
 __all__ = [
     "COMMENT_PREFIX",
+    "DDL_EVENTS",
+    "DEFAULT_DDL_EVENTS",
     "NOTIFY_MAX_BYTES",
     "OBSOLETE_FUNCTIONS",
     "PAYLOAD_MODES",
+    "DdlEvents",
     "Definition",
     "ObjectNames",
     "SqlBuilder",

@@ -1,4 +1,5 @@
--- Watch tables created in a watched schema, inside the statement that creates them.
+-- Watch tables created in a watched schema, inside the statement that creates them (CREATE
+-- TABLE, CREATE TABLE AS, SELECT INTO, and CREATE SCHEMA with its tables).
 --
 -- SECURITY INVOKER: it runs as the role that created the table, which owns it and may
 -- attach triggers to it; it needs no more (it reads the registry and attaches the same
@@ -18,12 +19,18 @@ BEGIN
            AND cl.relkind IN ('r', 'p') AND n.nspname <> {schema}
     LOOP
         BEGIN
-            -- The table's own entry (if any) wins over its schema's.
+            -- The table's own entry (if any) wins over its schema's, which wins over the
+            -- "every user schema" entry (schema name ''): a schema created after the watch.
             SELECT x.mode, x.options, x.table_name <> '' AS explicit INTO w FROM {S}.watched x
-             WHERE x.schema_name = r.nspname AND x.table_name IN (r.relname, '')
-             ORDER BY x.table_name DESC LIMIT 1;
-            -- A partition is covered by its parent's triggers unless it is watched by name.
-            CONTINUE WHEN NOT FOUND OR w.mode = 'excluded' OR (r.relispartition AND NOT w.explicit);
+             WHERE (x.schema_name = r.nspname AND x.table_name IN (r.relname, ''))
+                OR (x.schema_name = '' AND x.table_name = ''
+                    AND EXISTS (SELECT FROM pg_namespace n WHERE n.nspname = r.nspname AND {user_schema}))
+             ORDER BY x.table_name DESC, x.schema_name DESC LIMIT 1;
+            -- A partition is covered by its parent's triggers unless it is watched by name;
+            -- a schema watched with skip_underscore leaves out tables named _... (pg_events' rule).
+            CONTINUE WHEN NOT FOUND OR w.mode = 'excluded' OR (r.relispartition AND NOT w.explicit)
+                OR (NOT w.explicit AND coalesce((w.options ->> 'skip_underscore')::boolean, false)
+                    AND r.relname LIKE '\_%');
             label := format('%I.%I', r.nspname, r.relname);
             FOR spec IN SELECT * FROM {S}.trigger_specs(w.mode = 'durable', w.options) LOOP
                 -- A partition's clone of its parent's trigger has the same name: keep it.

@@ -12,22 +12,27 @@ import hashlib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import Any, Literal
 
 from psycopg2 import sql
 
 __all__ = [
     "COMMENT_PREFIX",
+    "DDL_EVENTS",
+    "DDL_EVENT_TAGS",
+    "DEFAULT_DDL_EVENTS",
     "NOTIFY_MAX_BYTES",
     "PAYLOAD_MODES",
     "TAG",
     "Definition",
+    "DdlEvents",
     "ObjectNames",
     "Renderer",
     "comment_for",
     "digest",
     "object_names",
     "template",
+    "user_schema_sql",
 ]
 
 #: Every comment the installer writes starts with this.
@@ -36,6 +41,18 @@ COMMENT_PREFIX = "trio_pgevents "
 NOTIFY_MAX_BYTES = 7999
 #: What a row event carries: the whole row, or only its primary key columns.
 PAYLOAD_MODES = ("row", "keys")
+#: Which DDL events the event triggers send: ``"tables"`` (pg_events' stream: CREATE,
+#: ALTER and DROP TABLE; a drop is one event listing what was dropped along with it) or
+#: ``"all"`` (every DDL command, and every dropped object an event of its own).
+DdlEvents = Literal["tables", "all"]
+DDL_EVENTS: tuple[DdlEvents, ...] = ("tables", "all")
+DEFAULT_DDL_EVENTS: DdlEvents = "tables"
+#: The command tags each event trigger fires on with ``"tables"`` (pg_events' own lists;
+#: DROP TABLE reports nothing at ddl_command_end, so it is left out there).
+DDL_EVENT_TAGS: dict[str, tuple[str, ...]] = {
+    "ddl_end": ("CREATE TABLE", "ALTER TABLE"),
+    "sql_drop": ("ALTER TABLE", "DROP TABLE"),
+}
 #: The dollar quote of every function body and DO block.
 TAG = "$trio_pgevents$"
 
@@ -51,6 +68,26 @@ def digest(text: str) -> str:
 def comment_for(definition: str) -> str:
     """The ``COMMENT`` an object with this definition carries."""
     return COMMENT_PREFIX + digest(definition)
+
+
+#: A pg_namespace row (alias ``n``) is a user schema: not the system's, not an
+#: extension's, not the library schema (``{library}``, a quoted literal) nor another
+#: installer's (its comment starts with ``trio_pgevents ``).
+_USER_SCHEMA = (
+    "(n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' AND n.nspname <> {library} "
+    "AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d "
+    "WHERE d.classid = 'pg_catalog.pg_namespace'::pg_catalog.regclass AND d.objid = n.oid "
+    "AND d.deptype = 'e') "
+    "AND coalesce(pg_catalog.obj_description(n.oid, 'pg_namespace'), '') NOT LIKE 'trio\\_pgevents %')"
+)
+
+
+def user_schema_sql(library: str) -> str:
+    """SQL: the pg_namespace row ``n`` is a user schema (``library``: the library schema, quoted).
+
+    What ``watch_all_schemas`` watches, and ``trio-pgevents build`` by default.
+    """
+    return _USER_SCHEMA.format(library=library)
 
 
 @cache

@@ -12,7 +12,7 @@ from typing import Any
 
 from psycopg2 import sql
 
-from .base import Definition, comment_for, template
+from .base import DDL_EVENT_TAGS, Definition, comment_for, template
 from .functions import FUNCTIONS, OBSOLETE_FUNCTIONS, FunctionSql
 
 __all__ = ["SqlBuilder"]
@@ -200,15 +200,23 @@ class SqlBuilder(FunctionSql):
         """Event trigger definitions by purpose: ``ddl_end``, ``sql_drop``, ``auto_rebuild``.
 
         Each comes with its DROP statement (event triggers cannot be replaced in place).
+        The DDL triggers fire on pg_events' command tags only, unless
+        :attr:`ddl_events` is ``"all"``.
         """
         fns = self.functions()
+
+        def tags(purpose: str) -> str:
+            if self.ddl_events == "all":
+                return ""
+            return " WHEN TAG IN (" + ", ".join(f"'{tag}'" for tag in DDL_EVENT_TAGS[purpose]) + ")"
+
         specs = {
-            "ddl_end": (self.names.ddl_end_trigger, "ddl_command_end", "", "ddl_end"),
-            "sql_drop": (self.names.sql_drop_trigger, "sql_drop", "", "sql_drop"),
+            "ddl_end": (self.names.ddl_end_trigger, "ddl_command_end", tags("ddl_end"), "ddl_end"),
+            "sql_drop": (self.names.sql_drop_trigger, "sql_drop", tags("sql_drop"), "sql_drop"),
             "auto_rebuild": (
                 self.names.auto_rebuild_trigger,
                 "ddl_command_end",
-                " WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO')",
+                " WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'CREATE SCHEMA')",
                 "auto_rebuild",
             ),
         }

@@ -18,13 +18,17 @@ from ..._errors import ConfigurationError
 from ..._payload import DDL, ROW, object_sql
 from .base import (
     COMMENT_PREFIX,
+    DDL_EVENTS,
+    DEFAULT_DDL_EVENTS,
     NOTIFY_MAX_BYTES,
     TAG,
+    DdlEvents,
     Definition,
     Renderer,
     comment_for,
     digest,
     template,
+    user_schema_sql,
 )
 
 __all__ = ["FUNCTIONS", "OBSOLETE_FUNCTIONS", "FunctionSql"]
@@ -89,6 +93,13 @@ FUNCTIONS = (
         extra=_PINNED_PATH,
     ),
     _FunctionSpec(
+        "watch_all_schemas",
+        "durable boolean DEFAULT false, options jsonb DEFAULT '{}'",
+        "TABLE(kind text, name text, action text, reason text)",
+        "watch_all_schemas",
+        extra=_PINNED_PATH,
+    ),
+    _FunctionSpec(
         "unwatch_table",
         "p_schema text, p_table text",
         "TABLE(kind text, name text, action text, reason text)",
@@ -138,6 +149,7 @@ class FunctionSql(Renderer):
         "watch_relation",
         "watch_table",
         "watch_schema",
+        "watch_all_schemas",
         "unwatch_table",
     )
     DURABLE_FUNCTIONS = ("outbox_capture", "outbox_row", "attach_outbox")
@@ -145,6 +157,7 @@ class FunctionSql(Renderer):
     AUTO_REBUILD_FUNCTIONS = ("auto_rebuild",)
     #: Functions nothing depends on: replaced by DROP + CREATE (their signature may change).
     HELPER_FUNCTIONS = (
+        "watch_all_schemas",
         "watch_schema",
         "watch_table",
         "unwatch_table",
@@ -161,6 +174,22 @@ class FunctionSql(Renderer):
     def __init__(self, context: Any, schema: str, channel: str, include_query: bool) -> None:
         super().__init__(context, schema, channel, include_query)
         self._functions: dict[str, Definition] | None = None
+        self._ddl_events: DdlEvents = DEFAULT_DDL_EVENTS
+
+    @property
+    def ddl_events(self) -> DdlEvents:
+        """Which DDL events the event triggers send (see :data:`DDL_EVENTS`)."""
+        return self._ddl_events
+
+    @ddl_events.setter
+    def ddl_events(self, value: DdlEvents) -> None:
+        if value not in DDL_EVENTS:
+            raise ConfigurationError(
+                f"ddl_events must be one of {', '.join(map(repr, DDL_EVENTS))}, not {value!r}"
+            )
+        if value != self._ddl_events:
+            self._ddl_events = value
+            self._functions = None  # sql_drop's body depends on it
 
     def _common(self) -> dict[str, sql.Composable]:
         names = self.names
@@ -197,6 +226,8 @@ class FunctionSql(Renderer):
                 "writer": sql.Literal(names.writer_role),
                 "comment_prefix": sql.Literal(COMMENT_PREFIX),
                 "key_columns": sql.SQL(template("key_columns").strip()),
+                "user_schema": sql.SQL(user_schema_sql(self.literal(self.schema))),
+                "every_object": sql.SQL("true" if self._ddl_events == "all" else "false"),
             }
             | {name: sql.SQL(text) for name, text in self._payloads().items()}
         )
@@ -217,6 +248,13 @@ class FunctionSql(Renderer):
             "object_identity": "r.object_identity",
             "schema_name": "r.schema_name",
             "session_user": "session_user",
+        }
+        dropped = ddl | {
+            "command_tag": "TG_TAG",
+            "object_name": "r.object_name",
+            "original": "r.original",
+            "normal": "r.normal",
+            "is_temporary": "r.is_temporary",
         }
         return {
             # notify_row: the whole row; its keys only; cut to fit NOTIFY (without, then with
@@ -246,17 +284,8 @@ class FunctionSql(Renderer):
                     "in_extension": "r.in_extension",
                 },
             ),
-            "ddl_dropped": object_sql(
-                DDL,
-                ddl
-                | {
-                    "command_tag": "TG_TAG",
-                    "object_name": "r.object_name",
-                    "original": "r.original",
-                    "normal": "r.normal",
-                    "is_temporary": "r.is_temporary",
-                },
-            ),
+            "ddl_dropped": object_sql(DDL, dropped),
+            "ddl_dropped_with": object_sql(DDL, dropped | {"dependents": "kept", "truncated": "cut"}),
         }
 
     def wake_lock_key(self) -> int:

@@ -1,12 +1,14 @@
--- Remove one table's triggers and forget it (if its schema stays watched, remember that
--- this table is not).
+-- Remove one table's triggers and forget it (if its schema stays watched, by name or as
+-- one of every user schema, remember that this table is not).
 DECLARE
     rel oid;
     tg text;
     label text := format('%I.%I', p_schema, p_table);
 BEGIN
     DELETE FROM {S}.watched w WHERE w.schema_name = p_schema AND w.table_name = p_table;
-    IF EXISTS (SELECT FROM {S}.watched w WHERE w.schema_name = p_schema AND w.table_name = '') THEN
+    IF EXISTS (SELECT FROM {S}.watched w WHERE w.schema_name = p_schema AND w.table_name = '')
+       OR (EXISTS (SELECT FROM {S}.watched w WHERE w.schema_name = '' AND w.table_name = '')
+           AND EXISTS (SELECT FROM pg_namespace n WHERE n.nspname = p_schema AND {user_schema})) THEN
         INSERT INTO {S}.watched (schema_name, table_name, mode) VALUES (p_schema, p_table, 'excluded');
     END IF;
     SELECT cl.oid INTO rel FROM pg_class cl

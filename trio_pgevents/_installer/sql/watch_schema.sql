@@ -28,12 +28,15 @@ BEGIN
         ON CONFLICT ON CONSTRAINT watched_pkey DO UPDATE SET mode = EXCLUDED.mode, options = EXCLUDED.options
         WHERE (w.mode, w.options) IS DISTINCT FROM (EXCLUDED.mode, EXCLUDED.options);
     FOR r IN
-        SELECT cl.oid, w.mode, w.options FROM pg_class cl
+        SELECT cl.oid, cl.relname, w.mode, w.options FROM pg_class cl
           LEFT JOIN {S}.watched w ON w.schema_name = target AND w.table_name = cl.relname
          WHERE cl.relnamespace = nsp AND cl.relkind IN ('r', 'p', 'v', 'm', 'f') AND NOT cl.relispartition
          ORDER BY cl.relname
     LOOP
         CONTINUE WHEN r.mode = 'excluded';
+        -- skip_underscore: tables named _... are left out unless watched by name (pg_events' rule).
+        CONTINUE WHEN r.mode IS NULL AND coalesce((options ->> 'skip_underscore')::boolean, false)
+            AND r.relname LIKE '\_%';
         RETURN QUERY SELECT * FROM {S}.watch_relation(
             r.oid, coalesce(r.mode, want) = 'durable', coalesce(r.options, options));
     END LOOP;
