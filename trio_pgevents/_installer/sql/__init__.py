@@ -42,10 +42,11 @@ from .base import (
     object_names,
 )
 from .builder import SqlBuilder
-from .functions import OBSOLETE_FUNCTIONS
+from .functions import FILTER_ERROR, OBSOLETE_FUNCTIONS
 
 __all__ = [
     "COMMENT_PREFIX",
+    "FILTER_ERROR",
     "NOTIFY_MAX_BYTES",
     "OBSOLETE_FUNCTIONS",
     "PAYLOAD_MODES",
