@@ -203,7 +203,7 @@ def _create(cursor: Any, name: str, publication: str, tables: Tables, filters: P
             + (" (FOR ALL TABLES needs a superuser; pass tables=[...])" if tables is None else "")
         ) from exc
     except psycopg2.Error as exc:
-        if filters.per_table and (exc.pgcode or "").startswith(("42", "22")):
+        if filters.per_table and (exc.pgcode or "").startswith(("42", "22", "0A")):
             message = " ".join(str(exc).split())
             raise ConfigurationError(
                 f"publication {publication!r}: the filter was refused: {message}"

@@ -7,13 +7,15 @@ import functools
 import json
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import trio
 from sqlalchemy.engine import Engine
 
 from ... import InstallAction, Installer, change_stream_status
+from ..._cdc.admin import split_table
 from ..._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError
+from ..._installer.filters import watch_options
 from ..._secrets import get_logger
 from ..database import command_settings, connected
 from ..exits import EXIT_FAILURE, EXIT_LAG, EXIT_OK, EXIT_USAGE, ExitStatus
@@ -28,7 +30,14 @@ from ..output import (
 from ..progress import Progress
 from ..settings import Settings
 
-__all__ = ["cmd_build", "cmd_drop_change_stream", "cmd_status", "cmd_uninstall", "schemas_to_watch"]
+__all__ = [
+    "build_filters",
+    "cmd_build",
+    "cmd_drop_change_stream",
+    "cmd_status",
+    "cmd_uninstall",
+    "schemas_to_watch",
+]
 
 logger = get_logger("trio_pgevents.cli")
 
@@ -87,7 +96,34 @@ def _merge(actions: list[InstallAction], more: Sequence[InstallAction]) -> None:
             actions[i] = action
 
 
+def build_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """``build``'s filter options as ``watch_*`` keywords, checked before anything connects.
+
+    Raises:
+        ConfigurationError: they contradict each other (``--columns`` without
+            UPDATE), or a name or condition is malformed.
+    """
+    filters: dict[str, Any] = {
+        "operations": args.operations,
+        "columns": args.columns,
+        "when": args.when,
+        "channel": args.table_channel,
+    }
+    try:
+        watch_options(args.payload, **filters)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"build: {exc}") from None
+    return filters
+
+
+def _tables_to_watch(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``--table`` entries as (schema, table), each once."""
+    return list(dict.fromkeys(split_table(name) for name in args.table or ()))
+
+
 async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    filters = build_filters(args)
+    tables = _tables_to_watch(args)
     async with connected(args, settings) as engine:
         installer = _installer(args, engine)
         actions: list[InstallAction] = []
@@ -103,7 +139,16 @@ async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) 
                 _merge(actions, [InstallAction("event_trigger", "DDL event triggers", "skipped", str(exc))])
             else:
                 _merge(actions, report.actions)
-        schemas = await trio.to_thread.run_sync(schemas_to_watch, engine, args.schema, args.installer_schema)
+        schemas: list[tuple[str, int]] = []
+        if args.schema or not tables:
+            schemas = await trio.to_thread.run_sync(
+                schemas_to_watch, engine, args.schema, args.installer_schema
+            )
+        for schema, table in tables:
+            report = await installer.aio.watch_table(
+                table, schema, durable=args.durable, payload=args.payload, **filters
+            )
+            _merge(actions, report.actions)
         total_tables = sum(count for _, count in schemas)
         progress = Progress(total_tables, "tables")
         progress.enabled = progress.enabled and total_tables >= PROGRESS_THRESHOLD
@@ -112,20 +157,33 @@ async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) 
                 report = await progress.while_waiting(
                     f"schema {name} ({count} tables)",
                     functools.partial(
-                        installer.aio.watch_schema, name, durable=args.durable, payload=args.payload
+                        installer.aio.watch_schema,
+                        name,
+                        durable=args.durable,
+                        payload=args.payload,
+                        **filters,
                     ),
                 )
                 _merge(actions, report.actions)
                 progress.advance(count, f"schema {name} done")
         finally:
             progress.close()
-    logger.info("built in %s: %d schema(s), %d table(s)", settings.safe_url, len(schemas), total_tables)
+    logger.info(
+        "built in %s: %d schema(s), %d table(s)", settings.safe_url, len(schemas), total_tables + len(tables)
+    )
     print_actions(actions, out)
     return EXIT_OK
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    """``build``: install the trigger function, watch every table, add DDL triggers where permitted."""
+    """``build``: install the trigger function, watch every table, add DDL triggers where permitted.
+
+    With --table, only those tables are watched (and --schema's, if given).
+    The filter options apply to every table watched; building again without
+    them removes them. A filter that does not fit a table (a --when naming
+    a column it lacks) stops the build at that table with exit status 2; the
+    schemas and tables before it are built.
+    """
     settings = command_settings(args)
     return trio.run(_run_build, args, settings, sys.stdout)
 

@@ -77,8 +77,9 @@ BEGIN
                 EXCEPTION WHEN OTHERS THEN
                     GET STACKED DIAGNOSTICS hint = PG_EXCEPTION_HINT;
                     IF SQLSTATE = '42P17' THEN  -- OLD in an INSERT trigger, NEW in a DELETE one
-                        hint := 'a condition on OLD cannot apply to INSERT, nor one on NEW to DELETE: '
-                                'choose the operations it applies to';
+                        hint := 'an INSERT has no OLD row and a DELETE no NEW row: a condition naming NEW '
+                                'needs operations without DELETE (such as INSERT, UPDATE), one naming OLD '
+                                'operations without INSERT';
                     END IF;
                     RAISE EXCEPTION USING ERRCODE = {filter_error}, HINT = coalesce(hint, ''),
                         MESSAGE = format('the filter does not fit table %s: %s', label, SQLERRM);
