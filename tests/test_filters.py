@@ -408,7 +408,7 @@ def test_a_bad_when_installs_nothing(
         "NEW.total": "argument of WHEN must be type boolean",
         "OLD.total > 1": r"INSERT trigger's WHEN .* OLD.*hint: an INSERT has no OLD row",
         "NEW.total > (SELECT 1)": "cannot use subquery",
-        "public.no_such_function(NEW.id)": "does not exist",
+        "public.no_such_function(NEW.id)": r"does not exist.*hint: the condition is read with search_path",
     }
     for when, message in bad.items():
         with pytest.raises(ConfigurationError, match=message) as raised:
@@ -435,6 +435,25 @@ def test_a_bad_when_installs_nothing(
     )
     assert after == before
     assert installer.status().ok
+
+
+async def test_own_functions_in_a_condition_are_named_with_their_schema(
+    make_installer: Callable[..., Installer], schema: str, pg_url: str, pg_dsn: str, query: Query
+) -> None:
+    table = orders(pg_dsn, schema)
+    run_sql(
+        pg_dsn,
+        f"CREATE FUNCTION {ident(schema, 'is_big')}(numeric) RETURNS boolean "
+        "LANGUAGE sql IMMUTABLE AS 'SELECT $1 > 100'",
+    )
+    installer = make_installer()
+    with pytest.raises(ConfigurationError, match=r"is_big.*does not exist.*qualify your own"):
+        installer.watch_table("orders", schema, when="is_big(NEW.total)", operations=["INSERT"])
+    await installer.aio.watch_table(
+        "orders", schema, when=f"{ident(schema, 'is_big')}(NEW.total)", operations=["INSERT"]
+    )
+    counts = await count_notified(pg_url, query, installer.channel, WORKLOAD.format(t=table))
+    assert counts == Counter({"INSERT": 1})  # 500
 
 
 def test_a_schema_watch_names_the_table_its_filter_does_not_fit(

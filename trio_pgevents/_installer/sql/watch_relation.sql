@@ -67,8 +67,8 @@ BEGIN
                 action := 'installed';
             END IF;
             ddl := format('CREATE TRIGGER %I %s ON %s FOR EACH %s%s EXECUTE FUNCTION %s(%s)',
-                                spec.tgname, spec.events, label, spec.level, ' WHEN (' || spec.cond || ')',
-                                spec.func, spec.args);
+                          spec.tgname, spec.events, label, spec.level, ' WHEN (' || spec.cond || ')',
+                          spec.func, spec.args);
             IF NOT filtered THEN
                 EXECUTE ddl;
             ELSE
@@ -80,8 +80,15 @@ BEGIN
                         hint := 'an INSERT has no OLD row and a DELETE no NEW row: a condition naming NEW '
                                 'needs operations without DELETE (such as INSERT, UPDATE), one naming OLD '
                                 'operations without INSERT';
+                    ELSIF SQLSTATE IN ('42883', '42704') THEN  -- no such function, operator or type
+                        hint := 'the condition is read with search_path = pg_catalog: qualify your own '
+                                'functions, operators and types (myschema.f(NEW.x))';
                     END IF;
-                    RAISE EXCEPTION USING ERRCODE = {filter_error}, HINT = coalesce(hint, ''),
+                    IF coalesce(hint, '') = '' THEN
+                        RAISE EXCEPTION USING ERRCODE = {filter_error},
+                            MESSAGE = format('the filter does not fit table %s: %s', label, SQLERRM);
+                    END IF;
+                    RAISE EXCEPTION USING ERRCODE = {filter_error}, HINT = hint,
                         MESSAGE = format('the filter does not fit table %s: %s', label, SQLERRM);
                 END;
                 IF durable AND spec.cond IS NOT NULL THEN
