@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +23,7 @@ from .._secrets import get_logger
 from .._source import DB_ERRORS
 from .._threads import Handoff, run_abandonable
 from .admin import one_line, quote_ident
+from .publication import NO_FILTERS, PublicationFilters, ensure_publication
 
 logger = get_logger("trio_pgevents")
 
@@ -49,6 +49,7 @@ def _check_and_publish(
     publication: str,
     tables: list[tuple[str, str]] | None,
     create: bool,
+    filters: PublicationFilters = NO_FILTERS,
 ) -> tuple[str, bool, bool]:
     """Check the server can stream, create the publication if asked: (database, created, slot exists)."""
     cursor.execute(
@@ -68,7 +69,7 @@ def _check_and_publish(
             f"role {user!r} lacks the REPLICATION attribute; change streams need it "
             f"(ALTER ROLE {quote_ident(user)} REPLICATION, run by a superuser)"
         )
-    created_publication = _ensure_publication(cursor, publication, tables, create)
+    created_publication = ensure_publication(cursor, publication, tables, create, filters)
     try:
         slot_exists = _check_slot(cursor, slot, database, create)
     except BaseException:
@@ -90,6 +91,7 @@ async def prepare(
     tables: list[tuple[str, str]] | None,
     create: bool,
     connect_timeout: float,
+    filters: PublicationFilters = NO_FILTERS,
     *,
     create_missing_slot: bool = True,
 ) -> bool:
@@ -101,7 +103,8 @@ async def prepare(
 
     Connecting and the checks are bounded by ``connect_timeout`` (a silent
     server cannot hold the caller, nor the worker thread: its socket is shut
-    down). Creating a missing slot waits for the transactions in progress to
+    down). ``filters`` shape the publication (see :mod:`.publication`).
+    Creating a missing slot waits for the transactions in progress to
     end, which may take long on a busy server: that step is bounded only by
     the caller's cancellation. Nothing is left half done: a publication
     created here is dropped again if the slot cannot be created.
@@ -113,7 +116,7 @@ async def prepare(
         proxy = conn_mod.checkout(engine, (), None, handoff, connect_timeout)  # attaches the socket
         try:
             with proxy.dbapi_connection.cursor() as cursor:
-                found = _check_and_publish(cursor, engine, slot, publication, tables, create)
+                found = _check_and_publish(cursor, engine, slot, publication, tables, create, filters)
         except BaseException:
             conn_mod.finish_use(proxy, handoff, broken=True)
             raise
@@ -164,119 +167,6 @@ async def prepare(
             f"lost the connection to {source} while creating slot {slot!r}: {one_line(exc)}"
         ) from exc
     return False
-
-
-def _ensure_publication(
-    cursor: Any, publication: str, tables: list[tuple[str, str]] | None, create: bool
-) -> bool:
-    if tables is not None:
-        for schema, table in tables:
-            cursor.execute(
-                "SELECT c.relreplident, "
-                "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) "
-                "OR EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) "
-                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
-                (schema, table),
-            )
-            row = cursor.fetchone()
-            if row is None:
-                raise ConfigurationError(f"table {schema}.{table} does not exist")
-            identity, has_key = row
-            if identity == "n" or (identity == "d" and not has_key):
-                # Publishing it would make every UPDATE/DELETE on it fail.
-                raise ConfigurationError(
-                    f"table {schema}.{table} has no primary key (no replica identity): UPDATE and "
-                    "DELETE on it would fail once published; call set_replica_identity(engine, "
-                    f"{table!r}, {schema!r}, full=True) or add a primary key"
-                )
-    cursor.execute("SELECT oid, puballtables FROM pg_publication WHERE pubname = %s", (publication,))
-    row = cursor.fetchone()
-    if row is not None:
-        _check_existing_publication(cursor, publication, bool(row[1]), tables)
-        return False
-    if not create:
-        raise ReplicationError(f"publication {publication!r} does not exist (and create=False)")
-    if tables is None:
-        statement = sql.SQL("CREATE PUBLICATION {} FOR ALL TABLES").format(sql.Identifier(publication))
-    else:
-        statement = sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(
-            sql.Identifier(publication),
-            sql.SQL(", ").join(
-                sql.SQL("{}.{}").format(sql.Identifier(s), sql.Identifier(t)) for s, t in tables
-            ),
-        )
-    try:
-        cursor.execute(statement)
-    except psycopg2.errors.DuplicateObject:
-        return False  # created concurrently
-    except psycopg2.errors.InsufficientPrivilege as exc:
-        raise ReplicationError(
-            f"could not create publication {publication!r}: {exc}".strip()
-            + (" (FOR ALL TABLES needs a superuser; pass tables=[...])" if tables is None else "")
-        ) from exc
-    except psycopg2.Error as exc:
-        raise ReplicationError(f"could not create publication {publication!r}: {exc}".strip()) from exc
-    if tables is None:
-        _warn_keyless_tables(cursor, publication)
-    return True
-
-
-_KEYLESS_SQL = """
-SELECT n.nspname, c.relname
-FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-  AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%%'
-  AND (c.relreplident = 'n' OR (c.relreplident = 'd' AND NOT EXISTS (
-        SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)))
-ORDER BY 1, 2
-"""
-
-
-def _warn_keyless_tables(cursor: Any, publication: str) -> None:
-    """FOR ALL TABLES includes tables whose UPDATE/DELETE now fail: say which, loudly."""
-    cursor.execute(_KEYLESS_SQL)
-    keyless = [f"{schema}.{table}" for schema, table in cursor.fetchall()]
-    if keyless:
-        shown = ", ".join(keyless[:20]) + (f" and {len(keyless) - 20} more" if len(keyless) > 20 else "")
-        logger.warning(
-            "publication %r publishes all tables, but %d have no primary key or replica identity: "
-            "UPDATE and DELETE on them now fail until set_replica_identity(..., full=True) is "
-            "called for them: %s",
-            publication,
-            len(keyless),
-            shown,
-        )
-
-
-def _check_existing_publication(
-    cursor: Any, publication: str, all_tables: bool, tables: list[tuple[str, str]] | None
-) -> None:
-    if tables is None:
-        if not all_tables:
-            raise ReplicationError(
-                f"publication {publication!r} exists but is not FOR ALL TABLES; pass its tables, "
-                "or drop it with drop_change_stream()"
-            )
-        return
-    if all_tables:
-        raise ReplicationError(
-            f"publication {publication!r} exists FOR ALL TABLES, not for {_describe(tables)}; "
-            "pass tables=None, or use another publication name"
-        )
-    cursor.execute(
-        "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s", (publication,)
-    )
-    existing = {(s, t) for s, t in cursor.fetchall()}
-    if existing != set(tables):
-        raise ReplicationError(
-            f"publication {publication!r} exists for {_describe(sorted(existing)) or 'no tables'}, "
-            f"not for {_describe(tables)}; use another publication name or drop it first"
-        )
-
-
-def _describe(tables: Sequence[tuple[str, str]]) -> str:
-    return ", ".join(f"{s}.{t}" for s, t in tables)
 
 
 def _check_slot(cursor: Any, slot: str, database: str, create: bool) -> bool:

@@ -40,6 +40,7 @@ from .._source import SourceStatistics, StreamHealth
 from .admin import split_table
 from .pgoutput import ack_position, format_lsn
 from .prepare import prepare
+from .publication import PublicationFilters
 from .replication import Replicator
 from .snapshot import InitialSnapshot, plan_snapshot
 
@@ -221,6 +222,9 @@ async def open_change_stream(
     publication: str,
     tables: Sequence[str] | None = None,
     create: bool = True,
+    operations: Sequence[str] | None = None,
+    columns: Sequence[str] | None = None,
+    where: str | None = None,
     **options: Unpack[ChangeStreamOptions],
 ) -> AsyncIterator[ChangeStream]:
     """Stream every committed row change of ``tables`` from a logical replication slot.
@@ -245,6 +249,23 @@ async def open_change_stream(
             publishes all tables (needs a superuser). Tables need a primary
             key or ``REPLICA IDENTITY FULL`` (:func:`set_replica_identity`).
         create: create a missing publication/slot (else :class:`ReplicationError`).
+        operations: publish only these, among ``"INSERT"``, ``"UPDATE"``,
+            ``"DELETE"``, ``"TRUNCATE"`` (``WITH (publish = ...)``); default all.
+            Without UPDATE and DELETE, tables need no replica identity.
+        columns: publish only these columns of every table (a column list,
+            PostgreSQL 15+): events carry only them. Every UPDATE is still
+            published (unlike the installer's ``columns``). While UPDATE or
+            DELETE are published the list must include the replica identity.
+        where: publish only rows for which this condition on the table's
+            columns is true (a row filter, PostgreSQL 15+; Postgres allows
+            only built-in immutable functions and operators in it). While
+            UPDATE or DELETE are published it may read only replica identity
+            columns. An UPDATE that moves a row out of the filter arrives as
+            a DELETE, one that moves it in as an INSERT.
+
+            The publication is made with these filters; an existing one of
+            that name must have exactly them (and the same tables), else
+            :class:`ReplicationError` (it is never altered).
         snapshot: (an option) ``True``: when the slot is created, first a
             ``RowChange`` with method ``"READ"`` for every row of the
             published tables, read in the snapshot the slot exports, then
@@ -268,9 +289,11 @@ async def open_change_stream(
             within ``connect_timeout``.
         ReplicationError: wal_level is not logical (needs a restart to change),
             the role lacks REPLICATION, the slot is in use by another
-            consumer, or a publication of that name exists for other tables.
+            consumer, a publication of that name exists for other tables or
+            filters, or ``columns``/``where`` on a server older than 15.
         ConfigurationError: a bad argument or option (before anything
-            connects), or a table that does not exist or has no replica identity.
+            connects), a table that does not exist or has no replica identity,
+            or a filter Postgres refuses or that would make writes fail.
     """
     parsed = StreamOptions.parse("open_change_stream", options)
     check_slot_name(slot)
@@ -280,10 +303,18 @@ async def open_change_stream(
     table_list = None if tables is None else list(dict.fromkeys(split_table(t) for t in tables))
     if table_list is not None and not table_list:
         raise ConfigurationError("tables must name at least one table (or be None for all tables)")
+    filters = PublicationFilters.parse(operations, columns, where, table_list)
     engine = conn_mod.as_engine(engine)
     timeout = parsed.connect_timeout
     slot_exists = await prepare(
-        engine, slot, publication, table_list, create, timeout, create_missing_slot=not parsed.snapshot
+        engine,
+        slot,
+        publication,
+        table_list,
+        create,
+        timeout,
+        filters,
+        create_missing_slot=not parsed.snapshot,
     )
     snapshot = None
     if parsed.snapshot and await plan_snapshot(engine, slot, publication, slot_exists, timeout):

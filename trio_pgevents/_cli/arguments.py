@@ -7,13 +7,16 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from .._errors import ConfigurationError
+from .._filters import check_columns, check_operations
 from .._names import check_slot_name
 from .._options import MAX_PARTITIONS
 
 __all__ = [
     "bool_arg",
     "byte_size",
+    "column_list",
     "non_negative_float",
+    "operation_list",
     "partition_count",
     "port_number",
     "positive_float",
@@ -106,5 +109,25 @@ def slot_name(text: str) -> str:
     """A replication slot name, by the change stream's rule."""
     try:
         return check_slot_name(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _words(text: str) -> list[str]:
+    return [word.strip() for word in text.split(",")]
+
+
+def operation_list(text: str) -> tuple[str, ...]:
+    """``--operations``: a comma-separated list of INSERT, UPDATE, DELETE, TRUNCATE (any case)."""
+    try:
+        return check_operations("--operations", _words(text)) or ()
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def column_list(text: str) -> tuple[str, ...]:
+    """``--columns``: a comma-separated list of column names (exactly as in the catalog)."""
+    try:
+        return check_columns("--columns", _words(text)) or ()
     except ConfigurationError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None

@@ -10,7 +10,9 @@ from .._options import DEFAULT_LEASE_TIMEOUT, DEFAULT_PARTITIONS
 from .arguments import (
     bool_arg,
     byte_size,
+    column_list,
     non_negative_float,
+    operation_list,
     partition_count,
     port_number,
     positive_float,
@@ -144,7 +146,46 @@ def _add_build(sub: _Commands, db: argparse.ArgumentParser) -> None:
         help="what row events carry: the whole row (default), or only the table, operation and "
         "primary key (any role that can connect can LISTEN and read NOTIFY payloads)",
     )
+    build.add_argument(
+        "--table",
+        action="append",
+        metavar="NAME",
+        help="watch this table ('name' or 'schema.name'; default schema public) instead of whole "
+        "schemas; repeatable (with --schema too: both)",
+    )
+    _filter_options(build)
     _installer_options(build)
+
+
+def _filter_options(build: argparse.ArgumentParser) -> None:
+    filters = build.add_argument_group(
+        "filters at the source (every table this build watches; rows left out cost writers nothing)"
+    )
+    filters.add_argument(
+        "--operations",
+        type=operation_list,
+        metavar="LIST",
+        help="only these operations make events: comma-separated INSERT, UPDATE, DELETE, TRUNCATE "
+        "(default: all)",
+    )
+    filters.add_argument(
+        "--columns",
+        type=column_list,
+        metavar="LIST",
+        help="an UPDATE makes an event only when one of these comma-separated columns changed",
+    )
+    filters.add_argument(
+        "--when",
+        metavar="SQL",
+        help="only rows for which this SQL condition on OLD and NEW is true make events "
+        '(e.g. "NEW.total > 1000"; needs --operations without DELETE when it names NEW, '
+        "without INSERT when it names OLD)",
+    )
+    filters.add_argument(
+        "--table-channel",
+        metavar="NAME",
+        help="NOTIFY the tables' events on this channel instead of --channel",
+    )
 
 
 def _add_worker(sub: _Commands, db: argparse.ArgumentParser) -> None:

@@ -24,7 +24,7 @@ from .._names import MAX_IDENTIFIER_BYTES, check_identifier
 from .._options import DEFAULT_CONNECT_TIMEOUT
 from .._secrets import describe_error, redactor_for
 from .._threads import thread_handoff
-from .sql import DDL_EVENTS, PAYLOAD_MODES, SqlBuilder
+from .sql import DDL_EVENTS, FILTER_ERROR, PAYLOAD_MODES, SqlBuilder
 
 __all__ = [
     "Cursor",
@@ -169,12 +169,15 @@ class InstallerBase:
         finally:
             conn_mod.finish_use(proxy, handoff, broken=broken)
 
-    def _wrap(self, what: str, exc: psycopg2.Error) -> InstallError:
+    def _wrap(self, what: str, exc: psycopg2.Error) -> InstallError | ConfigurationError:
         message = (exc.diag.message_primary if exc.diag else None) or describe_error(exc)
         message = redactor_for(self._engine).redact(message)
         hint = exc.diag.message_hint if exc.diag else None
         if hint:
             message = f"{message} (hint: {hint})"
+        if exc.pgcode == FILTER_ERROR:
+            # A watch's filter that does not fit a table: the transaction left nothing behind.
+            return ConfigurationError(f"{what}: {message}; nothing was changed")
         if isinstance(exc, psycopg2.errors.InsufficientPrivilege):
             return InsufficientPrivilegeError(
                 f"{what}: {message}. The connected role needs to own the tables it watches and "

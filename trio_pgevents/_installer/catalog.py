@@ -342,7 +342,7 @@ def table_statuses(cur: Cursor, b: SqlBuilder, state: State) -> tuple[TableStatu
             if tgname not in have:
                 problems.append(f"{tgname} missing")
             elif not have[tgname][0] and have[tgname][2] != comment:
-                problems.append(f"{tgname} was made by another version or for another mode")
+                problems.append(f"{tgname} was made by another version, or for another mode or filter")
         for tgname, (inherited, fn_name, _) in have.items():
             if tgname not in want and not inherited:
                 problems.append(f"{tgname} (calling {fn_name}()) is not used in {mode} mode")

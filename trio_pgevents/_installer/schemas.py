@@ -46,14 +46,16 @@ class AllSchemasOps(WatchOps):
             skip_underscore: leave out tables whose name starts with ``_``
                 (pg_events' rule; default True), unless watched by name.
         """
-        options = self._options(payload, skip_underscore)
+        options = self._options(payload, None, None, None, None, skip_underscore)
         return self._watch("watch_all_schemas", "watch_all_schemas", (durable, options), durable)
 
     def watch_all_schemas_sql(
         self, *, durable: bool = False, payload: PayloadMode | None = None, skip_underscore: bool = True
     ) -> str:
         """The SQL of ``watch_all_schemas(...)`` (run ``install_sql()`` before it)."""
-        return self._call_sql("watch_all_schemas", (durable, self._options(payload, skip_underscore)))
+        return self._call_sql(
+            "watch_all_schemas", (durable, self._options(payload, None, None, None, None, skip_underscore))
+        )
 
     def unwatch_all_schemas(self) -> InstallReport:
         """Stop watching schemas created from now on (those watched stay watched)."""

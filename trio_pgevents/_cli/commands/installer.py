@@ -7,13 +7,15 @@ import functools
 import json
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 import trio
 from sqlalchemy.engine import Engine
 
 from ... import InstallAction, Installer, change_stream_status
+from ..._cdc.admin import split_table
 from ..._errors import ConfigurationError, InsufficientPrivilegeError, ReplicationError
+from ..._installer.filters import watch_options
 from ..._installer.sql.base import user_schema_sql
 from ..._secrets import get_logger
 from ..database import command_settings, connected
@@ -29,7 +31,14 @@ from ..output import (
 from ..progress import Progress
 from ..settings import Settings
 
-__all__ = ["cmd_build", "cmd_drop_change_stream", "cmd_status", "cmd_uninstall", "schemas_to_watch"]
+__all__ = [
+    "build_filters",
+    "cmd_build",
+    "cmd_drop_change_stream",
+    "cmd_status",
+    "cmd_uninstall",
+    "schemas_to_watch",
+]
 
 logger = get_logger("trio_pgevents.cli")
 
@@ -151,39 +160,82 @@ async def _install(installer: Installer, args: argparse.Namespace, replace: bool
     return actions
 
 
+def build_filters(args: argparse.Namespace) -> dict[str, Any]:
+    """``build``'s filter options as ``watch_*`` keywords, checked before anything connects.
+
+    Raises:
+        ConfigurationError: they contradict each other (``--columns`` without
+            UPDATE), or a name or condition is malformed.
+    """
+    filters: dict[str, Any] = {
+        "operations": args.operations,
+        "columns": args.columns,
+        "when": args.when,
+        "channel": args.table_channel,
+    }
+    try:
+        watch_options(args.payload, **filters)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"build: {exc}") from None
+    return filters
+
+
+def _tables_to_watch(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """``--table`` entries as (schema, table), each once."""
+    return list(dict.fromkeys(split_table(name) for name in args.table or ()))
+
+
 async def _run_build(args: argparse.Namespace, settings: Settings, out: TextIO) -> int:
+    filters = build_filters(args)
+    tables = _tables_to_watch(args)
+    if any(value is not None for value in filters.values()) and not (tables or args.schema):
+        raise ConfigurationError(
+            "build: --operations/--columns/--when/--table-channel apply to the tables watched: "
+            "name them with --table or --schema (every user schema is watched without filters)"
+        )
     async with connected(args, settings) as engine:
         installer = _installer(args, engine)
         found = (await installer.aio.status()).pg_events
         actions = await _install(installer, args, _replace_pg_events(args, found, settings.safe_url))
-        schemas = await trio.to_thread.run_sync(schemas_to_watch, engine, args.schema, args.installer_schema)
-        total_tables = sum(count for _, count in schemas)
-        progress = Progress(total_tables, "tables")
-        progress.enabled = progress.enabled and total_tables >= PROGRESS_THRESHOLD
+        schemas: list[tuple[str, int]] = []
+        if args.schema or not tables:
+            schemas = await trio.to_thread.run_sync(
+                schemas_to_watch, engine, args.schema, args.installer_schema
+            )
         options = {
             "durable": args.durable,
             "payload": args.payload,
-            "skip_underscore": not args.include_underscore_tables,
         }
+        for schema, table in tables:
+            report = await installer.aio.watch_table(table, schema, **options, **filters)
+            _merge(actions, report.actions)
+        total_tables = sum(count for _, count in schemas)
+        progress = Progress(total_tables, "tables")
+        progress.enabled = progress.enabled and total_tables >= PROGRESS_THRESHOLD
+        skip = not args.include_underscore_tables
         try:
-            if not args.schema:
+            if not args.schema and not tables:
                 # Every user schema, and those created later (pg_events watched every table).
                 report = await progress.while_waiting(
                     f"every user schema ({total_tables} tables)",
-                    functools.partial(installer.aio.watch_all_schemas, **options),
+                    functools.partial(installer.aio.watch_all_schemas, **options, skip_underscore=skip),
                 )
                 _merge(actions, report.actions)
                 progress.advance(total_tables, "done")
             for name, count in schemas if args.schema else ():
                 report = await progress.while_waiting(
                     f"schema {name} ({count} tables)",
-                    functools.partial(installer.aio.watch_schema, name, **options),
+                    functools.partial(
+                        installer.aio.watch_schema, name, **options, **filters, skip_underscore=skip
+                    ),
                 )
                 _merge(actions, report.actions)
                 progress.advance(count, f"schema {name} done")
         finally:
             progress.close()
-    logger.info("built in %s: %d schema(s), %d table(s)", settings.safe_url, len(schemas), total_tables)
+    logger.info(
+        "built in %s: %d schema(s), %d table(s)", settings.safe_url, len(schemas), total_tables + len(tables)
+    )
     print_actions(actions, out)
     return EXIT_OK
 
@@ -196,6 +248,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     Tables named _... are left out, as pg_events did. A database built by
     pg_events: its objects are removed with --replace-pg-events (or when the
     user says yes on a terminal), else build refuses (exit 2).
+    With --table, only those tables are watched (and --schema's, if given).
+    The filter options apply to every table watched; building again without
+    them removes them. A filter that does not fit a table (a --when naming
+    a column it lacks) stops the build at that table with exit status 2; the
+    schemas and tables before it are built.
     """
     settings = command_settings(args)
     return trio.run(_run_build, args, settings, sys.stdout)

@@ -45,12 +45,13 @@ from .base import (
     object_names,
 )
 from .builder import SqlBuilder
-from .functions import OBSOLETE_FUNCTIONS
+from .functions import FILTER_ERROR, OBSOLETE_FUNCTIONS
 
 __all__ = [
     "COMMENT_PREFIX",
     "DDL_EVENTS",
     "DEFAULT_DDL_EVENTS",
+    "FILTER_ERROR",
     "NOTIFY_MAX_BYTES",
     "OBSOLETE_FUNCTIONS",
     "PAYLOAD_MODES",

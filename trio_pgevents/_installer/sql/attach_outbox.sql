@@ -29,8 +29,9 @@ BEGIN
     FOR spec IN SELECT * FROM {S}.trigger_specs(true, w.options) s
                  WHERE s.func = format('%I.%I', {schema}, 'outbox_row') AND s.tgname = trigger LOOP
         CONTINUE WHEN EXISTS (SELECT FROM pg_trigger t WHERE t.tgrelid = rel AND t.tgname = spec.tgname);
-        EXECUTE format('CREATE TRIGGER %I %s ON %s FOR EACH %s EXECUTE FUNCTION %s(%s)',
-                       spec.tgname, spec.events, label, spec.level, spec.func, spec.args);
+        EXECUTE format('CREATE TRIGGER %I %s ON %s FOR EACH %s%s EXECUTE FUNCTION %s(%s)',
+                       spec.tgname, spec.events, label, spec.level, ' WHEN (' || spec.cond || ')',
+                       spec.func, spec.args);
         tgname := spec.tgname;
         RETURN NEXT;
     END LOOP;

@@ -43,8 +43,9 @@ BEGIN
                     PERFORM {S}.attach_outbox(r.objid, spec.tgname);
                     EXECUTE format('REVOKE TRIGGER ON %s FROM %I', label, {writer});
                 ELSE
-                    EXECUTE format('CREATE TRIGGER %I %s ON %s FOR EACH %s EXECUTE FUNCTION %s(%s)',
-                                   spec.tgname, spec.events, label, spec.level, spec.func, spec.args);
+                    EXECUTE format('CREATE TRIGGER %I %s ON %s FOR EACH %s%s EXECUTE FUNCTION %s(%s)',
+                                   spec.tgname, spec.events, label, spec.level, ' WHEN (' || spec.cond || ')',
+                                   spec.func, spec.args);
                 END IF;
                 EXECUTE format('COMMENT ON TRIGGER %I ON %s IS %L', spec.tgname, label, spec.comment);
             END LOOP;

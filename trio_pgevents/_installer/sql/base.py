@@ -109,9 +109,22 @@ class ObjectNames:
     writer_role: str
 
     @property
+    def operation_triggers(self) -> dict[str, tuple[str, str]]:
+        """A filtered watch's row triggers, one per operation: (capture or notify, outbox).
+
+        A ``when`` condition may name ``OLD`` or ``NEW``, which an INSERT or a
+        DELETE trigger cannot have: each operation gets a trigger of its own.
+        """
+        base = self.row_trigger.removesuffix("_row")
+        return {
+            op: (f"{base}_{op.lower()}", f"{base}_{op.lower()}_out") for op in ("INSERT", "UPDATE", "DELETE")
+        }
+
+    @property
     def table_triggers(self) -> tuple[str, ...]:
         """Every table trigger name an installer may create."""
-        return (self.row_trigger, self.row_out_trigger, self.truncate_trigger)
+        split = tuple(name for pair in self.operation_triggers.values() for name in pair)
+        return (self.row_trigger, self.row_out_trigger, self.truncate_trigger, *split)
 
 
 def object_names(schema: str) -> ObjectNames:
@@ -121,7 +134,8 @@ def object_names(schema: str) -> ObjectNames:
     share a 63-byte prefix cannot collide, and nothing is silently truncated.
     Event trigger and role names are database- or cluster-wide, so the hash
     keeps two installers (two library schemas) apart. Table triggers fire in
-    name order: ``_row`` (capture) before ``_row_out`` (outbox).
+    name order: ``_row`` (capture) before ``_row_out`` (outbox), and a
+    filtered watch's ``_update`` before ``_update_out``.
     """
     h = hashlib.sha256(schema.encode("utf-8")).hexdigest()[:8]
     base = f"trio_pgevents_{h}"

@@ -31,9 +31,11 @@ from .base import (
     user_schema_sql,
 )
 
-__all__ = ["FUNCTIONS", "OBSOLETE_FUNCTIONS", "FunctionSql"]
+__all__ = ["FILTER_ERROR", "FUNCTIONS", "OBSOLETE_FUNCTIONS", "FunctionSql"]
 
-_ROW_EVENTS = "AFTER INSERT OR UPDATE OR DELETE"
+#: The SQLSTATE a watch's filter raises when it does not fit a table (bad SQL in ``when``,
+#: a column that does not exist...): ``ConfigurationError``, not ``InstallError``.
+FILTER_ERROR = "TPF01"
 #: Set by outbox_capture, read by outbox_row in the same transaction.
 _STASH_SETTING = "trio_pgevents.outbox_row_{hash}"
 #: Search path of every installer function that is not on a writer's hot path
@@ -66,7 +68,7 @@ FUNCTIONS = (
     _FunctionSpec(
         "trigger_specs",
         "p_durable boolean, p_options jsonb",
-        "TABLE(tgname text, events text, level text, func text, args text, comment text)",
+        "TABLE(tgname text, events text, level text, func text, args text, comment text, cond text)",
         "trigger_specs",
         language="sql",
         extra=f"STABLE {_PINNED_PATH}",
@@ -218,7 +220,13 @@ class FunctionSql(Renderer):
                 "row_name": sql.Literal(names.row_trigger),
                 "row_out_name": sql.Literal(names.row_out_trigger),
                 "trunc_name": sql.Literal(names.truncate_trigger),
-                "row_events": sql.Literal(_ROW_EVENTS),
+                "split_names": sql.SQL("(VALUES {})").format(
+                    sql.SQL(", ").join(
+                        sql.SQL("({}, {}, {})").format(sql.Literal(op), sql.Literal(row), sql.Literal(out))
+                        for op, (row, out) in names.operation_triggers.items()
+                    )
+                ),
+                "filter_error": sql.Literal(FILTER_ERROR),
                 "all_names": sql.SQL("ARRAY[{}]::text[]").format(
                     sql.SQL(", ").join(sql.Literal(n) for n in names.table_triggers)
                 ),

@@ -6,9 +6,11 @@
 -- looked up on the writer's search_path. It must never make the writer's statement fail.
 --
 -- TG_ARGV[0]: 'row' (the whole row) or 'keys' (primary key columns only: for tables whose
--- rows must not reach every role that can LISTEN).
+-- rows must not reach every role that can LISTEN). TG_ARGV[1], if given: the table's own
+-- channel (a watch's 'channel' option), instead of the installer's.
 DECLARE
     keys_only pg_catalog.bool := coalesce(TG_ARGV[0] OPERATOR(pg_catalog.=) 'keys', false);
+    chan pg_catalog.text := coalesce(TG_ARGV[1], {channel});
     old_j pg_catalog.json;
     new_j pg_catalog.json;
     q pg_catalog.text;
@@ -64,12 +66,12 @@ BEGIN
             EXIT;
         END LOOP;
     END IF;
-    PERFORM pg_catalog.pg_notify({channel}, payload);
+    PERFORM pg_catalog.pg_notify(chan, payload);
     RETURN NULL;
 EXCEPTION WHEN OTHERS THEN
     -- Last resort: the writer's statement must commit, whatever went wrong here.
     BEGIN
-        PERFORM pg_catalog.pg_notify({channel}, {row_failed}::pg_catalog.text);
+        PERFORM pg_catalog.pg_notify(chan, {row_failed}::pg_catalog.text);
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'trio_pgevents: event for %.% not sent: %', TG_TABLE_SCHEMA, TG_TABLE_NAME, SQLERRM;
     END;

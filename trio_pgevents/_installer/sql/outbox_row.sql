@@ -8,6 +8,9 @@
 -- installer may attach it (no EXECUTE for PUBLIC); auto-rebuild attaches it through
 -- attach_outbox, only to tables the registry watches in durable mode. So it checks nothing
 -- per row: a registry lookup here cost every write ~15% (benchmarks/durable.py).
+--
+-- TG_ARGV[0], if given: the table's own channel (a watch's 'channel' option), recorded as the
+-- event's channel instead of the installer's (the wake-up stays on the installer's).
 DECLARE
     stash pg_catalog.jsonb;
     note pg_catalog.text;
@@ -22,7 +25,7 @@ BEGIN
             note := stash OPERATOR(pg_catalog.->>) 'e';
         END IF;
     END IF;
-    INSERT INTO {S}.events (channel, payload) VALUES ({channel}, {outbox_row}
+    INSERT INTO {S}.events (channel, payload) VALUES (coalesce(TG_ARGV[0], {channel}), {outbox_row}
         OPERATOR(pg_catalog.||) CASE WHEN note IS NOT NULL THEN {outbox_failed}
                                      WHEN stash OPERATOR(pg_catalog.?) 'k' THEN {outbox_keys_only}
                                      ELSE '{{}}'::pg_catalog.jsonb END);

@@ -1,11 +1,21 @@
 -- Attach (or bring up to date) the triggers of one watch on one relation, and remove ours
 -- that this watch does not use. Runs as the caller: it can only do what the caller could.
+--
+-- A filtered watch's trigger may not fit the table (a condition naming a column it lacks,
+-- or NEW in a DELETE trigger): that is raised as FILTER_ERROR naming the table, and the
+-- caller's transaction leaves nothing behind. In durable mode the capture and outbox
+-- triggers evaluate the same condition for each row and must agree, so it may call no
+-- VOLATILE function (random(), or a function not declared STABLE or IMMUTABLE).
 DECLARE
     c record;
     t record;
     spec record;
     label text;
     wanted text[] := '{{}}';
+    filtered boolean := options ? 'when' OR options ? 'columns';
+    ddl text;
+    volatile text;
+    hint text;
 BEGIN
     SELECT cl.relkind, cl.relname, n.nspname, pg_catalog.pg_get_userbyid(cl.relowner) AS owner INTO c
       FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
@@ -56,8 +66,45 @@ BEGIN
             ELSE
                 action := 'installed';
             END IF;
-            EXECUTE format('CREATE TRIGGER %I %s ON %s FOR EACH %s EXECUTE FUNCTION %s(%s)',
-                           spec.tgname, spec.events, label, spec.level, spec.func, spec.args);
+            ddl := format('CREATE TRIGGER %I %s ON %s FOR EACH %s%s EXECUTE FUNCTION %s(%s)',
+                          spec.tgname, spec.events, label, spec.level, ' WHEN (' || spec.cond || ')',
+                          spec.func, spec.args);
+            IF NOT filtered THEN
+                EXECUTE ddl;
+            ELSE
+                BEGIN
+                    EXECUTE ddl;
+                EXCEPTION WHEN OTHERS THEN
+                    GET STACKED DIAGNOSTICS hint = PG_EXCEPTION_HINT;
+                    IF SQLSTATE = '42P17' THEN  -- OLD in an INSERT trigger, NEW in a DELETE one
+                        hint := 'an INSERT has no OLD row and a DELETE no NEW row: a condition naming NEW '
+                                'needs operations without DELETE (such as INSERT, UPDATE), one naming OLD '
+                                'operations without INSERT';
+                    ELSIF SQLSTATE IN ('42883', '42704') THEN  -- no such function, operator or type
+                        hint := 'the condition is read with search_path = pg_catalog: qualify your own '
+                                'functions, operators and types (myschema.f(NEW.x))';
+                    END IF;
+                    IF coalesce(hint, '') = '' THEN
+                        RAISE EXCEPTION USING ERRCODE = {filter_error},
+                            MESSAGE = format('the filter does not fit table %s: %s', label, SQLERRM);
+                    END IF;
+                    RAISE EXCEPTION USING ERRCODE = {filter_error}, HINT = hint,
+                        MESSAGE = format('the filter does not fit table %s: %s', label, SQLERRM);
+                END;
+                IF durable AND spec.cond IS NOT NULL THEN
+                    SELECT string_agg(DISTINCT p.oid::regprocedure::text, ', ') INTO volatile
+                      FROM pg_trigger tg
+                     CROSS JOIN LATERAL regexp_matches(tg.tgqual::text, ':(?:func|opfunc)id (\d+)', 'g') m
+                      JOIN pg_proc p ON p.oid = m[1]::oid
+                     WHERE tg.tgrelid = rel AND tg.tgname = spec.tgname AND p.provolatile = 'v';
+                    IF volatile IS NOT NULL THEN
+                        RAISE EXCEPTION USING ERRCODE = {filter_error},
+                            MESSAGE = format('the condition of a durable watch of %s calls VOLATILE %s: its '
+                                             'capture and outbox triggers could disagree', label, volatile),
+                            HINT = 'declare the function STABLE or IMMUTABLE, or watch the table without durable';
+                    END IF;
+                END IF;
+            END IF;
             EXECUTE format('COMMENT ON TRIGGER %I ON %s IS %L', spec.tgname, label, spec.comment);
         END IF;
         RETURN NEXT;
