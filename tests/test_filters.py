@@ -673,6 +673,11 @@ def test_cli_build_with_filters(pg_url: str, pg_dsn: str, schema: str, unique: U
             refused = build("--table", f"{schema}.orders", *extra)
             assert refused.returncode == 2, refused.stderr
             assert message in refused.stderr
+        # Filters with neither --table nor --schema (every user schema): exit 2, nothing done.
+        unnamed = build("--operations", "INSERT")
+        assert unnamed.returncode == 2, unnamed.stderr
+        assert "name them with --table or --schema" in unnamed.stderr
+        assert triggers_on(pg_dsn, ident(schema, "untouched")) == {}
         # Building again without filters removes them.
         assert build("--table", f"{schema}.orders").returncode == 0
         assert set(triggers_on(pg_dsn, table)) == {names.row_trigger, names.truncate_trigger}
