@@ -194,6 +194,11 @@ class _DecodedEvent(Event):
         Its payload may not be JSON at all: then ``data`` is ``{}`` and the
         typed fields hold their empty values -- reading them never raises.
         """
+        build = self.__dict__.get("_build")
+        if build is not None:
+            # A change stream's event, decoded on first access (see _cdc.pgoutput).
+            built: dict[str, Any] = build[0](*build[1:])
+            return built
         try:
             decoded = parse_json(self[1])
         except Exception as exc:  # RecursionError too: anything a payload can cause
