@@ -194,10 +194,14 @@ class _DecodedEvent(Event):
         Its payload may not be JSON at all: then ``data`` is ``{}`` and the
         typed fields hold their empty values -- reading them never raises.
         """
-        build = self.__dict__.get("_build")
+        event_dict = self.__dict__
+        build = event_dict.get("_build")
         if build is not None:
             # A change stream's event, decoded on first access (see _cdc.pgoutput).
-            built: dict[str, Any] = build[0](*build[1:])
+            # What it was built from is let go (the message's bytes among it).
+            built: dict[str, Any] = build[0](build)
+            event_dict["data"] = built
+            event_dict.pop("_build", None)
             return built
         try:
             decoded = parse_json(self[1])
@@ -306,6 +310,16 @@ class RowChange(_DecodedEvent):
     @_cached
     def new_data(self) -> dict[str, Any] | None:
         """The row after the change (INSERT, UPDATE, READ), or ``None``; values typed by column."""
+        event_dict = self.__dict__
+        build = event_dict.get("_build")
+        if build is not None:
+            # A change stream's event not decoded yet: the same as through self.data,
+            # two calls fewer (this is a change stream consumer's hot path).
+            data: dict[str, Any] = build[0](build)
+            event_dict["data"] = data
+            event_dict.pop("_build", None)
+            row = data.get("new_data")
+            return row if isinstance(row, dict) else None
         return self._row("new_data")
 
     def _row(self, key: str) -> dict[str, Any] | None:

@@ -365,16 +365,17 @@ class PgOutputDecoder:
             self._event(relation, "TRUNCATE", None, None, out)
 
 
-def _insert_data(
-    relation: _Relation, payload: bytes, lsn: str, xid: int, commit_time: datetime
-) -> dict[str, Any]:
-    """An INSERT event's ``data``, built on first access (the row parsed from ``payload``).
+def _insert_data(build: tuple[Any, _Relation, bytes, str, int, datetime]) -> dict[str, Any]:
+    """An INSERT event's ``data``, built on first access (the row parsed from the message).
+
+    ``build`` is the event's ``_build``: (this function, relation, message, lsn, xid, commit time).
 
     Never raises: the column count was checked when the message arrived, and
     a value that cannot be converted becomes :class:`ServerText` (the careful
     parser). A row malformed past that (a real server never sends one) is
     logged and reads as ``new_data = {}``, with the reason under ``"error"``.
     """
+    _, relation, payload, lsn, xid, commit_time = build
     data: dict[str, Any] = {
         "table_schema": relation.schema,
         "table_name": relation.name,
