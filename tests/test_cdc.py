@@ -277,6 +277,7 @@ async def test_insert_rows_are_decoded_on_first_access_and_never_raise(
     assert first.method == "INSERT"
     assert first.table_name == name
     assert first.old_data is None
+    assert first.data["new_data"] is first.new_data  # data is built around the row read
     assert first.data["lsn"] == first[4]
     assert "_build" not in first.__dict__
     assert second.data["new_data"] == {"id": 2, "t": "b"}  # through data first

@@ -319,7 +319,8 @@ class PgOutputDecoder:
         self._position = position + 1
         lsn = self._lsn_text
         event = _new(RowChange, (self.channel, None, 0, self.source, lsn, position))
-        event.__dict__["_build"] = (_insert_data, relation, payload, lsn, self._xid, self._commit_time)
+        build: _Build = (_insert_data, _insert_row, relation, payload, lsn, self._xid, self._commit_time)
+        event.__dict__["_build"] = build
         self._last = event
         self.changes += 1
         out.append(event)
@@ -365,40 +366,68 @@ class PgOutputDecoder:
             self._event(relation, "TRUNCATE", None, None, out)
 
 
-def _insert_data(build: tuple[Any, _Relation, bytes, str, int, datetime]) -> dict[str, Any]:
-    """An INSERT event's ``data``, built on first access (the row parsed from the message).
+#: An undecoded INSERT event's ``_build``: (_insert_data, _insert_row, relation, message, lsn,
+#: xid, commit time). ``_events`` calls the first two (it cannot import this module).
+_Build = tuple[Any, Any, _Relation, bytes, str, int, datetime]
 
-    ``build`` is the event's ``_build``: (this function, relation, message, lsn, xid, commit time).
 
-    Never raises: the column count was checked when the message arrived, and
-    a value that cannot be converted becomes :class:`ServerText` (the careful
-    parser). A row malformed past that (a real server never sends one) is
-    logged and reads as ``new_data = {}``, with the reason under ``"error"``.
+def _insert_row(build: _Build) -> dict[str, Any]:
+    """An undecoded INSERT event's ``new_data``: the row alone, parsed from the message.
+
+    What a consumer that reads only the row pays (``data`` is built if asked
+    for, reusing this row). Never raises: a value that cannot be converted
+    becomes :class:`ServerText` (the careful parser); a row malformed past the
+    column count checked on arrival (a real server never sends one) is logged
+    and reads as ``{}``, and ``data["error"]`` says why.
     """
-    _, relation, payload, lsn, xid, commit_time = build
+    relation, payload = build[2], build[3]
+    try:
+        row: dict[str, Any] = relation.parse(payload, 6, None)[0]
+        return row
+    except Exception:
+        pass
+    try:
+        # A value the fast path cannot convert: redo the row column by column.
+        row = relation.parse_carefully(payload, 6, None)[0]
+        return row
+    except Exception as exc:
+        logger.error("change at %s: %s", build[4], _malformed(relation, exc))
+        return {}
+
+
+def _malformed(relation: _Relation, exc: Exception) -> str:
+    return f"malformed pgoutput row of {relation.schema}.{relation.name}: {type(exc).__name__}: {exc}"
+
+
+def _insert_data(build: _Build, row: dict[str, Any] | None) -> dict[str, Any]:
+    """An undecoded INSERT event's ``data``, built on first access (``row``: its new_data if read).
+
+    Never raises (see :func:`_insert_row`).
+    """
+    _, _, relation, payload, lsn, xid, commit_time = build
     data: dict[str, Any] = {
         "table_schema": relation.schema,
         "table_name": relation.name,
         "session_user": None,
         "method": "INSERT",
         "old_data": None,
-        "new_data": None,
+        "new_data": row,
         "query": None,
         "lsn": lsn,
         "txid": xid,
         "commit_time": commit_time,
     }
+    if row:
+        return data
     try:
         data["new_data"] = relation.parse(payload, 6, None)[0]
     except Exception:
         try:
-            # A value the fast path cannot convert: redo the row column by column.
             data["new_data"] = relation.parse_carefully(payload, 6, None)[0]
         except Exception as exc:
-            reason = (
-                f"malformed pgoutput row of {relation.schema}.{relation.name}: {type(exc).__name__}: {exc}"
-            )
-            logger.error("change at %s: %s", lsn, reason)
+            reason = _malformed(relation, exc)
+            if row is None:  # else logged when new_data was read
+                logger.error("change at %s: %s", lsn, reason)
             data["new_data"] = {}
             data["error"] = reason
     return data
@@ -420,7 +449,7 @@ def ack_position(event: Event) -> int | None:
     build = event_dict.get("_build")
     if build is not None and "data" not in event_dict:
         # Not decoded yet: its commit LSN is in the tuple (do not parse the row for it).
-        return parse_lsn(build[3])
+        return parse_lsn(build[4])
     data = event_dict.get("data")
     lsn = data.get("lsn") if isinstance(data, dict) else None
     if not isinstance(lsn, str) or event[0] is None:
