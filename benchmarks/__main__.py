@@ -31,7 +31,7 @@ from typing import Any
 from ._common import BenchContext, Result, machine_info, open_server
 
 #: Benchmarks in the order they run. Modules of other topics are optional.
-BENCHMARKS = ["throughput", "latency", "decoded", "writers", "memory"]
+BENCHMARKS = ["throughput", "throughput_fresh", "latency", "decoded", "writers", "memory"]
 OPTIONAL = ["installer_ddl", "faults", "durable", "durable_groups", "cdc"]
 
 

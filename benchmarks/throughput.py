@@ -197,8 +197,8 @@ def run(ctx: BenchContext) -> list[Result]:
     results = {name: Result("throughput", name, median(v), "ev/s", v, note=note) for name, v in rates.items()}
     raw, apg = results[RAW], results[ASYNCPG]
     out = [raw]
-    out.append(with_ratio(results[STREAM_FOR], raw, target=0.6))
-    out.append(with_ratio(results[STREAM_BATCHES], raw, target=0.8))
+    out.append(with_ratio(results[STREAM_FOR], raw, target=0.75))
+    out.append(with_ratio(results[STREAM_BATCHES], raw, target=0.9))
     out.append(with_ratio(results[ASYNCPG], raw))
     out.append(with_ratio(results[PSYCOPG3], raw))
     vs_apg = Result("throughput", f"{STREAM_FOR} vs asyncpg", results[STREAM_FOR].value, "ev/s")

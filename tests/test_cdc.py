@@ -33,7 +33,7 @@ from trio_pgevents import (
     open_change_stream,
     set_replica_identity,
 )
-from trio_pgevents._cdc.pgoutput import PgOutputDecoder, format_lsn, parse_lsn, widen_xid
+from trio_pgevents._cdc.pgoutput import PgOutputDecoder, ack_position, format_lsn, parse_lsn, widen_xid
 from trio_pgevents.testing import EmbeddedPostgres
 
 from .conftest import Query, drain, run_sql, take
@@ -253,6 +253,46 @@ async def test_decoder_rejects_rows_that_do_not_match_the_relation(
         decode([messages[0], messages[1], bytes(insert)])
     with pytest.raises(ReplicationError, match="before its Relation message"):
         decode([messages[0], messages[2]])
+
+
+async def test_insert_rows_are_decoded_on_first_access_and_never_raise(
+    pg_dsn: str, query: Query, unique: Callable[[str], str]
+) -> None:
+    name = unique("cdc_lazy")
+    publication = unique("cdc_pub")
+    slot = unique("cdc_slot")
+    await query(f"CREATE TABLE {name} (id int PRIMARY KEY, t text)")
+    await query(f"CREATE PUBLICATION {publication} FOR TABLE {name}")
+    try:
+        messages = await trio.to_thread.run_sync(
+            captured_messages, pg_dsn, slot, publication, [f"INSERT INTO {name} VALUES (1, 'a'), (2, 'b')"]
+        )
+    finally:
+        await query(f"DROP PUBLICATION {publication}")
+    first, second = decode(messages)
+    # The acknowledgement position needs no decoding; the row is parsed when read.
+    assert ack_position(first) == parse_lsn(first[4])
+    assert "data" not in first.__dict__
+    assert first.new_data == {"id": 1, "t": "a"}
+    assert first.method == "INSERT"
+    assert first.table_name == name
+    assert first.old_data is None
+    assert first.data["new_data"] is first.new_data  # data is built around the row read
+    assert first.data["lsn"] == first[4]
+    assert "_build" not in first.__dict__
+    assert second.data["new_data"] == {"id": 2, "t": "b"}  # through data first
+    assert second.new_data == {"id": 2, "t": "b"}
+    position = ack_position(second)
+    assert position is not None
+    assert position > parse_lsn(second[4])
+    # Malformed past the column count (a server never sends this): reading does not raise.
+    insert = bytearray(messages[2])
+    assert insert[8] == ord("t")
+    insert[8] = ord("z")  # the first column's kind
+    (bad,) = decode([messages[0], messages[1], bytes(insert)])
+    assert bad.new_data == {}
+    assert "malformed pgoutput row" in bad.data["error"]
+    assert bad.table_name == name
 
 
 async def test_lsn_text_round_trip() -> None:

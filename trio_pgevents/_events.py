@@ -194,6 +194,15 @@ class _DecodedEvent(Event):
         Its payload may not be JSON at all: then ``data`` is ``{}`` and the
         typed fields hold their empty values -- reading them never raises.
         """
+        event_dict = self.__dict__
+        build = event_dict.get("_build")
+        if build is not None:
+            # A change stream's event, decoded on first access (see _cdc.pgoutput).
+            # What it was built from is let go (the message's bytes among it).
+            built: dict[str, Any] = build[0](build, event_dict.get("new_data"))
+            event_dict["data"] = built
+            event_dict.pop("_build", None)
+            return built
         try:
             decoded = parse_json(self[1])
         except Exception as exc:  # RecursionError too: anything a payload can cause
@@ -301,6 +310,13 @@ class RowChange(_DecodedEvent):
     @_cached
     def new_data(self) -> dict[str, Any] | None:
         """The row after the change (INSERT, UPDATE, READ), or ``None``; values typed by column."""
+        event_dict = self.__dict__
+        build = event_dict.get("_build")
+        if build is not None:
+            # A change stream's INSERT not decoded yet: parse the row alone (a change
+            # stream consumer's hot path); data, if read, is built around it.
+            row: dict[str, Any] = build[1](build)
+            return row
         return self._row("new_data")
 
     def _row(self, key: str) -> dict[str, Any] | None:

@@ -40,11 +40,14 @@ from typing import Any
 
 from .._errors import ReplicationError
 from .._events import Event, RowChange, ServerText
+from .._secrets import get_logger
 from .values import Converter, DomainTypes, careful_row_parser, compile_row_parser, converter_for_type
 
 __all__ = ["PgOutputDecoder", "format_lsn", "parse_lsn", "widen_xid"]
 
 _new = tuple.__new__
+
+logger = get_logger("trio_pgevents.cdc")
 
 _INT16 = struct.Struct(">h")
 _UINT32 = struct.Struct(">I")
@@ -87,7 +90,7 @@ def parse_lsn(text: str) -> int:
 class _Relation:
     """What a Relation message told us about a table."""
 
-    __slots__ = ("columns", "key_names", "name", "oid", "parse", "parse_carefully", "schema")
+    __slots__ = ("columns", "count", "key_names", "name", "oid", "parse", "parse_carefully", "schema")
 
     def __init__(
         self,
@@ -102,6 +105,7 @@ class _Relation:
         self.schema = schema
         self.name = name
         self.columns = columns
+        self.count = len(columns)
         self.parse = compile_row_parser(schema, name, columns, encoding)
         #: Used only when ``parse`` raised (a value it cannot convert).
         self.parse_carefully = careful_row_parser(schema, name, columns, encoding)
@@ -303,13 +307,23 @@ class PgOutputDecoder:
         relation = self._relations.get(_RELATION_HEAD.unpack_from(payload, 1)[0])
         if relation is None:
             relation = self._relation_for(payload)  # raises
-        # payload[5] is 'N'
-        try:
-            new, _ = relation.parse(payload, 6, None)
-        except Exception:
-            # A value the fast path cannot convert: redo the row column by column.
-            new, _ = relation.parse_carefully(payload, 6, None)
-        self._event(relation, "INSERT", None, new, out)
+        # payload[5] is 'N'. The row is parsed on first access to the event's data
+        # (see _insert_data): most of a change's cost, and a consumer that filters
+        # or forwards changes may never read it. The column count is checked now,
+        # so a row that does not match its Relation message still stops the stream.
+        if payload[5] != 78 or _INT16.unpack_from(payload, 6)[0] != relation.count:
+            relation.parse(payload, 6, None)  # raises the protocol error
+        if not self._in_transaction:
+            raise ReplicationError("pgoutput change outside a transaction (no Begin message)")
+        position = self._position
+        self._position = position + 1
+        lsn = self._lsn_text
+        event = _new(RowChange, (self.channel, None, 0, self.source, lsn, position))
+        build: _Build = (_insert_data, _insert_row, relation, payload, lsn, self._xid, self._commit_time)
+        event.__dict__["_build"] = build
+        self._last = event
+        self.changes += 1
+        out.append(event)
 
     def _key_only(self, relation: _Relation, row: dict[str, Any]) -> dict[str, Any]:
         return {name: row[name] for name in relation.key_names if name in row}
@@ -352,6 +366,73 @@ class PgOutputDecoder:
             self._event(relation, "TRUNCATE", None, None, out)
 
 
+#: An undecoded INSERT event's ``_build``: (_insert_data, _insert_row, relation, message, lsn,
+#: xid, commit time). ``_events`` calls the first two (it cannot import this module).
+_Build = tuple[Any, Any, _Relation, bytes, str, int, datetime]
+
+
+def _insert_row(build: _Build) -> dict[str, Any]:
+    """An undecoded INSERT event's ``new_data``: the row alone, parsed from the message.
+
+    What a consumer that reads only the row pays (``data`` is built if asked
+    for, reusing this row). Never raises: a value that cannot be converted
+    becomes :class:`ServerText` (the careful parser); a row malformed past the
+    column count checked on arrival (a real server never sends one) is logged
+    and reads as ``{}``, and ``data["error"]`` says why.
+    """
+    relation, payload = build[2], build[3]
+    try:
+        row: dict[str, Any] = relation.parse(payload, 6, None)[0]
+        return row
+    except Exception:
+        pass
+    try:
+        # A value the fast path cannot convert: redo the row column by column.
+        row = relation.parse_carefully(payload, 6, None)[0]
+        return row
+    except Exception as exc:
+        logger.error("change at %s: %s", build[4], _malformed(relation, exc))
+        return {}
+
+
+def _malformed(relation: _Relation, exc: Exception) -> str:
+    return f"malformed pgoutput row of {relation.schema}.{relation.name}: {type(exc).__name__}: {exc}"
+
+
+def _insert_data(build: _Build, row: dict[str, Any] | None) -> dict[str, Any]:
+    """An undecoded INSERT event's ``data``, built on first access (``row``: its new_data if read).
+
+    Never raises (see :func:`_insert_row`).
+    """
+    _, _, relation, payload, lsn, xid, commit_time = build
+    data: dict[str, Any] = {
+        "table_schema": relation.schema,
+        "table_name": relation.name,
+        "session_user": None,
+        "method": "INSERT",
+        "old_data": None,
+        "new_data": row,
+        "query": None,
+        "lsn": lsn,
+        "txid": xid,
+        "commit_time": commit_time,
+    }
+    if row:
+        return data
+    try:
+        data["new_data"] = relation.parse(payload, 6, None)[0]
+    except Exception:
+        try:
+            data["new_data"] = relation.parse_carefully(payload, 6, None)[0]
+        except Exception as exc:
+            reason = _malformed(relation, exc)
+            if row is None:  # else logged when new_data was read
+                logger.error("change at %s: %s", lsn, reason)
+            data["new_data"] = {}
+            data["error"] = reason
+    return data
+
+
 def ack_position(event: Event) -> int | None:
     """The WAL position confirming ``event`` (None for events not from a change stream).
 
@@ -365,6 +446,10 @@ def ack_position(event: Event) -> int | None:
     position = event_dict.get("_ack")
     if isinstance(position, int):
         return position
+    build = event_dict.get("_build")
+    if build is not None and "data" not in event_dict:
+        # Not decoded yet: its commit LSN is in the tuple (do not parse the row for it).
+        return parse_lsn(build[4])
     data = event_dict.get("data")
     lsn = data.get("lsn") if isinstance(data, dict) else None
     if not isinstance(lsn, str) or event[0] is None:
