@@ -15,7 +15,7 @@ not the trigger's:
   parsed and checked on delivery: a payload anyone may NOTIFY is trusted
   only once checked), the consumer checks the type and reads the payload;
 - ``trio_pgevents RowChange + new_data``: the consumer reads ``.method``
-  and ``.new_data`` (the JSON is parsed on that first access).
+  and ``.new_data`` (values typed by column on that first access).
 """
 
 from __future__ import annotations
