@@ -29,7 +29,7 @@ from trio_pgevents import (
     open_durable_stream,
 )
 
-from .conftest import Outbox, run_sql
+from .conftest import Outbox, run_sql, take_rows
 from .tcp_proxy import TcpProxy
 
 #: What a busy machine may add to a bound (scheduling, thread start, a query).
@@ -45,16 +45,6 @@ async def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> 
 
 def ns(events: list[Any]) -> list[int]:
     return [e.new_data["n"] for e in events if isinstance(e, RowChange) and e.new_data is not None]
-
-
-async def take_rows(stream: DurableStream, count: int, timeout: float = 20) -> list[RowChange]:
-    got: list[RowChange] = []
-    with trio.fail_after(timeout):
-        while len(got) < count:
-            event = await stream.receive()
-            if isinstance(event, RowChange):
-                got.append(event)
-    return got
 
 
 def parts_table(outbox: Outbox, consumer: str) -> list[tuple[Any, ...]]:

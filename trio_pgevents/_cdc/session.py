@@ -24,7 +24,7 @@ from .._options import StreamOptions
 from .._threads import CallTimeout, Handoff, run_abandonable, shutdown_socket
 from .admin import quote_ident
 from .pgoutput import PgOutputDecoder
-from .values import DOMAIN_TYPES_SQL, DomainTypes
+from .values import DomainTypes, read_domain_types
 
 __all__ = [
     "Fatal",
@@ -121,10 +121,7 @@ def open_replication(
         cursor.execute("SELECT pg_catalog.txid_snapshot_xmax(pg_catalog.txid_current_snapshot())")
         row = cursor.fetchone()
         xid_reference = int(row[0]) if row else None
-        cursor.execute(DOMAIN_TYPES_SQL)
-        domains: DomainTypes = {
-            int(oid): (int(base), bool(is_array)) for oid, base, is_array in cursor.fetchall()
-        }
+        domains = read_domain_types(cursor)
     except BaseException:
         handoff.detach()
         close_quietly(conn)

@@ -23,7 +23,7 @@ from .._events import Event, RowChange
 from .._options import StreamOptions
 from .._threads import Handoff
 from .session import close_quietly, with_connect_timeout
-from .values import _BYTES_OK, DOMAIN_TYPES_SQL, Converter, DomainTypes, _careful_value, converter_for_type
+from .values import _BYTES_OK, Converter, DomainTypes, _careful_value, converter_for_type, read_domain_types
 
 __all__ = ["RowConverter", "Table", "declare", "open_snapshot", "read_event"]
 
@@ -91,10 +91,7 @@ def open_snapshot(
         with conn.cursor() as cursor:
             cursor.execute("SET TRANSACTION SNAPSHOT %s", (snapshot_name,))
             tables = _published_tables(cursor, publication, conn.server_version)
-            cursor.execute(DOMAIN_TYPES_SQL)
-            domains: DomainTypes = {
-                int(oid): (int(base), bool(is_array)) for oid, base, is_array in cursor.fetchall()
-            }
+            domains = read_domain_types(cursor)
     except BaseException:
         handoff.detach()
         close_quietly(conn)

@@ -31,6 +31,7 @@ __all__ = [
     "careful_row_parser",
     "compile_row_parser",
     "converter_for_type",
+    "read_domain_types",
 ]
 
 #: Text form of a value -> the Python value.
@@ -58,6 +59,12 @@ DOMAIN_TYPES_SQL = (
     "FROM pg_catalog.pg_type a JOIN resolved r ON a.typelem OPERATOR(pg_catalog.=) r.oid "
     "WHERE a.typcategory OPERATOR(pg_catalog.=) 'A'"
 )
+
+
+def read_domain_types(cursor: Any) -> DomainTypes:
+    """The database's domains (and arrays of them) with their base types (blocking; on ``cursor``)."""
+    cursor.execute(DOMAIN_TYPES_SQL)
+    return {int(oid): (int(base), bool(is_array)) for oid, base, is_array in cursor.fetchall()}
 
 
 def converter_for_type(type_oid: int, domains: DomainTypes | None = None) -> Converter | None:
