@@ -80,6 +80,15 @@ def check_change_stream_to_file(lines: list[str]) -> None:
     ]
 
 
+def check_tutorial(lines: list[str]) -> None:
+    assert lines == [
+        "INSERT orders None -> {'id': 1, 'status': 'new', 'total': Decimal('19.90')}",
+        "UPDATE orders {'id': 1, 'status': 'new', 'total': Decimal('19.90')} -> "
+        "{'id': 1, 'status': 'paid', 'total': Decimal('19.90')}",
+        "DELETE orders {'id': 1, 'status': 'paid', 'total': Decimal('19.90')} -> None",
+    ]
+
+
 def check_pytest_example(lines: list[str]) -> None:
     assert lines[-1].startswith("3 passed"), lines
 
@@ -91,6 +100,7 @@ CHECKS: dict[str, Callable[[list[str]], None]] = {
     "cli_worker.py": check_cli_worker,
     "change_stream_to_file.py": check_change_stream_to_file,
     "pytest_example.py": check_pytest_example,
+    "tutorial.py": check_tutorial,
 }
 
 
