@@ -36,6 +36,10 @@ def run(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return result
 
 
+def check_equal(lines: list[str], expected: list[str]) -> None:
+    assert lines == expected
+
+
 def check_listen(lines: list[str]) -> None:
     assert [line.split("  ")[0] for line in lines] == [f"demo: hello #{n}" for n in range(1, 6)]
 
@@ -101,6 +105,7 @@ CHECKS: dict[str, Callable[[list[str]], None]] = {
     "change_stream_to_file.py": check_change_stream_to_file,
     "pytest_example.py": check_pytest_example,
     "tutorial.py": check_tutorial,
+    "quickstart.py": lambda lines: check_equal(lines, ["INSERT orders {'id': 1, 'total': Decimal('19.90')}"]),
 }
 
 
