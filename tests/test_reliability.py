@@ -330,7 +330,7 @@ def name(request: pytest.FixtureRequest) -> str:
 
 
 #: Upper bound on detecting a fault and on reconnecting, in these tests. The
-#: figures the README gives (well under 1 s) come from ``benchmarks/faults.py``;
+#: figures the docs give (docs/reliability.md: well under 1 s) come from ``benchmarks/faults.py``;
 #: a test must pass on a busy machine, so it only checks a bound that a broken
 #: backoff (delays growing past ``backoff_max``) or a missed fault could not meet.
 RECONNECT_BOUND = 5.0
