@@ -38,7 +38,7 @@ extensions = [
     "sphinx.ext.intersphinx",
 ]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
-exclude_patterns = ["_build", "_inventories", "Thumbs.db", ".DS_Store"]
+exclude_patterns = ["_build", "_inventories", "_recipes", "Thumbs.db", ".DS_Store"]
 root_doc = "index"
 
 myst_enable_extensions = ["colon_fence", "deflist"]
@@ -138,6 +138,21 @@ def _no_type_in_first_line(app: Any, what: str, name: str, obj: Any, options: An
             return
 
 
+# Recipes whose example comes from another branch: shown once the example exists
+# (a literalinclude of a missing file would fail the build).
+_PENDING_RECIPES = {"load_then_follow": HERE.parent / "examples" / "load_then_follow.py"}
+
+
+def _insert_pending_recipes(app: Any, docname: str, source: list[str]) -> None:
+    if docname != "howto":
+        return
+    for name, example in _PENDING_RECIPES.items():
+        if example.exists():
+            text = (HERE / "_recipes" / f"{name}.md").read_text()
+            source[0] = source[0].replace(f"<!-- recipe: {name} -->", text)
+
+
 def setup(app: Any) -> None:
+    app.connect("source-read", _insert_pending_recipes)
     app.connect("missing-reference", _resolve_alias, priority=400)
     app.connect("autodoc-process-docstring", _no_type_in_first_line, priority=100)
