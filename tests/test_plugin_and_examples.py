@@ -31,6 +31,10 @@ async def test_readme_plugin_example(open_stream: Any, notify: Any) -> None:
     assert (await stream.receive()).payload == "42"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_listen_example_stops_gracefully_on_ctrl_c(pg_url: str, query: Any, notify: Any) -> None:
     url = sqlalchemy.make_url(pg_url).update_query_dict({"application_name": "listen-example-ki"})
     example = str(ROOT / "examples" / "listen.py")
@@ -38,6 +42,9 @@ async def test_listen_example_stops_gracefully_on_ctrl_c(pg_url: str, query: Any
         [sys.executable, "-u", example, url.render_as_string(hide_password=False)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # Ctrl-C as in a terminal: a suite started in the background (`pytest &`, a CI job
+        # runner) has SIGINT ignored, and a child inherits that: it would never see the signal.
+        preexec_fn=_default_sigint,
     )
     assert process.stdout is not None
     output = b""
