@@ -84,7 +84,6 @@ def main() -> None:
         )
         report = built.stdout.strip().splitlines()  # a table: one line per object, then a summary
         print("\n".join(line for line in report if "public.orders" in line))
-        print(report[-1])
         trio.run(run_worker, env, server.dsn)
 
 

@@ -21,7 +21,7 @@ PG_EVENTS_DATABASE_URL = "postgresql://app@localhost/app"
 def on_data(payload: str) -> None:
     """Called for every row change, with the pg_events JSON text (in a worker thread)."""
     change = json.loads(payload)
-    row = change["new_data"] or change["old_data"]
+    row = change.get("new_data") or change.get("old_data")  # each is there only when it applies
     sys.stdout.write(f"{change['method']} {change['table_name']} {row}\n")
     sys.stdout.flush()
 

@@ -21,6 +21,7 @@ are per test.
 from __future__ import annotations
 
 import itertools
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 
@@ -78,5 +79,6 @@ def test_a_plain_test_can_use_the_database_too(pg_engine: Engine) -> None:
         assert connection.exec_driver_sql("SHOW wal_level").scalar() == "logical"
 
 
-if __name__ == "__main__":
-    sys.exit(pytest.main(["-q", "-p", "no:cacheprovider", "-o", "trio_mode=true", __file__]))
+if __name__ == "__main__":  # pytest in a process of its own: this one has imported the package already
+    options = ["-q", "-p", "no:cacheprovider", "-o", "trio_mode=true"]
+    sys.exit(subprocess.call([sys.executable, "-m", "pytest", *options, __file__]))
