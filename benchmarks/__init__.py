@@ -2,8 +2,8 @@
 
 Every figure is the median of several repetitions taken in the same run, and
 every ratio is against a baseline measured in the same run (see
-``benchmarks/__main__.py`` for the options and the README's Performance
-section for a table).
+``benchmarks/__main__.py`` for the options, and docs/performance.md for
+the figures).
 
 A benchmark is a module here with ``run(ctx: BenchContext) -> list[Result]``
 (both in :mod:`benchmarks._common`); ``__main__`` runs ``throughput``,

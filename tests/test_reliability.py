@@ -330,10 +330,15 @@ def name(request: pytest.FixtureRequest) -> str:
 
 
 #: Upper bound on detecting a fault and on reconnecting, in these tests. The
-#: figures the README gives (well under 1 s) come from ``benchmarks/faults.py``;
+#: figures the docs give (docs/reliability.md: well under 1 s) come from ``benchmarks/faults.py``;
 #: a test must pass on a busy machine, so it only checks a bound that a broken
 #: backoff (delays growing past ``backoff_max``) or a missed fault could not meet.
 RECONNECT_BOUND = 5.0
+
+#: Seconds a busy 2-core machine may add to a bound the code guarantees (a
+#: close within ``close_timeout``, a connect within ``connect_timeout``...): the
+#: same margin as the other fault tests. A hang, or a bound broken by seconds, still fails.
+MARGIN = 2.0
 
 
 def engine_for(url: str, application_name: str, **kwargs: Any) -> Engine:
@@ -455,25 +460,29 @@ async def test_silently_dead_peer_is_found_by_the_probe(running: EmbeddedPostgre
                 proxy.pause()
                 detect = await wait_for(
                     lambda: not stream.statistics().sources[0].connected,
-                    probe_interval + probe_timeout + 0.5,
+                    probe_interval + probe_timeout + MARGIN,
                     "half-open connection detected",
                 )
                 # It shut its socket down itself; the silent peer had no part in it.
-                await wait_for(lambda: proxy.clients_closed >= 1, 2, "dead connection closed by the listener")
+                await wait_for(
+                    lambda: proxy.clients_closed >= 1, 2 + MARGIN, "dead connection closed by the listener"
+                )
                 # While the peer stays silent, reconnect attempts hang and are abandoned.
                 await wait_for(lambda: proxy.accepted >= 3, 5, "reconnect attempts")
                 assert not stream.statistics().sources[0].connected
                 proxy.resume()
                 reconnect = await wait_for(
-                    lambda: stream.statistics().sources[0].connected, 2.0, "reconnected through the proxy"
+                    lambda: stream.statistics().sources[0].connected,
+                    1.0 + MARGIN,
+                    "reconnected through the proxy",
                 )
                 gap = await stream.receive()
                 assert isinstance(gap, StreamGap)
                 assert "probe" in gap.reason
                 await sql_async(running.dsn, "SELECT pg_notify(%s, 'after')", (name,))
                 assert (await stream.receive()).payload == "after"
-        assert detect <= probe_interval + probe_timeout + 0.5
-        assert reconnect < 1.0
+        assert detect <= probe_interval + probe_timeout + MARGIN
+        assert reconnect < 1.0 + MARGIN  # backoff_max=0.2
         # Abandoned attempts completed once the proxy forwarded again, and were closed.
         await wait_for(lambda: proxy.open_connections == 0, 5, "every proxied connection closed")
         with trio.fail_after(5):
@@ -707,7 +716,7 @@ async def test_cancel_during_backoff_returns_within_1s(
                     started = trio.current_time()
                     scope.cancel()
                     await stream.receive()
-            assert trio.current_time() - started < 1.0
+            assert trio.current_time() - started < 1.0 + MARGIN
         await trio.to_thread.run_sync(running.start)
         assert await backends_named(running.dsn, name) == 0
     finally:
@@ -759,10 +768,10 @@ async def test_initial_connect_to_silent_peer_times_out(running: EmbeddedPostgre
         with trio.fail_after(10), pytest.raises(ConnectError, match=r"connect_timeout=0\.5s"):
             async with open_event_stream(engine, [name], connect_timeout=0.5):
                 pass  # pragma: no cover
-        assert trio.current_time() - started < 1.5
+        assert trio.current_time() - started < 0.5 + 1.0 + MARGIN  # connect_timeout=0.5
         # The abandoned thread does not hang on: libpq's own connect_timeout
         # (2 s, its minimum) ends it while the peer is still silent.
-        await wait_for(lambda: proxy.clients_closed == 1, 4, "abandoned connect gave up by itself")
+        await wait_for(lambda: proxy.clients_closed == 1, 4 + MARGIN, "abandoned connect gave up by itself")
         proxy.resume()
         await wait_for(lambda: proxy.accepted == 1 and proxy.open_connections == 0, 5, "attempt closed")
         with trio.fail_after(5):
@@ -791,7 +800,7 @@ async def test_cancel_during_connect_leaks_no_connection(running: EmbeddedPostgr
                 pass  # pragma: no cover
         started = trio.current_time()
         assert scope.cancelled_caught
-        assert trio.current_time() - started < 1.0
+        assert trio.current_time() - started < 1.0 + MARGIN
         proxy.resume()  # the thread's connection now completes: it must be closed, not leaked
         await wait_for(lambda: proxy.open_connections == 0, 5, "late connection closed")
         with trio.fail_after(5):
@@ -817,8 +826,10 @@ async def test_cancel_during_probe_returns_promptly_and_closes(running: Embedded
                 started = trio.current_time()
                 scope.cancel()
                 await trio.sleep_forever()
-        assert trio.current_time() - started < 1.0
-        await wait_for(lambda: proxy.clients_closed == 1, 2, "connection closed while the peer is silent")
+        assert trio.current_time() - started < 1.0 + MARGIN
+        await wait_for(
+            lambda: proxy.clients_closed == 1, 2 + MARGIN, "connection closed while the peer is silent"
+        )
         proxy.resume()
         await wait_for(lambda: proxy.open_connections == 0, 5, "listening connection closed")
         with trio.fail_after(5):
@@ -868,7 +879,9 @@ async def test_close_while_peer_is_silent_is_bounded_and_leaks_nothing(
                 started = trio.current_time()
             closing = trio.current_time() - started
         assert closing < 1.0
-        await wait_for(lambda: proxy.clients_closed == 1, 2, "connection closed while the peer is silent")
+        await wait_for(
+            lambda: proxy.clients_closed == 1, 2 + MARGIN, "connection closed while the peer is silent"
+        )
         proxy.resume()
         await wait_for(lambda: proxy.open_connections == 0, 5, "listening connection closed")
         with trio.fail_after(5):
@@ -938,11 +951,11 @@ async def test_listen_to_a_peer_gone_silent_mid_connect_is_abandoned(
         with trio.fail_after(10), pytest.raises(ConnectError, match=r"connect_timeout=0\.5s"):
             async with open_event_stream(engine, [name], connect_timeout=0.5):
                 pass  # pragma: no cover
-        assert trio.current_time() - started < 1.5
+        assert trio.current_time() - started < 0.5 + 1.0 + MARGIN  # connect_timeout=0.5
         assert not proxy.forwarding  # it really hung on LISTEN
         # The abandoned thread's socket was shut down: its connection is closed
         # while the peer is still silent (the thread does not hang on).
-        await wait_for(lambda: proxy.clients_closed == 1, 2, "abandoned connection closed")
+        await wait_for(lambda: proxy.clients_closed == 1, 2 + MARGIN, "abandoned connection closed")
         proxy.resume()
         await wait_for(lambda: proxy.open_connections == 0, 5, "proxied connection ended")
         with trio.fail_after(5):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import select
 import socket
 import threading
@@ -30,6 +31,7 @@ from ._secrets import redactor_for, safe_url
 from ._threads import Handoff, _dup_socket, thread_handoff
 
 __all__ = [
+    "APPLICATION_NAME",
     "DB_ERRORS",
     "as_engine",
     "run_on_connection",
@@ -113,26 +115,47 @@ def execute(dbapi_conn: Any, statement: sql.Composable | str) -> None:
         cursor.execute(statement)
 
 
-# libpq's own connect_timeout for the connections a listener makes (and only
-# those): set per thread around ``engine.raw_connection()``, read by a
-# ``do_connect`` hook. It bounds how long an abandoned attempt's thread can
-# stay blocked on a peer that accepted TCP but never answers.
+#: The ``application_name`` of every connection the library opens, unless the
+#: URL, the engine's ``connect_args`` or ``$PGAPPNAME`` names one: a stream's
+#: backends can be found in ``pg_stat_activity`` (change streams' replication
+#: connections are ``trio_pgevents_cdc``; the CLI's ``trio-pgevents-COMMAND``).
+APPLICATION_NAME = "trio_pgevents"
+
+# Parameters for the connections the library makes (and only those): set per
+# thread around ``engine.raw_connection()``, read by a ``do_connect`` hook.
+# libpq's connect_timeout bounds how long an abandoned attempt's thread can
+# stay blocked on a peer that accepted TCP but never answers; application_name
+# names the backend.
 _thread_state = threading.local()
 _hooked_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
 _hook_lock = threading.Lock()
 
 
-def _apply_connect_timeout(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+def _names_application(cparams: dict[str, Any]) -> bool:
+    """Whether the connection's parameters (or the environment) already name it."""
+    dsn = cparams.get("dsn")
+    return (
+        "application_name" in cparams
+        or bool(os.environ.get("PGAPPNAME"))
+        or (isinstance(dsn, str) and "application_name" in dsn)
+    )
+
+
+def _apply_connect_params(dialect: Any, conn_rec: Any, cargs: Any, cparams: dict[str, Any]) -> None:
+    if not getattr(_thread_state, "active", False):
+        return  # a connection the application itself asked the engine for
     timeout = getattr(_thread_state, "connect_timeout", None)
     if timeout is not None and "connect_timeout" not in cparams:
         # libpq takes whole seconds and treats anything under 2 as 2.
         cparams["connect_timeout"] = max(2, math.ceil(timeout))
+    if not _names_application(cparams):
+        cparams["application_name"] = APPLICATION_NAME
 
 
-def _hook_connect_timeout(engine: Engine) -> None:
+def _hook_connect_params(engine: Engine) -> None:
     with _hook_lock:
         if engine not in _hooked_engines:
-            event.listen(engine, "do_connect", _apply_connect_timeout)
+            event.listen(engine, "do_connect", _apply_connect_params)
             _hooked_engines.add(engine)
 
 
@@ -151,15 +174,15 @@ def checkout(
     connection). On failure the connection is invalidated and the error raised.
     With ``handoff``, the socket is registered so an abandoning caller can
     unblock a LISTEN stuck on a dead peer. ``connect_timeout`` (unless the
-    engine sets its own) is passed to libpq for a new connection.
+    engine sets its own) is passed to libpq for a new connection, and so is
+    :data:`APPLICATION_NAME` unless the connection is named already.
     """
-    if connect_timeout is not None:
-        _hook_connect_timeout(engine)
-        _thread_state.connect_timeout = connect_timeout
+    _hook_connect_params(engine)
+    _thread_state.active, _thread_state.connect_timeout = True, connect_timeout
     try:
         proxy = engine.raw_connection()
     finally:
-        _thread_state.connect_timeout = None
+        _thread_state.active, _thread_state.connect_timeout = False, None
     try:
         dbapi_conn = proxy.dbapi_connection
         if not isinstance(dbapi_conn, psycopg2.extensions.connection):
@@ -254,7 +277,13 @@ def has_unread_data(fd: int) -> bool:
 
 def queue_usage(engine: Engine) -> float:
     """``pg_notification_queue_usage()`` read on a separate pooled connection."""
-    with engine.connect() as connection:
+    _hook_connect_params(engine)
+    _thread_state.active = True
+    try:
+        connection = engine.connect()
+    finally:
+        _thread_state.active = False
+    with connection:
         value = connection.exec_driver_sql("SELECT pg_catalog.pg_notification_queue_usage()").scalar()
     return float(value or 0.0)
 

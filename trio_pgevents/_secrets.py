@@ -199,12 +199,21 @@ def scrub(text: str) -> str:
     return _mask(text, list(_known))
 
 
+#: A line break and the indentation around it (a driver's error text has them).
+_LINE_BREAK = re.compile(r"\s*[\r\n]+\s*")
+
+
 class RedactingFilter(logging.Filter):
-    """Masks known secrets in log records (message and arguments, rendered once)."""
+    """Masks known secrets in log records and makes each message one line.
+
+    The message and its arguments are rendered once; a line break in them (a
+    driver's error text, a payload) becomes one space, so one record is one line.
+    A traceback (``exc_info``) is the handler's to format and stays as it is.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        safe = scrub(message)
+        safe = _LINE_BREAK.sub(" ", scrub(message)).strip()
         if safe != message or record.args:
             record.msg, record.args = safe, None
         return True

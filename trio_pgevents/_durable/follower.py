@@ -117,7 +117,7 @@ class OutboxFollower:
         # yet when the wake-up is read (an older one still running), and a
         # writer that skipped its NOTIFY because another transaction was
         # notifying at the same moment (the installer lets only one at a time
-        # take the server's NOTIFY lock; see the README's durable section).
+        # take the server's NOTIFY lock; see docs/durable.md).
         poll_interval = self._options.poll_interval
         fast = _FIRST_REREAD
         while True:

@@ -185,7 +185,7 @@ def read_status(cur: Cursor, b: SqlBuilder) -> InstallStatus:
 
 
 def privilege_problems(cur: Cursor, b: SqlBuilder, state: State) -> tuple[str, ...]:
-    """What in the library schema lets a role do more than it should (see the README's Security)."""
+    """What in the library schema lets a role do more than it should (see docs/security.md)."""
     auto_rebuild = b.names.auto_rebuild_trigger in state.event_triggers
     public_functions = set(b.AUTO_REBUILD_GRANTS) if auto_rebuild else set()
     problems: list[str] = []

@@ -15,7 +15,7 @@ quoted identifier and every value a quoted literal (nothing user-supplied is
 formatted into SQL by hand). Rendering needs a live psycopg2 connection
 (quoting depends on its encoding).
 
-Privileges (the security model, see the README's "Security" section):
+Privileges (the security model, see docs/security.md):
 
 - Nothing is granted to PUBLIC by default: every function has ``EXECUTE``
   revoked from PUBLIC, the schema and tables have no PUBLIC grants.
