@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -85,6 +87,20 @@ async def take_rows(stream: BufferedStream, count: int, timeout: float = 20) -> 
             if isinstance(event, RowChange):
                 got.append(event)
     return got
+
+
+@contextlib.contextmanager
+def library_logs(handler: logging.Handler) -> Iterator[None]:
+    """Send every trio_pgevents log record (DEBUG and up) to ``handler`` while inside."""
+    logger = logging.getLogger("trio_pgevents")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
 
 
 @pytest.fixture

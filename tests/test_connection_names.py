@@ -19,7 +19,7 @@ from trio_pgevents import Installer, open_durable_stream, open_event_stream
 from trio_pgevents._connection import APPLICATION_NAME
 from trio_pgevents._secrets import get_logger
 
-from .conftest import Outbox, Query
+from .conftest import Outbox, Query, library_logs
 
 
 async def application_of(query: Query, pid: int | None) -> str:
@@ -116,15 +116,8 @@ class Lines(logging.Handler):
 @pytest.fixture
 def lines() -> Iterator[Lines]:
     handler = Lines()
-    logger = logging.getLogger("trio_pgevents")
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with library_logs(handler):
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
 
 
 def test_a_multi_line_message_is_logged_as_one_line(lines: Lines) -> None:

@@ -59,6 +59,7 @@ from trio_pgevents import (
 )
 from trio_pgevents.testing import EmbeddedPostgres
 
+from .conftest import library_logs
 from .tcp_proxy import TcpProxy
 
 # ---------------------------------------------------------------------------
@@ -361,15 +362,8 @@ class Records(logging.Handler):
 def log_records() -> Iterator[Records]:
     """trio_pgevents log messages emitted during the test."""
     handler = Records()
-    logger = logging.getLogger("trio_pgevents")
-    old_level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    try:
+    with library_logs(handler):
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
 
 
 # ---------------------------------------------------------------------------
