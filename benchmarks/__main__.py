@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import signal
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ._common import BenchContext, Result, machine_info, open_server
+from ._common import BenchContext, Result, format_table, log_to_stderr, machine_info, open_server
 
 #: Benchmarks in the order they run. Modules of other topics are optional.
 BENCHMARKS = ["throughput", "throughput_fresh", "latency", "decoded", "writers", "memory"]
@@ -55,47 +54,6 @@ def _as_result(name: str, item: Any) -> Result:
         known.setdefault("unit", "")
         return Result(**known)
     raise TypeError(f"benchmark {name} returned {item!r}, not a Result")
-
-
-def _fmt_value(value: float, unit: str) -> str:
-    if math.isnan(value):
-        return "-"
-    if abs(value) >= 1000:
-        return f"{value:,.0f}"
-    if abs(value) >= 10:
-        return f"{value:.1f}"
-    return f"{value:.3f}"
-
-
-def format_table(results: list[Result]) -> str:
-    """The results as one aligned text table."""
-    header = ["benchmark", "case", "median", "unit", "ratio", "vs", "target", "ok"]
-    rows = [header]
-    for r in results:
-        rows.append(
-            [
-                r.bench,
-                r.case,
-                _fmt_value(r.value, r.unit),
-                r.unit,
-                "" if r.ratio is None else f"{r.ratio:.2f}x",
-                r.baseline or "",
-                r.target or "",
-                "" if r.met is None else ("yes" if r.met else "NO"),
-            ]
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    right = {2, 4}
-    lines = []
-    for index, row in enumerate(rows):
-        cells = [
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
-        ]
-        lines.append(" | ".join(cells).rstrip())
-        if index == 0:
-            lines.append("-+-".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     names = [name for name in available if not selected or name in selected]
     reps = args.reps or (3 if args.quick else 5)
 
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    log = log_to_stderr
 
     started = time.perf_counter()
     results: list[Result] = []

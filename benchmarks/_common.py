@@ -23,6 +23,7 @@ import random
 import re
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -44,10 +45,13 @@ __all__ = [
     "Producer",
     "Result",
     "Server",
+    "format_table",
+    "log_to_stderr",
     "median",
     "open_server",
     "percentile",
     "pgbench_tps",
+    "print_results",
     "rss_bytes",
 ]
 
@@ -476,3 +480,60 @@ def _paced(uri: str, channel: str, producers: int, per_producer: int, interval: 
     if errors:
         raise errors[0]
     return {}
+
+
+# ---- reporting ----------------------------------------------------------------------------------
+
+
+def log_to_stderr(message: str) -> None:
+    """A progress line on stderr, with the time (the table goes to stdout)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _fmt_value(value: float, unit: str) -> str:
+    if math.isnan(value):
+        return "-"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def format_table(results: list[Result]) -> str:
+    """The results as one aligned text table."""
+    header = ["benchmark", "case", "median", "unit", "ratio", "vs", "target", "ok"]
+    rows = [header]
+    for r in results:
+        rows.append(
+            [
+                r.bench,
+                r.case,
+                _fmt_value(r.value, r.unit),
+                r.unit,
+                "" if r.ratio is None else f"{r.ratio:.2f}x",
+                r.baseline or "",
+                r.target or "",
+                "" if r.met is None else ("yes" if r.met else "NO"),
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    right = {2, 4}
+    lines = []
+    for index, row in enumerate(rows):
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append(" | ".join(cells).rstrip())
+        if index == 0:
+            lines.append("-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def print_results(results: list[Result]) -> None:
+    """A standalone benchmark's table (``python -m benchmarks.NAME``), then each case's note."""
+    print(format_table(results))
+    for result in results:
+        if result.note:
+            print(f"  {result.case}: {result.note}")

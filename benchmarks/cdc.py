@@ -47,7 +47,18 @@ from sqlalchemy.pool import NullPool
 from trio_pgevents import ChangeStream, RowChange, drop_change_stream, open_change_stream
 from trio_pgevents.testing import postgres_bin_dir
 
-from ._common import BenchContext, Result, Server, median, open_server, pgbench_tps, unique_name, with_ratio
+from ._common import (
+    BenchContext,
+    Result,
+    Server,
+    log_to_stderr,
+    median,
+    open_server,
+    pgbench_tps,
+    print_results,
+    unique_name,
+    with_ratio,
+)
 
 __all__ = ["run", "main"]
 
@@ -551,16 +562,13 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CDC benchmark alone on an embedded server and print the table."""
     import argparse
 
-    from .__main__ import format_table
-
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cdc", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--dsn", default=None, help="server to use (default: an embedded one)")
     parser.add_argument("--reps", type=int, default=None, help="repetitions per figure")
     args = parser.parse_args(argv)
 
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    log = log_to_stderr
 
     with open_server(args.dsn) as server:
         ctx = BenchContext(
@@ -568,10 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         results = run(ctx)
         print(f"server: {server.description}")
-    print(format_table(results))
-    for result in results:
-        if result.note:
-            print(f"  {result.case}: {result.note}")
+    print_results(results)
     return 0
 
 

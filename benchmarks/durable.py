@@ -33,7 +33,18 @@ from typing import Any
 
 from psycopg2 import sql
 
-from ._common import BenchContext, Result, Server, median, open_server, pgbench_tps, unique_name, with_ratio
+from ._common import (
+    BenchContext,
+    Result,
+    Server,
+    log_to_stderr,
+    median,
+    open_server,
+    pgbench_tps,
+    print_results,
+    unique_name,
+    with_ratio,
+)
 
 __all__ = ["main", "run"]
 
@@ -205,7 +216,6 @@ def run(ctx: BenchContext) -> list[Result]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the durable writer benchmark alone and print the table."""
-    from .__main__ import format_table
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.durable", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10, help="pgbench -T per run (default 10)")
@@ -215,8 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--read-events", type=int, default=100_000, help="events for the read-rate figure")
     args = parser.parse_args(argv)
 
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    log = log_to_stderr
 
     settings = None if args.dsn else {"fsync": args.fsync, "full_page_writes": args.fsync}
     with open_server(args.dsn, settings=settings) as server:
@@ -225,10 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(measure_reading(server, total=args.read_events, reps=args.reps, log=log))
     print(f"python -m benchmarks.durable {' '.join(argv if argv is not None else sys.argv[1:])}".strip())
     print(f"server: {server.description}")
-    print(format_table(results))
-    for result in results:
-        if result.note:
-            print(f"  {result.case}: {result.note}")
+    print_results(results)
     return 0
 
 

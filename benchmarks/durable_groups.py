@@ -75,7 +75,18 @@ from psycopg2 import sql
 
 from trio_pgevents import DurableStream, DurableWorker, Installer, RowChange, open_durable_stream
 
-from ._common import BenchContext, Result, Server, median, open_server, pgbench_tps, unique_name, with_ratio
+from ._common import (
+    BenchContext,
+    Result,
+    Server,
+    log_to_stderr,
+    median,
+    open_server,
+    pgbench_tps,
+    print_results,
+    unique_name,
+    with_ratio,
+)
 
 __all__ = ["main", "run"]
 
@@ -559,7 +570,6 @@ def run(ctx: BenchContext) -> list[Result]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run this benchmark alone and print the table."""
-    from .__main__ import format_table
 
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.durable_groups", description=__doc__.split("\n")[0]
@@ -571,8 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dsn", default=None, help="server to use (default: an embedded one)")
     args = parser.parse_args(argv)
 
-    def log(message: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+    log = log_to_stderr
 
     settings = None if args.dsn else {"fsync": args.fsync, "full_page_writes": args.fsync}
     with open_server(args.dsn, settings=settings) as server:
@@ -582,10 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     given = " ".join(argv if argv is not None else sys.argv[1:])
     print(f"python -m benchmarks.durable_groups {given}".strip())
     print(f"server: {server.description}")
-    print(format_table(results))
-    for result in results:
-        if result.note:
-            print(f"  {result.case}: {result.note}")
+    print_results(results)
     return 0
 
 

@@ -11,8 +11,7 @@ from psycopg2.extensions import Notify
 from sqlalchemy.engine import Engine
 
 from benchmarks import throughput
-from benchmarks.__main__ import format_table
-from benchmarks._common import Producer, Result, _as_uri, percentile, with_ratio
+from benchmarks._common import Producer, Result, _as_uri, format_table, percentile, with_ratio
 from tests.conftest import Query, drain
 from trio_pgevents import Notification, RowChange, decode_trigger_payload, open_event_stream
 from trio_pgevents._consumer import NotifyBatch
