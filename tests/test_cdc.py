@@ -105,6 +105,23 @@ def captured_messages(dsn: str, slot: str, publication: str, statements: list[st
         conn.close()
 
 
+async def captured_insert(
+    pg_dsn: str, query: Query, unique: Callable[[str], str], prefix: str, columns: str, values: str
+) -> tuple[str, list[bytes]]:
+    """Create and publish a table of ``columns``, insert ``values`` into it: (its name, the messages)."""
+    name = unique(prefix)
+    publication = unique("cdc_pub")
+    slot = unique("cdc_slot")
+    await query(f"CREATE TABLE {name} ({columns})")
+    await query(f"CREATE PUBLICATION {publication} FOR TABLE {name}")
+    try:
+        insert = f"INSERT INTO {name} VALUES {values}"
+        messages = await trio.to_thread.run_sync(captured_messages, pg_dsn, slot, publication, [insert])
+    finally:
+        await query(f"DROP PUBLICATION {publication}")
+    return name, messages
+
+
 def decode(messages: list[bytes]) -> list[RowChange]:
     decoder = PgOutputDecoder("chan", "src")
     out: list[Any] = []
@@ -114,27 +131,21 @@ def decode(messages: list[bytes]) -> list[RowChange]:
 
 
 async def test_decoder_converts_types(pg_dsn: str, query: Query, unique: Callable[[str], str]) -> None:
-    name = unique("cdc_types")
-    publication = unique("cdc_pub")
-    slot = unique("cdc_slot")
-    await query(
-        f"CREATE TABLE {name} (id bigint PRIMARY KEY, i2 smallint, i4 int, num numeric, nan numeric, "
+    name, messages = await captured_insert(
+        pg_dsn,
+        query,
+        unique,
+        "cdc_types",
+        "id bigint PRIMARY KEY, i2 smallint, i4 int, num numeric, nan numeric, "
         "f8 float8, f4 float4, ok bool, no bool, t text, vc varchar(10), ch char(3), js json, jb jsonb, "
         "ts timestamp, tz timestamptz, d date, tm time, inf timestamptz, u uuid, arr int[], "
-        "nothing text, ba bytea)"
+        "nothing text, ba bytea",
+        "(9007199254740993, -32768, 2147483647, 12345678901234567890.0001, "
+        "'NaN', 0.1, 1.5, true, false, 'héllo ''q''', 'abc', 'x', '[1, {\"a\": null}]', "
+        "'{\"k\": [1, 2.5, \"s\"]}', '2024-02-29 23:59:59.123456', '2024-01-02 03:04:05.5+02', "
+        "'2000-01-01', '12:34:56.789', 'infinity', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', "
+        "'{1,2,NULL}', NULL, '\\x00ff')",
     )
-    await query(f"CREATE PUBLICATION {publication} FOR TABLE {name}")
-    try:
-        insert = (
-            f"INSERT INTO {name} VALUES (9007199254740993, -32768, 2147483647, 12345678901234567890.0001, "
-            "'NaN', 0.1, 1.5, true, false, 'héllo ''q''', 'abc', 'x', '[1, {\"a\": null}]', "
-            "'{\"k\": [1, 2.5, \"s\"]}', '2024-02-29 23:59:59.123456', '2024-01-02 03:04:05.5+02', "
-            "'2000-01-01', '12:34:56.789', 'infinity', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', "
-            "'{1,2,NULL}', NULL, '\\x00ff')"
-        )
-        messages = await trio.to_thread.run_sync(captured_messages, pg_dsn, slot, publication, [insert])
-    finally:
-        await query(f"DROP PUBLICATION {publication}")
     [event] = decode(messages)
     assert event.method == "INSERT"
     assert (event.table_schema, event.table_name) == ("public", name)
@@ -233,17 +244,9 @@ async def test_decoder_old_rows_and_toast(
 async def test_decoder_rejects_rows_that_do_not_match_the_relation(
     pg_dsn: str, query: Query, unique: Callable[[str], str]
 ) -> None:
-    name = unique("cdc_bad")
-    publication = unique("cdc_pub")
-    slot = unique("cdc_slot")
-    await query(f"CREATE TABLE {name} (id int PRIMARY KEY, t text)")
-    await query(f"CREATE PUBLICATION {publication} FOR TABLE {name}")
-    try:
-        messages = await trio.to_thread.run_sync(
-            captured_messages, pg_dsn, slot, publication, [f"INSERT INTO {name} VALUES (1, 'a')"]
-        )
-    finally:
-        await query(f"DROP PUBLICATION {publication}")
+    name, messages = await captured_insert(
+        pg_dsn, query, unique, "cdc_bad", "id int PRIMARY KEY, t text", "(1, 'a')"
+    )
     assert [chr(m[0]) for m in messages] == ["B", "R", "I", "C"]
     assert decode(messages)[0].new_data == {"id": 1, "t": "a"}
     insert = bytearray(messages[2])
@@ -258,17 +261,9 @@ async def test_decoder_rejects_rows_that_do_not_match_the_relation(
 async def test_insert_rows_are_decoded_on_first_access_and_never_raise(
     pg_dsn: str, query: Query, unique: Callable[[str], str]
 ) -> None:
-    name = unique("cdc_lazy")
-    publication = unique("cdc_pub")
-    slot = unique("cdc_slot")
-    await query(f"CREATE TABLE {name} (id int PRIMARY KEY, t text)")
-    await query(f"CREATE PUBLICATION {publication} FOR TABLE {name}")
-    try:
-        messages = await trio.to_thread.run_sync(
-            captured_messages, pg_dsn, slot, publication, [f"INSERT INTO {name} VALUES (1, 'a'), (2, 'b')"]
-        )
-    finally:
-        await query(f"DROP PUBLICATION {publication}")
+    name, messages = await captured_insert(
+        pg_dsn, query, unique, "cdc_lazy", "id int PRIMARY KEY, t text", "(1, 'a'), (2, 'b')"
+    )
     first, second = decode(messages)
     # The acknowledgement position needs no decoding; the row is parsed when read.
     assert ack_position(first) == parse_lsn(first[4])
