@@ -161,7 +161,6 @@ def attach_types(events: list[Any], catalog: ColumnCatalog) -> list[Table]:
     missing: list[Table] = []
     last_schema: Any = None
     last_name: Any = None
-    known = False
     entry: tuple[frozenset[str], RowConverter | None] | None = None
     for event in events:
         kind = type(event)
@@ -172,9 +171,9 @@ def attach_types(events: list[Any], catalog: ColumnCatalog) -> list[Table]:
             if entry is None or name != last_name or schema != last_schema:
                 last_schema, last_name = schema, name
                 table = (schema, name)
-                known, _ = catalog.converter(table, None)
                 entry = catalog.entry(table)
                 if entry is None:
+                    known, _ = catalog.converter(table, None)  # known: left untyped for a while
                     if not known and table not in missing and _could_exist(table):
                         missing.append(table)
                     entry = _NO_ENTRY
