@@ -23,7 +23,7 @@ from .._listen import EventStream
 from .._options import StreamOptions
 from .ledger import Ledger
 from .outbox import OutboxSql, Position, make_event
-from .partition import Partitioner
+from .partition import UNDECIDED, UNKNOWN, Partitioner
 from .reader import OutboxConnection
 
 __all__ = ["LEASE_WAKE", "OutboxFollower"]
@@ -32,6 +32,13 @@ __all__ = ["LEASE_WAKE", "OutboxFollower"]
 LEASE_WAKE = "lease"
 
 _UNREAD: Position = (2**64, 2**63)
+
+#: A read: rows (as :attr:`OutboxSql.read` gives them), their partitions, the position read
+#: up to, and whether that was everything below xmin.
+_Read = tuple[list[Any], list[int], Position, bool]
+
+#: A group member reads at most this many times ``batch_size`` rows' keys at once.
+_MOST_CANDIDATES = 16
 
 #: After activity, read again after this long, doubling up to ``poll_interval`` (seconds).
 _FIRST_REREAD = 0.01
@@ -148,8 +155,8 @@ class OutboxFollower:
         for attempt in (1, 2):
             missing: list[tuple[str, str]] = []
             for event, row in zip(events, rows, strict=True):
-                if row[5]:  # a row event
-                    table = (row[6], row[7])
+                if row[4]:  # a row event
+                    table = (row[5], row[6])
                     known, convert = catalog.converter(table, None)
                     if not known:
                         if table not in missing:
@@ -162,39 +169,100 @@ class OutboxFollower:
 
     async def catch_up(self) -> None:
         """Read until the table has nothing more below xmin (one query per ``batch_size`` rows)."""
-        limit, budget = self._options.batch_size, self._budget
-        read_sql, source = self._sql.read, self._source
-        ledger, partitioner = self._ledger, self._partitioner
+        source, ledger, partitioner = self._source, self._ledger, self._partitioner
+        read = self._read_all if partitioner.partitions == 1 else self._read_own
         while ledger.read_through:
             if self._rewind is not None:
                 self.position = min(self.position, self._rewind)
                 self._rewind = None
-            txid, event_id = self.position
-
-            def work(cursor: Any, txid: int = txid, event_id: int = event_id) -> list[Any]:
-                cursor.execute(read_sql, (str(txid), event_id, limit, budget))
-                return list(cursor.fetchall())
-
-            rows: list[Any] = await self._db.run(work)
-            self.reads += 1
-            if not rows:
+            after = self.position
+            result = await read(after)
+            if result is None:
                 return
+            rows, parts, position, everything = result
             events = [make_event(row, source) for row in rows]
             await self._type_rows(events, rows)
-            unknown = partitioner.unknown_tables(events)
-            if unknown:
-                await self._db.run(functools.partial(partitioner.learn, tables=unknown))
-            after = (txid, event_id)
             batch, size = [], 0
-            for event, row in zip(events, rows, strict=True):
-                if ledger.take(event, partitioner.part_of(event), event.__dict__["_position"], after):
+            for event, row, part in zip(events, rows, parts, strict=True):
+                if part == UNDECIDED:
+                    part = partitioner.part_of(event)
+                if ledger.take(event, part, event.__dict__["_position"], after):
                     batch.append(event)
                     size += len(row[3])
-            last = rows[-1]
-            self.position = (int(last[1]), int(last[0]))
-            ledger.read_up_to(after, self.position)
+            self.position = position
+            ledger.read_up_to(after, position)
             self.events_read += len(batch)
             if batch:
                 await self._buffer.put(batch, size)
-            if len(rows) < limit and int(last[4]) < budget:
+            if everything:
                 return  # everything there was read (not cut by the limit, nor by the budget)
+
+    async def _read_all(self, after: Position) -> _Read | None:
+        """One read of every unread row (an exclusive consumer's: all are its own)."""
+        limit, budget, statement = self._options.batch_size, self._budget, self._sql.read
+
+        def work(cursor: Any) -> list[Any]:
+            cursor.execute(statement, (str(after[0]), after[1], limit, budget))
+            return list(cursor.fetchall())
+
+        rows: list[Any] = await self._db.run(work)
+        self.reads += 1
+        if not rows:
+            return None
+        last = rows[-1]
+        everything = len(rows) < limit and int(last[7]) < budget
+        return rows, [0] * len(rows), (int(last[1]), int(last[0])), everything
+
+    async def _read_own(self, after: Position) -> _Read | None:
+        """One read of a group member: which unread rows are its own, then those rows.
+
+        The server reads each row's partition key out of the payload (no
+        payload is sent for another member's rows); a row whose key only its
+        payload can tell is fetched and its partition computed here.
+        """
+        partitioner, ledger, budget = self._partitioner, self._ledger, self._budget
+        # Its own rows are about held/partitions of the rows read: read that many more.
+        share = partitioner.partitions // max(1, len(ledger.read_through))
+        limit = self._options.batch_size * max(1, min(share, _MOST_CANDIDATES))
+        while True:
+            statement, key_map = self._sql.candidates(partitioner.width), partitioner.key_map
+
+            def work(cursor: Any, statement: Any = statement, key_map: str = key_map) -> list[Any]:
+                cursor.execute(statement, (key_map, str(after[0]), after[1], limit))
+                return list(cursor.fetchall())
+
+            candidates: list[Any] = await self._db.run(work)
+            self.reads += 1
+            if not candidates:
+                return None
+            parts = [partitioner.part_of_candidate(*row[3:7]) for row in candidates]
+            unknown = sorted(
+                {(row[4], row[5]) for row, part in zip(candidates, parts, strict=True) if part == UNKNOWN}
+            )
+            if not unknown:
+                break
+            await self._db.run(functools.partial(partitioner.learn, tables=unknown))
+        wanted, position, size, cut = ledger.read_through, after, 0, False
+        chosen: dict[int, int] = {}  # id -> partition, in read order
+        for row, part in zip(candidates, parts, strict=True):
+            if part == UNDECIDED or part in wanted:
+                if chosen and size >= budget:
+                    cut = True  # the byte budget is spent: the rest on the next read
+                    break
+                chosen[row[0]] = part
+                size += row[2]
+            position = (int(row[1]), row[0])
+        rows: list[Any] = []
+        if chosen:
+            ids, fetch = list(chosen), self._sql.fetch
+            rows = await self._db.run(lambda cursor: (cursor.execute(fetch, (ids,)), cursor.fetchall())[1])
+            if len(rows) < len(ids):
+                # Deleted since (retention: every consumer had passed them): read on from there.
+                got = [row[0] for row in rows]
+                missing = next(
+                    (i for i, (a, b) in enumerate(zip(got, ids[: len(got)], strict=True)) if a != b), len(got)
+                )
+                index = next(i for i, row in enumerate(candidates) if row[0] == ids[missing])
+                rows, cut = rows[:missing], True
+                position = (int(candidates[index - 1][1]), candidates[index - 1][0]) if index else after
+        return rows, [chosen[row[0]] for row in rows], position, not cut and len(candidates) < limit

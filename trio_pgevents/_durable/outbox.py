@@ -50,6 +50,47 @@ def position_of(event: object) -> Position | None:
 _ROW_EVENT_CHECK = jsonb_check_sql("r.payload", ROW, ("table_name", "method", "old_data", "new_data"))
 
 
+#: The rows still to read after a position: params last txid (text), last id.
+_UNREAD = (
+    "(e.txid, e.id) OPERATOR(pg_catalog.>) (%s::pg_catalog.xid8, %s::pg_catalog.int8) "
+    "AND e.txid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())"
+)
+
+#: An outbox row ``r`` as an event: id, txid (text: psycopg2 has no type for xid8), channel,
+#: the payload as text with "id" and "txid" added, whether it is a row event, and its table
+#: (schema, name) as the payload says.
+_EVENT_COLUMNS = (
+    "r.id, r.txid::pg_catalog.text, r.channel, "
+    "((CASE WHEN pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' THEN r.payload "
+    "ELSE pg_catalog.jsonb_build_object('value', r.payload) END) OPERATOR(pg_catalog.||) "
+    "pg_catalog.jsonb_build_object('id', r.id, 'txid', "
+    "r.txid::pg_catalog.text::pg_catalog.numeric))::pg_catalog.text, "
+    + _ROW_EVENT_CHECK
+    + ", r.payload OPERATOR(pg_catalog.->>) 'table_schema', "
+    "r.payload OPERATOR(pg_catalog.->>) 'table_name'"
+)
+
+#: A text field of the payload as RowChange reads it: "" unless it is a JSON string.
+_TEXT_FIELD = (
+    "CASE WHEN pg_catalog.jsonb_typeof(r.payload OPERATOR(pg_catalog.->) '{0}') "
+    "OPERATOR(pg_catalog.=) 'string' THEN r.payload OPERATOR(pg_catalog.->>) '{0}' ELSE '' END"
+)
+
+
+def _key_value(index: int) -> str:
+    """SQL: the text of the row's ``index``-th key column value (NULL if not a JSON string or number).
+
+    Another type's text, as Python would write it, differs from the server's
+    (``true``/``True``), so the member parses those rows itself.
+    """
+    value = f"(r.d OPERATOR(pg_catalog.->) (r.cols OPERATOR(pg_catalog.->>) {index}))"
+    return (
+        f"CASE WHEN pg_catalog.jsonb_typeof({value}) OPERATOR(pg_catalog.=) ANY "
+        f"('{{{{string,number}}}}'::pg_catalog.text[]) "
+        f"THEN {value} OPERATOR(pg_catalog.#>>) '{{{{}}}}'::pg_catalog.text[] END"
+    )
+
+
 class OutboxSql:
     """The statements of one consumer of one library schema (quoted once, reused)."""
 
@@ -59,30 +100,28 @@ class OutboxSql:
         dead = sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier("dead_letters"))
         #: Params: last txid (text), last id, most rows, byte budget.
         self.read = sql.SQL(
-            # xid8 is read as text (psycopg2 has no type for it). The payload comes as
-            # text with "id" and "txid" added. At most %s rows, and no more bytes than
-            # the read budget (counted as stored, without reading the values: always at
-            # least one row), so a few huge rows cannot fill the process's memory. "upto"
-            # (bytes up to and with the row) tells a batch the budget cut from the end.
-            "SELECT r.id, r.txid::pg_catalog.text, r.channel, "
-            "((CASE WHEN pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' THEN r.payload "
-            "ELSE pg_catalog.jsonb_build_object('value', r.payload) END) OPERATOR(pg_catalog.||) "
-            "pg_catalog.jsonb_build_object('id', r.id, 'txid', "
-            "r.txid::pg_catalog.text::pg_catalog.numeric))::pg_catalog.text, r.upto, "
-            + _ROW_EVENT_CHECK
-            + ", r.payload OPERATOR(pg_catalog.->>) 'table_schema', "
-            "r.payload OPERATOR(pg_catalog.->>) 'table_name' "
+            # At most %s rows, and no more bytes than the read budget (counted as stored,
+            # without reading the values: always at least one row), so a few huge rows
+            # cannot fill the process's memory. "upto" (bytes up to and with the row)
+            # tells a batch the budget cut from the end.
+            "SELECT " + _EVENT_COLUMNS + ", r.upto "
             # The LIMIT is innermost: a window function of the same level would see every
             # unread row (a sort of the whole backlog per read).
             "FROM (SELECT l.*, pg_catalog.sum(pg_catalog.pg_column_size(l.payload)) "
             "OVER (ORDER BY l.txid, l.id ROWS UNBOUNDED PRECEDING) AS upto "
             "FROM (SELECT e.id, e.txid, e.channel, e.payload FROM {events} AS e "
-            "WHERE (e.txid, e.id) OPERATOR(pg_catalog.>) (%s::pg_catalog.xid8, %s::pg_catalog.int8) "
-            "AND e.txid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot()) "
-            "ORDER BY e.txid, e.id LIMIT %s) AS l) AS r "
+            "WHERE " + _UNREAD + " ORDER BY e.txid, e.id LIMIT %s) AS l) AS r "
             "WHERE r.upto OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(r.payload) "
             "OPERATOR(pg_catalog.<) %s::pg_catalog.int8 "
             "ORDER BY r.txid, r.id"
+        ).format(events=events)
+        self._events = events
+        self._candidates: dict[int, sql.Composed] = {}
+        #: Params: ids (int8[]). The rows of :attr:`candidates` a member keeps, as :attr:`read`
+        #: gives them (without "upto").
+        self.fetch = sql.SQL(
+            "SELECT " + _EVENT_COLUMNS + " FROM {events} AS r "
+            "WHERE r.id OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.int8[]) ORDER BY r.txid, r.id"
         ).format(events=events)
         #: Params: txid (text), id, consumer, txid, id. Never moves a position backwards.
         self.store = sql.SQL(
@@ -121,10 +160,47 @@ class OutboxSql:
             "DELETE FROM {events} e USING doomed WHERE e.id OPERATOR(pg_catalog.=) doomed.id"
         ).format(consumers=consumers, events=events)
 
+    def candidates(self, width: int) -> sql.Composed:
+        """A group member's first read: the unread rows without their payloads.
+
+        Params: key columns (jsonb: schema -> table -> [column, ...]), last txid
+        (text), last id, most rows. Gives id, txid, stored size, whether it is a
+        row event, the table (schema, name) as :class:`RowChange` reads it, and
+        the text of its first ``width`` key values (of the old row for a
+        DELETE): what says which partition a row belongs to
+        (:mod:`.partition`). Only the rows of the member's own partitions are
+        then fetched (:attr:`fetch`): the server renders no payload for another
+        member's rows.
+        """
+        statement = self._candidates.get(width)
+        if statement is None:
+            values = ", ".join(_key_value(i) for i in range(width)) or "NULL"
+            statement = self._candidates[width] = sql.SQL(
+                "SELECT r.id, r.txid::pg_catalog.text, pg_catalog.pg_column_size(r.payload), "
+                + _ROW_EVENT_CHECK
+                + ", "
+                + _TEXT_FIELD.format("table_schema")
+                + ", "
+                + _TEXT_FIELD.format("table_name")
+                + ", ARRAY["
+                + values
+                + "]::pg_catalog.text[] "
+                "FROM (SELECT e.id, e.txid, e.payload, "
+                "CASE WHEN e.payload OPERATOR(pg_catalog.->>) 'method' OPERATOR(pg_catalog.=) 'DELETE' "
+                "THEN e.payload OPERATOR(pg_catalog.->) 'old_data' "
+                "ELSE e.payload OPERATOR(pg_catalog.->) 'new_data' END AS d, "
+                "%s::pg_catalog.jsonb OPERATOR(pg_catalog.->) "
+                "(e.payload OPERATOR(pg_catalog.->>) 'table_schema') "
+                "OPERATOR(pg_catalog.->) (e.payload OPERATOR(pg_catalog.->>) 'table_name') AS cols "
+                "FROM {events} AS e WHERE " + _UNREAD + " ORDER BY e.txid, e.id LIMIT %s) AS r "
+                "ORDER BY r.txid, r.id"
+            ).format(events=self._events)
+        return statement
+
 
 def make_event(row: tuple[Any, ...], source: str) -> Event:
     """The event of one row read by :attr:`OutboxSql.read` (its position attached)."""
-    event_id, txid_text, channel, payload, _, is_row_event, _, _ = row
+    event_id, txid_text, channel, payload, is_row_event = row[:5]
     event: Event
     if is_row_event:
         event = _new(RowChange, (channel, payload, 0, source))

@@ -12,16 +12,32 @@ partition.
 The hash is CRC-32 of the key's values as sent (their text, joined by NUL):
 the same in every process and Python version, unlike ``hash()``, and
 independent of whether a process could read the column types.
+
+A member does not read another member's rows: the server reads the table
+and the key values out of each unread payload (:meth:`OutboxSql.candidates`,
+given the key columns learned here), the member computes the partitions
+from those few texts and fetches only its own rows' payloads. The server's
+text of a JSON string or number is the text Python gives the parsed value;
+for any other key value (bool, array, null...) the row's payload is fetched
+and parsed here, so the partition is always the one :meth:`Partitioner.part_of`
+gives its event.
 """
 
 from __future__ import annotations
 
+import json
 import zlib
 from typing import Any
 
 from .._events import Event, RowChange
 
-__all__ = ["Partitioner"]
+__all__ = ["UNDECIDED", "UNKNOWN", "Partitioner"]
+
+#: :meth:`Partitioner.part_of_candidate`: the row's table has not been looked up yet.
+UNKNOWN = -1
+#: :meth:`Partitioner.part_of_candidate`: only the row's payload can tell (a key value
+#: that is no JSON string or number).
+UNDECIDED = -2
 
 Table = tuple[str, str]
 
@@ -47,6 +63,11 @@ class Partitioner:
     def __init__(self, partitions: int) -> None:
         self.partitions = partitions
         self._keys: dict[Table, tuple[str, ...]] = {}
+        self._key_map = "{}"
+        #: Per table: how many key columns, and the CRC-32 of "schema NUL table".
+        self._prefixes: dict[Table, tuple[int, int]] = {}
+        #: The most key columns of a table known (what the server extracts per row).
+        self.width = 0
 
     def unknown_tables(self, events: list[Event]) -> list[Table]:
         """Tables of ``events`` whose key columns are not known yet."""
@@ -65,6 +86,41 @@ class Partitioner:
         found = {(s, t): tuple(columns) for s, t, columns in cursor.fetchall()}
         for table in tables:
             self._keys[table] = found.get(table, ())
+        key_map: dict[str, dict[str, list[str]]] = {}
+        for (schema, name), columns in self._keys.items():
+            if columns:
+                key_map.setdefault(schema, {})[name] = list(columns)
+        self._key_map = json.dumps(key_map)
+        self.width = max(map(len, self._keys.values()), default=0)
+        self._prefixes = {
+            (schema, name): (len(columns), zlib.crc32(f"{schema}\x00{name}".encode("utf-8", "surrogatepass")))
+            for (schema, name), columns in self._keys.items()
+        }
+
+    @property
+    def key_map(self) -> str:
+        """The key columns known, as JSON (schema -> table -> [column, ...]) for the server."""
+        return self._key_map
+
+    def part_of_candidate(self, is_row_event: bool, schema: str, table: str, values: list[str | None]) -> int:
+        """The partition of an unread row from what the server read out of it.
+
+        ``values`` are the texts of its key values (:meth:`OutboxSql.candidates`).
+        The same partition as :meth:`part_of` gives the row's event, or
+        :data:`UNKNOWN` (look its table up first) or :data:`UNDECIDED` (read its payload).
+        """
+        if not is_row_event:
+            return 0
+        known = self._prefixes.get((schema, table))
+        if known is None:
+            return UNKNOWN
+        width, crc = known  # CRC-32 continues: crc32(a + b) == crc32(b, crc32(a))
+        if width:
+            row_values = values[:width]
+            if len(row_values) < width or None in row_values:
+                return UNDECIDED
+            crc = zlib.crc32(("\x00" + "\x00".join(row_values)).encode("utf-8", "surrogatepass"), crc)  # type: ignore[arg-type]
+        return crc % self.partitions
 
     def part_of(self, event: Event) -> int:
         """The partition of ``event``."""
