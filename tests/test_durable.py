@@ -27,11 +27,13 @@ from trio_pgevents import (
     DurableStream,
     DurableWorker,
     Installer,
+    OutboxNotification,
     RowChange,
     StreamClosedError,
     StreamGap,
     open_durable_stream,
 )
+from trio_pgevents._durable.outbox import position_of
 
 from .conftest import Outbox, Query, read_with_cancellations, run_sql
 from .conftest import take as take_events
@@ -845,3 +847,26 @@ async def test_read_ahead_is_bounded_in_bytes(outbox: Outbox, query: Query) -> N
         assert stats.events_received < 100  # it did stop
         # The buffer's bound, plus the read that filled it (a quarter of the bound, one row more).
         assert stats.buffered_bytes <= limit + limit // 4 + (2 << 20)
+
+
+async def test_every_event_carries_its_position_whatever_the_row_held(outbox: Outbox, query: Query) -> None:
+    # The reader adds "id" and "txid" to the stored text: to an empty object too, and over
+    # keys of those names a hand-written row had.
+    await query(
+        sql.SQL("INSERT INTO {}.events (channel, payload) VALUES (%s, '{{}}'), (%s, %s)").format(
+            sql.Identifier(outbox.schema)
+        ),
+        (outbox.channel, outbox.channel, json.dumps({"id": "forged", "txid": -1, "kind": "other"})),
+    )
+    await outbox.ainsert(7)
+    async with open_durable_stream(outbox.url, "positions", **outbox.opts()) as events:
+        got = await take_events(events, 3, 20, only=(RowChange, OutboxNotification))
+    assert [type(e) for e in got] == [OutboxNotification, OutboxNotification, RowChange]
+    for event in got:
+        position = position_of(event)
+        assert position is not None
+        assert (json.loads(event.payload)["txid"], json.loads(event.payload)["id"]) == position
+    assert (got[2].txid, got[2].id) == position_of(got[2])
+    assert json.loads(got[0].payload).keys() == {"id", "txid"}
+    assert json.loads(got[1].payload)["kind"] == "other"
+    assert ns(got[2:]) == [7]

@@ -57,14 +57,14 @@ _UNREAD = (
 )
 
 #: An outbox row ``r`` as an event: id, txid (text: psycopg2 has no type for xid8), channel,
-#: the payload as text with "id" and "txid" added, whether it is a row event, and its table
-#: (schema, name) as the payload says.
+#: the payload as text (an object: another JSON value comes as ``{"value": ...}``), whether
+#: it is a row event, and its table (schema, name) as the payload says. :func:`make_event`
+#: adds "id" and "txid" to the text (merging them in with jsonb operators here cost the
+#: server more than reading the row: 2.9 of 5.5 us per row).
 _EVENT_COLUMNS = (
     "r.id, r.txid::pg_catalog.text, r.channel, "
-    "((CASE WHEN pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' THEN r.payload "
-    "ELSE pg_catalog.jsonb_build_object('value', r.payload) END) OPERATOR(pg_catalog.||) "
-    "pg_catalog.jsonb_build_object('id', r.id, 'txid', "
-    "r.txid::pg_catalog.text::pg_catalog.numeric))::pg_catalog.text, "
+    "(CASE WHEN pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' THEN r.payload "
+    "ELSE pg_catalog.jsonb_build_object('value', r.payload) END)::pg_catalog.text, "
     + _ROW_EVENT_CHECK
     + ", r.payload OPERATOR(pg_catalog.->>) 'table_schema', "
     "r.payload OPERATOR(pg_catalog.->>) 'table_name'"
@@ -200,7 +200,11 @@ class OutboxSql:
 
 def make_event(row: tuple[Any, ...], source: str) -> Event:
     """The event of one row read by :attr:`OutboxSql.read` (its position attached)."""
-    event_id, txid_text, channel, payload, is_row_event = row[:5]
+    event_id, txid_text, channel, stored, is_row_event = row[:5]
+    # The stored object's text (jsonb's: "{}" or "{...}") with the position added; a key
+    # "id" or "txid" a hand-written row had is overridden (a JSON parser keeps the last).
+    position = f'"id": {event_id}, "txid": {txid_text}}}'
+    payload = "{" + position if stored == "{}" else f"{stored[:-1]}, {position}"
     event: Event
     if is_row_event:
         event = _new(RowChange, (channel, payload, 0, source))
