@@ -12,6 +12,7 @@ commits, and is read then.
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -42,6 +43,23 @@ _MOST_CANDIDATES = 16
 
 #: After activity, read again after this long, doubling up to ``poll_interval`` (seconds).
 _FIRST_REREAD = 0.01
+
+
+class _ReadAhead:
+    """The next read, under way while the current one's rows are delivered."""
+
+    def __init__(self, after: Position) -> None:
+        self.after = after
+        self._done = trio.Event()
+        self._result: _Read | None = None
+
+    async def run(self, read: Callable[[Position], Awaitable[_Read | None]]) -> None:
+        self._result = await read(self.after)
+        self._done.set()
+
+    async def result(self) -> _Read | None:
+        await self._done.wait()
+        return self._result
 
 
 class OutboxFollower:
@@ -168,34 +186,50 @@ class OutboxFollower:
             await self._db.run(functools.partial(catalog.learn, tables=missing))
 
     async def catch_up(self) -> None:
-        """Read until the table has nothing more below xmin (one query per ``batch_size`` rows)."""
+        """Read until the table has nothing more below xmin (one query per ``batch_size`` rows).
+
+        While one read's rows become events, the next read runs (the server
+        and this process work at the same time); a rewind meanwhile (a
+        partition gained) discards it.
+        """
         source, ledger, partitioner = self._source, self._ledger, self._partitioner
         read = self._read_all if partitioner.partitions == 1 else self._read_own
-        while ledger.read_through:
-            if self._rewind is not None:
-                self.position = min(self.position, self._rewind)
-                self._rewind = None
-            after = self.position
-            result = await read(after)
-            if result is None:
-                return
-            rows, parts, position, everything = result
-            events = [make_event(row, source) for row in rows]
-            await self._type_rows(events, rows)
-            batch, size = [], 0
-            for event, row, part in zip(events, rows, parts, strict=True):
-                if part == UNDECIDED:
-                    part = partitioner.part_of(event)
-                if ledger.take(event, part, event.__dict__["_position"], after):
-                    batch.append(event)
-                    size += len(row[3])
-            self.position = position
-            ledger.read_up_to(after, position)
-            self.events_read += len(batch)
-            if batch:
-                await self._buffer.put(batch, size)
-            if everything:
-                return  # everything there was read (not cut by the limit, nor by the budget)
+        async with trio.open_nursery() as nursery:
+            ahead: _ReadAhead | None = None
+            while ledger.read_through:
+                if self._rewind is not None:
+                    self.position = min(self.position, self._rewind)
+                    self._rewind = None
+                after = self.position
+                if ahead is not None and ahead.after == after:
+                    result = await ahead.result()
+                else:
+                    if ahead is not None:
+                        await ahead.result()  # read from before a rewind: the connection is free after it
+                    result = await read(after)
+                ahead = None
+                if result is None:
+                    return
+                rows, parts, position, everything = result
+                if not everything:
+                    ahead = _ReadAhead(position)
+                    nursery.start_soon(ahead.run, read)
+                events = [make_event(row, source) for row in rows]
+                await self._type_rows(events, rows)
+                batch, size = [], 0
+                for event, row, part in zip(events, rows, parts, strict=True):
+                    if part == UNDECIDED:
+                        part = partitioner.part_of(event)
+                    if ledger.take(event, part, event.__dict__["_position"], after):
+                        batch.append(event)
+                        size += len(row[3])
+                self.position = position
+                ledger.read_up_to(after, position)
+                self.events_read += len(batch)
+                if batch:
+                    await self._buffer.put(batch, size)
+                if everything:
+                    return  # everything there was read (not cut by the limit, nor by the budget)
 
     async def _read_all(self, after: Position) -> _Read | None:
         """One read of every unread row (an exclusive consumer's: all are its own)."""
