@@ -3,6 +3,7 @@
 - :mod:`.outbox`: the SQL of the outbox tables, positions, rows to events;
 - :mod:`.reader`: the reader's connection (bounded, abandonable queries; reconnects);
 - :mod:`.follower`: reading every committed row in order, woken by NOTIFY or by time;
+- :mod:`.own_rows`: a group member's read (only its own partitions' rows);
 - :mod:`.stream`: :class:`DurableStream` and :func:`open_durable_stream`;
 - :mod:`.worker`: :class:`DurableWorker` (callbacks, retries, dead letters);
 - :mod:`.leases`, :mod:`.ownership`, :mod:`.ledger`, :mod:`.partition`: who reads what

@@ -24,7 +24,8 @@ from .._listen import EventStream
 from .._options import StreamOptions
 from .ledger import Ledger
 from .outbox import OutboxSql, Position, make_event
-from .partition import UNDECIDED, UNKNOWN, Partitioner
+from .own_rows import OwnRead, read_own_rows
+from .partition import UNDECIDED, Partitioner
 from .reader import OutboxConnection
 
 __all__ = ["LEASE_WAKE", "OutboxFollower"]
@@ -35,8 +36,9 @@ LEASE_WAKE = "lease"
 _UNREAD: Position = (2**64, 2**63)
 
 #: A read: rows (as :attr:`OutboxSql.read` gives them), their partitions, the position read
-#: up to, and whether that was everything below xmin.
-_Read = tuple[list[Any], list[int], Position, bool]
+#: up to, whether that was everything below xmin, and the partitions whose rows it looked
+#: for (None: every row was read).
+_Read = tuple[list[Any], list[int], Position, bool, frozenset[int] | None]
 
 #: A group member reads at most this many times ``batch_size`` rows' keys at once.
 _MOST_CANDIDATES = 16
@@ -210,7 +212,7 @@ class OutboxFollower:
                 ahead = None
                 if result is None:
                     return
-                rows, parts, position, everything = result
+                rows, parts, position, everything, considered = result
                 if not everything:
                     ahead = _ReadAhead(position)
                     nursery.start_soon(ahead.run, read)
@@ -220,11 +222,17 @@ class OutboxFollower:
                 for event, row, part in zip(events, rows, parts, strict=True):
                     if part == UNDECIDED:
                         part = partitioner.part_of(event)
+                        if considered is not None and part not in considered:
+                            continue  # gained since the read chose its rows: on the re-read
                     if ledger.take(event, part, event.__dict__["_position"], after):
                         batch.append(event)
                         size += len(row[3])
                 self.position = position
-                ledger.read_up_to(after, position)
+                ledger.read_up_to(after, position, considered)
+                behind = ledger.behind(position)
+                if behind is not None:
+                    # A partition this read did not cover (gained meanwhile): read from there.
+                    self.rewind(behind)
                 self.events_read += len(batch)
                 if batch:
                     await self._buffer.put(batch, size)
@@ -233,10 +241,10 @@ class OutboxFollower:
 
     async def _read_all(self, after: Position) -> _Read | None:
         """One read of every unread row (an exclusive consumer's: all are its own)."""
-        limit, budget, statement = self._options.batch_size, self._budget, self._sql.read
+        limit, budget, statement = self._options.batch_size, self._budget, self._sql.prepared_read
 
         def work(cursor: Any) -> list[Any]:
-            cursor.execute(statement, (str(after[0]), after[1], limit, budget))
+            statement.execute(cursor, (str(after[0]), after[1], limit, budget))
             return list(cursor.fetchall())
 
         rows: list[Any] = await self._db.run(work)
@@ -245,58 +253,28 @@ class OutboxFollower:
             return None
         last = rows[-1]
         everything = len(rows) < limit and int(last[7]) < budget
-        return rows, [0] * len(rows), (int(last[1]), int(last[0])), everything
+        return rows, [0] * len(rows), (int(last[1]), int(last[0])), everything, None
 
     async def _read_own(self, after: Position) -> _Read | None:
-        """One read of a group member: which unread rows are its own, then those rows.
+        """One read of a group member: only the rows of the partitions it reads now (:mod:`.own_rows`).
 
-        The server reads each row's partition key out of the payload (no
-        payload is sent for another member's rows); a row whose key only its
-        payload can tell is fetched and its partition computed here.
+        A partition gained later (while this read runs, or waits to be used)
+        is read on the rewind its gain asks for, not here.
         """
-        partitioner, ledger, budget = self._partitioner, self._ledger, self._budget
-        # Its own rows are about held/partitions of the rows read: read that many more.
-        share = partitioner.partitions // max(1, len(ledger.read_through))
+        partitioner, ledger = self._partitioner, self._ledger
+        wanted = frozenset(ledger.read_through)
+        # Its own rows are about held/partitions of the rows read: look at that many more.
+        share = partitioner.partitions // max(1, len(wanted))
         limit = self._options.batch_size * max(1, min(share, _MOST_CANDIDATES))
-        while True:
-            statement, key_map = self._sql.candidates(partitioner.width), partitioner.key_map
-
-            def work(cursor: Any, statement: Any = statement, key_map: str = key_map) -> list[Any]:
-                cursor.execute(statement, (key_map, str(after[0]), after[1], limit))
-                return list(cursor.fetchall())
-
-            candidates: list[Any] = await self._db.run(work)
-            self.reads += 1
-            if not candidates:
-                return None
-            parts = [partitioner.part_of_candidate(*row[3:7]) for row in candidates]
-            unknown = sorted(
-                {(row[4], row[5]) for row, part in zip(candidates, parts, strict=True) if part == UNKNOWN}
-            )
-            if not unknown:
-                break
-            await self._db.run(functools.partial(partitioner.learn, tables=unknown))
-        wanted, position, size, cut = ledger.read_through, after, 0, False
-        chosen: dict[int, int] = {}  # id -> partition, in read order
-        for row, part in zip(candidates, parts, strict=True):
-            if part == UNDECIDED or part in wanted:
-                if chosen and size >= budget:
-                    cut = True  # the byte budget is spent: the rest on the next read
-                    break
-                chosen[row[0]] = part
-                size += row[2]
-            position = (int(row[1]), row[0])
-        rows: list[Any] = []
-        if chosen:
-            ids, fetch = list(chosen), self._sql.fetch
-            rows = await self._db.run(lambda cursor: (cursor.execute(fetch, (ids,)), cursor.fetchall())[1])
-            if len(rows) < len(ids):
-                # Deleted since (retention: every consumer had passed them): read on from there.
-                got = [row[0] for row in rows]
-                missing = next(
-                    (i for i, (a, b) in enumerate(zip(got, ids[: len(got)], strict=True)) if a != b), len(got)
-                )
-                index = next(i for i, row in enumerate(candidates) if row[0] == ids[missing])
-                rows, cut = rows[:missing], True
-                position = (int(candidates[index - 1][1]), candidates[index - 1][0]) if index else after
-        return rows, [chosen[row[0]] for row in rows], position, not cut and len(candidates) < limit
+        work = functools.partial(
+            read_own_rows,
+            statements=self._sql,
+            partitioner=partitioner,
+            wanted=wanted,
+            after=after,
+            limit=limit,
+            budget=self._budget,
+        )
+        result: OwnRead | None = await self._db.run(work)
+        self.reads += 1
+        return None if result is None else (*result, wanted)

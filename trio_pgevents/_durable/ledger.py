@@ -121,15 +121,21 @@ class Ledger:
         self._pending_count[part] += 1
         return True
 
-    def read_up_to(self, after: Position, position: Position) -> None:
-        """The reader read every row after ``after`` up to ``position``.
+    def read_up_to(self, after: Position, position: Position, parts: frozenset[int] | None = None) -> None:
+        """The reader read every row after ``after`` up to ``position`` (of ``parts``; None: of all).
 
         A partition read up to ``after`` or further is now read up to
-        ``position``; one that was not (gained meanwhile) waits for the re-read.
+        ``position``; one that was not (gained meanwhile), or that the read
+        did not look for (``parts``: gained after the read chose its rows),
+        waits for the re-read.
         """
         for part, through in self.read_through.items():
-            if through >= after and position > through:
+            if through >= after and position > through and (parts is None or part in parts):
                 self.read_through[part] = position
+
+    def behind(self, position: Position) -> Position | None:
+        """The earliest position a partition read now is read to, if before ``position``."""
+        return min((through for through in self.read_through.values() if through < position), default=None)
 
     # ---- acknowledging ----------------------------------------------------------------
 
