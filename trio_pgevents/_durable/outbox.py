@@ -16,6 +16,7 @@ from psycopg2 import sql
 
 from .._events import Event, Notification, RowChange
 from .._payload import ROW, SET_ASIDE, jsonb_check_sql
+from .prepared import Prepared
 
 __all__ = ["OutboxNotification", "OutboxSql", "Position", "make_event", "position_of", "stored_payload"]
 
@@ -117,12 +118,16 @@ class OutboxSql:
         ).format(events=events)
         self._events = events
         self._candidates: dict[int, sql.Composed] = {}
+        self._prepared_candidates: dict[int, Prepared] = {}
         #: Params: ids (int8[]). The rows of :attr:`candidates` a member keeps, as :attr:`read`
         #: gives them (without "upto").
         self.fetch = sql.SQL(
             "SELECT " + _EVENT_COLUMNS + " FROM {events} AS r "
             "WHERE r.id OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.int8[]) ORDER BY r.txid, r.id"
         ).format(events=events)
+        #: :attr:`read` and :attr:`fetch`, prepared on the connections they run on.
+        self.prepared_read = Prepared(self.read)
+        self.prepared_fetch = Prepared(self.fetch)
         #: Params: txid (text), id, consumer, txid, id. Never moves a position backwards.
         self.store = sql.SQL(
             "UPDATE {} SET last_txid = %s::pg_catalog.xid8, last_id = %s, updated_at = pg_catalog.now() "
@@ -159,6 +164,13 @@ class OutboxSql:
             "ORDER BY e.txid, e.id LIMIT %s) "
             "DELETE FROM {events} e USING doomed WHERE e.id OPERATOR(pg_catalog.=) doomed.id"
         ).format(consumers=consumers, events=events)
+
+    def prepared_candidates(self, width: int) -> Prepared:
+        """:meth:`candidates`, prepared on the connections it runs on."""
+        prepared = self._prepared_candidates.get(width)
+        if prepared is None:
+            prepared = self._prepared_candidates[width] = Prepared(self.candidates(width))
+        return prepared
 
     def candidates(self, width: int) -> sql.Composed:
         """A group member's first read: the unread rows without their payloads.
