@@ -45,6 +45,9 @@ __all__ = [
     "Producer",
     "Result",
     "Server",
+    "Split",
+    "children_of",
+    "cpu_seconds",
     "format_table",
     "log_to_stderr",
     "median",
@@ -537,3 +540,91 @@ def print_results(results: list[Result]) -> None:
     for result in results:
         if result.note:
             print(f"  {result.case}: {result.note}")
+
+
+# ---- CPU placement --------------------------------------------------------------------------------
+
+
+class Split:
+    """CPU placement for the "spare core" case: writers on one CPU, the stream on another.
+
+    Pins the postmaster and every process it has started (backends started
+    later inherit it) to ``writers``; :meth:`pin_stream` moves a walsender
+    to ``stream``, and :meth:`stream_thread` pins the calling thread there.
+    """
+
+    def __init__(self, server: Server, writers: set[int], stream: set[int]) -> None:
+        self.writers = writers
+        self.stream = stream
+        assert server.embedded is not None
+        postmaster = int((server.embedded.data_dir / "postmaster.pid").read_text().split()[0])
+        for pid in [postmaster, *children_of(postmaster)]:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(pid, writers)
+
+    def pin_stream(self, walsender: int | None) -> None:
+        """Move the walsender serving the stream to the stream's CPU."""
+        if walsender is not None:
+            os.sched_setaffinity(walsender, self.stream)
+
+    @contextlib.contextmanager
+    def stream_thread(self) -> Iterator[None]:
+        """Run the calling thread (the stream's Trio loop) on the stream's CPU meanwhile."""
+        before = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, self.stream)
+        try:
+            yield
+        finally:
+            os.sched_setaffinity(0, before)
+
+    @staticmethod
+    def possible(ctx: BenchContext) -> bool:
+        """Only on an embedded server (we pin its processes), on Linux, with 2+ CPUs."""
+        return ctx.dsn is None and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
+
+    @staticmethod
+    def halves() -> tuple[set[int], set[int]]:
+        """The first CPU (for the writers) and the second (for the client)."""
+        cpus = sorted(os.sched_getaffinity(0))
+        return {cpus[0]}, {cpus[1]}
+
+    @contextlib.contextmanager
+    def client_process(self) -> Iterator[None]:
+        """Run every thread of this process (those started later too) on the client's CPU meanwhile."""
+        before = os.sched_getaffinity(0)
+        tasks = [int(task.name) for task in Path("/proc/self/task").iterdir()]
+        for task in tasks:
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(task, self.stream)
+        try:
+            yield
+        finally:
+            for task in [int(task.name) for task in Path("/proc/self/task").iterdir()]:
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(task, before)
+
+
+def children_of(parent: int) -> list[int]:
+    """Pids of ``parent``'s child processes (Linux /proc)."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            children.append(int(entry.name))
+    return children
+
+
+def cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) used so far by a local process, from /proc; None if unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

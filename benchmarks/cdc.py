@@ -51,6 +51,8 @@ from ._common import (
     BenchContext,
     Result,
     Server,
+    Split,
+    cpu_seconds,
     log_to_stderr,
     median,
     open_server,
@@ -101,7 +103,7 @@ def _writer_run(
 
             scope = trio.CancelScope()
             cpu_started = time.process_time()
-            walsender_started = _cpu_seconds(changes.backend_pid)
+            walsender_started = cpu_seconds(changes.backend_pid)
             cpus = None if split is None else split.writers
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume, scope)
@@ -111,7 +113,7 @@ def _writer_run(
                 scope.cancel()
             # Where the stream's cost goes: CPU of this process and of its walsender.
             report["consumer_cpu_s"] = round(time.process_time() - cpu_started, 2)
-            walsender_now = _cpu_seconds(changes.backend_pid)
+            walsender_now = cpu_seconds(changes.backend_pid)
             if walsender_started is not None and walsender_now is not None:
                 report["walsender_cpu_s"] = round(walsender_now - walsender_started, 2)
             written = server.execute(f"SELECT count(*) FROM {table}")[0][0] - before
@@ -173,13 +175,13 @@ def _recvlogical_run(
                 walsender = _wait_for_walsender(server, slot, client)
                 if split is not None:
                     split.pin_stream(walsender)
-                walsender_started = _cpu_seconds(walsender)
+                walsender_started = cpu_seconds(walsender)
                 writers = None if split is None else split.writers
                 report["tps"] = pgbench_tps(server.uri, script, seconds, cpus=writers)
-                walsender_now = _cpu_seconds(walsender)
+                walsender_now = cpu_seconds(walsender)
                 if walsender_started is not None and walsender_now is not None:
                     report["walsender_cpu_s"] = round(walsender_now - walsender_started, 2)
-                report["consumer_cpu_s"] = _cpu_seconds(client.pid)
+                report["consumer_cpu_s"] = cpu_seconds(client.pid)
             finally:
                 client.terminate()
                 client.wait(timeout=30)
@@ -202,70 +204,6 @@ def _wait_for_walsender(server: Server, slot: str, client: subprocess.Popen[byte
     raise RuntimeError("pg_recvlogical did not start streaming within 30 s")
 
 
-class Split:
-    """CPU placement for the "spare core" case: writers on one CPU, the stream on another.
-
-    Pins the postmaster and every process it has started (backends started
-    later inherit it) to ``writers``; :meth:`pin_stream` moves a walsender
-    to ``stream``, and :meth:`stream_thread` pins the calling thread there.
-    """
-
-    def __init__(self, server: Server, writers: set[int], stream: set[int]) -> None:
-        self.writers = writers
-        self.stream = stream
-        assert server.embedded is not None
-        postmaster = int((server.embedded.data_dir / "postmaster.pid").read_text().split()[0])
-        for pid in [postmaster, *_children(postmaster)]:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(pid, writers)
-
-    def pin_stream(self, walsender: int | None) -> None:
-        """Move the walsender serving the stream to the stream's CPU."""
-        if walsender is not None:
-            os.sched_setaffinity(walsender, self.stream)
-
-    @contextlib.contextmanager
-    def stream_thread(self) -> Iterator[None]:
-        """Run the calling thread (the stream's Trio loop) on the stream's CPU meanwhile."""
-        before = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, self.stream)
-        try:
-            yield
-        finally:
-            os.sched_setaffinity(0, before)
-
-    @staticmethod
-    def possible(ctx: BenchContext) -> bool:
-        """Only on an embedded server (we pin its processes), on Linux, with 2+ CPUs."""
-        return ctx.dsn is None and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) >= 2
-
-
-def _children(parent: int) -> list[int]:
-    """Pids of ``parent``'s child processes (Linux /proc)."""
-    children = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == parent:
-            children.append(int(entry.name))
-    return children
-
-
-def _cpu_seconds(pid: int | None) -> float | None:
-    """CPU time (user + system) used so far by a local process, from /proc; None if unknown."""
-    if pid is None:
-        return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _consume_run(
     engine: Any, slot: str, publication: str, table: str, total: int, read: bool = False
 ) -> dict[str, float]:
@@ -280,7 +218,7 @@ def _consume_run(
         cpu_started = time.process_time()
         async with open_change_stream(engine, slot=slot, publication=publication, tables=[table]) as changes:
             walsender = changes.backend_pid
-            walsender_started = _cpu_seconds(walsender)
+            walsender_started = cpu_seconds(walsender)
             count = 0
             values = 0
             async for batch in changes.batches():
@@ -293,7 +231,7 @@ def _consume_run(
                     break
             report["seconds"] = time.perf_counter() - started
             report["consumer_cpu"] = time.process_time() - cpu_started
-            walsender_now = _cpu_seconds(walsender)
+            walsender_now = cpu_seconds(walsender)
             if walsender_started is not None and walsender_now is not None:
                 report["walsender_cpu"] = walsender_now - walsender_started
 
