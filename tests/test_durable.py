@@ -566,6 +566,9 @@ async def test_bad_consumer_name(pg_url: str, name: Any) -> None:
         ({"backoff_max": -1}, "backoff_max"),
         ({"max_buffer_bytes": 0}, "max_buffer_bytes"),
         ({"query_timeout": 0}, "query_timeout"),
+        ({"min_read_interval": -0.1}, "min_read_interval"),
+        ({"min_read_interval": 2}, "min_read_interval"),
+        ({"min_read_interval": "fast"}, "min_read_interval"),
         ({"channel": "ch\x00"}, "NUL"),
     ],
 )

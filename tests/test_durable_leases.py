@@ -391,3 +391,34 @@ def test_the_server_puts_every_row_in_the_partition_its_payload_says(outbox: Out
     )
     spread = {partitioner.part_of(e) for e in events if type(e) is RowChange and e.table_name == outbox.table}
     assert len(spread) > 4
+
+
+@pytest.mark.parametrize(
+    ("options", "spacing"),
+    [({"group": True, "partitions": 4}, 0.02), ({"min_read_interval": 0.2}, 0.2)],
+)
+async def test_reads_are_spaced_by_min_read_interval(
+    outbox: Outbox, options: dict[str, Any], spacing: float
+) -> None:
+    # A group member reads at most every 20 ms by default (every member reads on every
+    # wake-up); any consumer can be told to. Many small transactions: far fewer reads.
+    async with open_durable_stream(outbox.url, "spaced", **outbox.opts(**options)) as stream:
+        await wait_for(lambda: stream.statistics().active, 6 * LEASE, "active")
+        reads = stream.statistics().reads
+        started = trio.current_time()
+        got: list[Any] = []
+
+        async def write() -> None:
+            for n in range(60):
+                await outbox.ainsert(n)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(write)
+            with trio.fail_after(30):
+                while len(got) < 60:
+                    got.append(await stream.receive())
+        elapsed = trio.current_time() - started
+        read_count = stream.statistics().reads - reads
+    assert ns(got) == list(range(60))
+    # Each read waits for the spacing since the one before (a busy machine only reads less).
+    assert read_count <= elapsed / spacing + 2, (read_count, elapsed)

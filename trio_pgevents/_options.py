@@ -74,6 +74,10 @@ DEFAULT_QUERY_TIMEOUT = 30.0
 DEFAULT_RETENTION_BATCH_SIZE = 10000
 DEFAULT_LEASE_TIMEOUT = 10.0
 DEFAULT_PARTITIONS = 16
+#: A member of a durable consumer group reads the outbox at most this often (seconds): every
+#: member reads on every wake-up, and without it a group of N cost the server N times the
+#: queries of one consumer (benchmarks/durable_groups.py, writers on a CPU of their own).
+DEFAULT_GROUP_READ_INTERVAL = 0.02
 #: The most partitions a consumer group may have.
 MAX_PARTITIONS = 1024
 #: Change streams: a status update at least this often (seconds), and how long to let a
@@ -136,6 +140,7 @@ class DurableStreamOptions(_Connecting, _Probing, _Acknowledging, total=False):
     lease_timeout: float
     group: bool
     partitions: int
+    min_read_interval: float | None
 
 
 class ChangeStreamOptions(_Connecting, _Gaps, _Acknowledging, total=False):
@@ -207,6 +212,9 @@ class StreamOptions:
             partitions (False: exclusive, one active member, the others stand by).
         partitions: durable groups: how many partitions (1..1024; fixed when
             the group is created).
+        min_read_interval: durable: the shortest time between two reads of the
+            outbox, seconds (0..1); rows written meanwhile are read together.
+            None: 0 for an exclusive consumer, 0.02 for a group member.
         status_interval: change streams: a status update to the server at
             least this often, seconds.
         linger: change streams: after a small read, let further changes gather
@@ -247,6 +255,7 @@ class StreamOptions:
     lease_timeout: float = DEFAULT_LEASE_TIMEOUT
     group: bool = False
     partitions: int = DEFAULT_PARTITIONS
+    min_read_interval: float | None = None
     status_interval: float = DEFAULT_STATUS_INTERVAL
     linger: float = DEFAULT_LINGER
     snapshot: bool = False
@@ -292,6 +301,8 @@ class StreamOptions:
             check_int_at_least_1("max_reconnect_attempts", self.max_reconnect_attempts)
         check_number_in("queue_usage_warning", self.queue_usage_warning, 0.0, 1.0, low_open=True)
         check_number_in("linger", self.linger, 0.0, MAX_LINGER)
+        if self.min_read_interval is not None:
+            check_number_in("min_read_interval", self.min_read_interval, 0.0, MAX_LINGER)
         if self.snapshot and self.overflow != "backpressure":
             raise ConfigurationError(
                 f"snapshot=True needs overflow='backpressure', not {self.overflow!r}: "

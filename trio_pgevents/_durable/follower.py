@@ -21,7 +21,7 @@ from .._buffer import EventBuffer
 from .._columns import ColumnCatalog
 from .._events import StreamGap
 from .._listen import EventStream
-from .._options import StreamOptions
+from .._options import DEFAULT_GROUP_READ_INTERVAL, StreamOptions
 from .ledger import Ledger
 from .outbox import OutboxSql, Position, make_event
 from .own_rows import OwnRead, read_own_rows
@@ -145,9 +145,17 @@ class OutboxFollower:
         # writer that skipped its NOTIFY because another transaction was
         # notifying at the same moment (the installer lets only one at a time
         # take the server's NOTIFY lock; see docs/durable.md).
-        poll_interval = self._options.poll_interval
+        # A group member reads at most every min_read_interval: every member reads on
+        # every wake-up, so without it the server's cost of reading grew with the members.
+        poll_interval, spacing = self._options.poll_interval, self._options.min_read_interval
+        if spacing is None:
+            spacing = DEFAULT_GROUP_READ_INTERVAL if self._partitioner.partitions > 1 else 0.0
         fast = _FIRST_REREAD
+        next_read = trio.current_time()
         while True:
+            if spacing:
+                await trio.sleep_until(next_read)
+                next_read = trio.current_time() + spacing
             woken = self._wake.is_set()
             self._wake = trio.Event()  # reset before reading: a wake-up during the read is kept
             gaps, self._pending_gaps = self._pending_gaps, []
