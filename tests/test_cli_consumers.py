@@ -77,6 +77,7 @@ def handled(process: CliProcess, n: int) -> bool:
             ["--lease-timeout", "5"],
             "--lease-timeout needs --consumer (durable mode)",
         ),
+        (["--min-read-interval", "0.1"], "--min-read-interval needs --consumer (durable mode)"),
         (
             ["--consumer", "x", "--partitions", "4"],
             "--partitions needs --group (an exclusive consumer has one partition)",
@@ -97,6 +98,8 @@ async def test_durable_options_that_make_no_sense_exit_2_with_one_line(
         (["--consumer", "x", "--group", "--partitions", "0"], "--partitions"),
         (["--consumer", "x", "--group", "--partitions", "1025"], "--partitions"),
         (["--consumer", "x", "--lease-timeout", "0"], "--lease-timeout"),
+        (["--consumer", "x", "--min-read-interval", "2"], "--min-read-interval"),
+        (["--consumer", "x", "--min-read-interval", "-1"], "--min-read-interval"),
         (["--metrics-port", "65536"], "--metrics-port"),
         (["--metrics-port", "http"], "--metrics-port"),
     ],

@@ -84,6 +84,14 @@ def positive_float(text: str) -> float:
     return value
 
 
+def read_interval(text: str) -> float:
+    """``--min-read-interval``: seconds, 0..1."""
+    value = non_negative_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError("expected seconds from 0 to 1")
+    return value
+
+
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any, TypeAlias
 
-from .._options import DEFAULT_LEASE_TIMEOUT, DEFAULT_PARTITIONS
+from .._options import DEFAULT_GROUP_READ_INTERVAL, DEFAULT_LEASE_TIMEOUT, DEFAULT_PARTITIONS
 from .arguments import (
     bool_arg,
     byte_size,
@@ -17,6 +17,7 @@ from .arguments import (
     port_number,
     positive_float,
     positive_int,
+    read_interval,
     slot_name,
 )
 from .commands.demo import cmd_demo
@@ -276,6 +277,13 @@ def _add_worker(sub: _Commands, db: argparse.ArgumentParser) -> None:
         help="with --consumer: a worker that stops renewing its lease (it hangs, or dies) loses it "
         f"after this long and another takes over (default {DEFAULT_LEASE_TIMEOUT:g}); a worker that "
         "stops gracefully hands over at once",
+    )
+    durable.add_argument(
+        "--min-read-interval",
+        type=read_interval,
+        metavar="SECONDS",
+        help="with --consumer: read the outbox at most this often (0..1; default 0, and "
+        f"{DEFAULT_GROUP_READ_INTERVAL:g} with --group: every member reads on every wake-up)",
     )
     metrics = worker.add_argument_group("metrics (needs the prometheus_client package)")
     metrics.add_argument(

@@ -159,7 +159,7 @@ async def _run_durable_worker(args: argparse.Namespace, settings: Settings, rout
 
 
 async def _lease_options(args: argparse.Namespace, installer: Installer) -> dict[str, Any]:
-    """``--group``, ``--partitions``, ``--lease-timeout`` as ``open_durable_stream`` options.
+    """The durable options of the command line (``--group``, ``--partitions``...) for ``open_durable_stream``.
 
     A group's partitions are fixed when it is created: without ``--partitions``
     a worker joins an existing group with the group's own count (a new group
@@ -168,6 +168,8 @@ async def _lease_options(args: argparse.Namespace, installer: Installer) -> dict
     options: dict[str, Any] = {"group": args.group}
     if args.lease_timeout is not None:
         options["lease_timeout"] = args.lease_timeout
+    if args.min_read_interval is not None:
+        options["min_read_interval"] = args.min_read_interval
     if args.partitions is not None:
         options["partitions"] = args.partitions
     elif args.group:
@@ -190,6 +192,7 @@ def _check_options(args: argparse.Namespace) -> None:
             "--group": args.group,
             "--partitions": args.partitions is not None,
             "--lease-timeout": args.lease_timeout is not None,
+            "--min-read-interval": args.min_read_interval is not None,
         }
         for flag, given in durable_only.items():
             if given:
