@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 import sys
 import threading
 import time
@@ -283,7 +284,9 @@ def first_problem(data: dict[str, Any], kind: str) -> str:
 
 #: A row that is JSON ``null`` (an INSERT's ``old_data``), as the envelope holds it.
 NULL_ROW = msgspec.Raw(b"null")
-_OPEN_BRACE = ord("{")
+_OBJECT = (ord("{"),)
+#: The first byte of a Raw, as a 1-tuple (reads the buffer in place: half the cost of bytes()).
+_first_byte = struct.Struct("B").unpack_from
 
 
 def _envelope_field(key: Key) -> tuple[str, Any, Any] | tuple[str, Any]:
@@ -334,10 +337,10 @@ def row_envelope(text: str) -> Any:
         return None
     # The rows: objects or null (a list, a string... is no row). Unrolled: every event.
     row = envelope.new_data
-    if row != NULL_ROW and bytes(row)[0] != _OPEN_BRACE:
+    if row != NULL_ROW and _first_byte(row) != _OBJECT:
         return None
     row = envelope.old_data
-    if row != NULL_ROW and bytes(row)[0] != _OPEN_BRACE:
+    if row != NULL_ROW and _first_byte(row) != _OBJECT:
         return None
     return envelope
 
