@@ -23,7 +23,9 @@ from datetime import datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, overload
 
-from ._payload import METHODS, UNPARSED, parse_json, why
+import msgspec
+
+from ._payload import METHODS, UNPARSED, envelope_text, parse_json, why
 from ._rows import envelope_row
 from ._values import ServerText as ServerText
 
@@ -326,6 +328,8 @@ class RowChange(_DecodedEvent):
     def query(self) -> str | None:
         """The top-level statement text (may be cut, or left out by option)."""
         value = self._get("query")
+        if type(value) is msgspec.Raw:  # the envelope keeps it as JSON text
+            return envelope_text(value)
         return value if isinstance(value, str) else None
 
     @property

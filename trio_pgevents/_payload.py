@@ -57,6 +57,7 @@ __all__ = [
     "kind_of",
     "object_sql",
     "parse_json",
+    "envelope_text",
     "row_envelope",
     "why",
 ]
@@ -96,6 +97,8 @@ class Key:
         emitted: written by the installer's functions; False for keys added on
             the way (the outbox reader's ``id``/``txid``, the change stream's ``lsn``).
         optional: written only sometimes (left out of an object unless given).
+        long: text that may be long and is rarely read: the envelope
+            (:func:`row_envelope`) checks it is a string and keeps its JSON text.
     """
 
     name: str
@@ -103,6 +106,7 @@ class Key:
     sql_type: str = "text"
     emitted: bool = True
     optional: bool = False
+    long: bool = False
 
 
 _TEXT: frozenset[type] = frozenset({str, _NONE})
@@ -122,7 +126,7 @@ ROW_KEYS: tuple[Key, ...] = (
     Key("method", _NAME),
     Key("old_data", _ROW_DATA, "json"),
     Key("new_data", _ROW_DATA, "json"),
-    Key("query", _TEXT),
+    Key("query", _TEXT, long=True),
     Key("truncated", _FLAG, "bool"),
     Key("keys_only", _FLAG, "bool", optional=True),
     Key("error", _TEXT, optional=True),
@@ -285,6 +289,7 @@ def first_problem(data: dict[str, Any], kind: str) -> str:
 #: A row that is JSON ``null`` (an INSERT's ``old_data``), as the envelope holds it.
 NULL_ROW = msgspec.Raw(b"null")
 _OBJECT = (ord("{"),)
+_STRING = (ord('"'),)
 #: The first byte of a Raw, as a 1-tuple (reads the buffer in place: half the cost of bytes()).
 _first_byte = struct.Struct("B").unpack_from
 
@@ -293,7 +298,7 @@ def _envelope_field(key: Key) -> tuple[str, Any, Any] | tuple[str, Any]:
     """The envelope's field for ``key``: the type :func:`is_row` accepts, said to msgspec."""
     if key.name == "method":
         return ("method", Literal[tuple(sorted(METHODS))])  # required, one of the commands
-    if key.types == _ROW_DATA:  # an object or null: msgspec keeps its text; checked by row_envelope
+    if key.types == _ROW_DATA or key.long:  # msgspec keeps its text; row_envelope checks its type
         return (key.name, msgspec.Raw, NULL_ROW)
     (only,) = key.types - {_NONE}
     if _NONE not in key.types:
@@ -342,7 +347,15 @@ def row_envelope(text: str) -> Any:
     row = envelope.old_data
     if row != NULL_ROW and _first_byte(row) != _OBJECT:
         return None
+    text = envelope.query  # a long text: its JSON text, checked, not copied (see Key.long)
+    if text != NULL_ROW and _first_byte(text) != _STRING:
+        return None
     return envelope
+
+
+def envelope_text(raw: msgspec.Raw) -> str | None:
+    """A :attr:`Key.long` text of a :data:`RowEnvelope`, from its JSON text (checked already)."""
+    return None if raw == NULL_ROW else msgspec.json.decode(raw, type=str)
 
 
 # ---- parsing ----------------------------------------------------------------------------------
