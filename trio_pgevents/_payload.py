@@ -347,8 +347,8 @@ def row_envelope(text: str) -> Any:
     row = envelope.old_data
     if row != NULL_ROW and _first_byte(row) != _OBJECT:
         return None
-    text = envelope.query  # a long text: its JSON text, checked, not copied (see Key.long)
-    if text != NULL_ROW and _first_byte(text) != _STRING:
+    query = envelope.query  # a long text: its JSON text, checked, not copied (see Key.long)
+    if query != NULL_ROW and _first_byte(query) != _STRING:
         return None
     return envelope
 
