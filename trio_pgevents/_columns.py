@@ -204,7 +204,9 @@ def attach_types(events: list[Any], catalog: ColumnCatalog) -> list[Table]:
                     if typed is not None:
                         event_dict["new_data"] = typed
                         continue
-                ok = _type_rows(event_dict, envelope, entry)
+                    ok = _type_parsed(event_dict, "new_data", row, entry)
+                else:
+                    ok = _type_rows(event_dict, envelope, entry)
             else:
                 ok = _attach_converter(event_dict, data, entry)
             if not ok:  # a column added since: read the types again
@@ -233,17 +235,23 @@ def _type_rows(event_dict: dict[str, Any], envelope: Any, entry: TableTypes) -> 
             return True  # TRUNCATE: no row
     elif envelope.old_data != NULL_ROW:
         event_dict["_table"] = entry  # an UPDATE's old row: typed when read
-    names, convert, decode = entry
-    typed = decode(raw)
-    if typed is None:  # a value or column the decoder does not take: the converter's path
-        try:
-            row = parse_json(raw)
-        except Exception:  # nested past this stack's depth: parsed (and reported) when read
-            return True
-        if not names.issuperset(row):
-            return False
-        typed = convert(row) if convert is not None else row
+    typed = entry[2](raw)
+    if typed is None:
+        return _type_parsed(event_dict, key, raw, entry)
     event_dict[key] = typed
+    return True
+
+
+def _type_parsed(event_dict: dict[str, Any], key: str, raw: Any, entry: TableTypes) -> bool:
+    """A row the decoder does not take, typed the general way: parsed, then converted."""
+    names, convert, _ = entry
+    try:
+        row = parse_json(raw)
+    except Exception:  # nested past this stack's depth: parsed (and reported) when read
+        return True
+    if not names.issuperset(row):
+        return False
+    event_dict[key] = convert(row) if convert is not None else row
     return True
 
 

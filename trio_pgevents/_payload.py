@@ -50,6 +50,7 @@ __all__ = [
     "UNPARSED",
     "Key",
     "SetAsideLog",
+    "envelope_text",
     "first_problem",
     "is_ddl",
     "is_row",
@@ -57,7 +58,6 @@ __all__ = [
     "kind_of",
     "object_sql",
     "parse_json",
-    "envelope_text",
     "row_envelope",
     "why",
 ]
@@ -317,6 +317,9 @@ RowEnvelope: Any = msgspec.defstruct(
     module=__name__,
 )
 _decode_envelope = msgspec.json.Decoder(RowEnvelope).decode
+# row_envelope checks the long texts' type by hand: a key made long must be added there.
+if [(key.name, key.types) for key in ROW_KEYS if key.long] != [("query", _TEXT)]:
+    raise AssertionError("row_envelope checks that query, and only query, is a long text")
 _max_digits = sys.get_int_max_str_digits
 _LEAST_DIGIT_LIMIT = 640  # the lowest integer digit limit Python allows (0: no limit)
 
