@@ -427,3 +427,16 @@ def test_data_is_parsed_when_read() -> None:
     assert event.table_name == "t"
     assert event.data == {"kind": "row", "table_name": "t", "method": "INSERT", "new_data": {"a": 1}}
     assert (event.table_schema, event.session_user, event.query, event.truncated) == ("", None, None, False)
+
+
+def test_the_query_is_read_from_its_json_text() -> None:
+    query = "INSERT INTO \"t\" VALUES ('é\\n', 1)  -- \U0001f600"
+    text = json.dumps({"kind": "row", "table_name": "t", "method": "INSERT", "query": query})
+    event = decode_trigger_payload("c", text, 1, "db")
+    assert isinstance(event, RowChange)
+    assert event.query == query
+    assert event.query == event.data["query"]
+    for wrong in ("5", "[]", "{}", "true"):
+        bad = f'{{"kind": "row", "table_name": "t", "method": "INSERT", "query": {wrong}}}'
+        assert row_envelope(bad) is None
+        assert type(decode_trigger_payload("c", bad, 1, "db")) is Notification
