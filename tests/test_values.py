@@ -104,6 +104,35 @@ async def test_notify_path_rows_equal_select(
         installer.uninstall()
 
 
+async def test_notify_path_old_and_new_rows_equal_select(
+    pg_url: str, pg_dsn: str, query: Query, typed_table: str, unique: Callable[[str], str]
+) -> None:
+    # UPDATE: new_data is typed on delivery, old_data when read; DELETE: old_data on delivery.
+    channel, schema = unique("typeduch"), unique("typedu")
+    await query(f"INSERT INTO {typed_table} VALUES ({ROW})")
+    before = selected(pg_dsn, typed_table)
+    installer = Installer(pg_url, schema=schema, channel=channel)
+    installer.watch_table(typed_table)
+    try:
+        async with open_event_stream(pg_url, [channel], decoders={channel: decode_trigger_payload}) as events:
+            await query(f"UPDATE {typed_table} SET n = n + 1, tstz = tstz + interval '1 hour' WHERE id = 1")
+            (update,) = await take(events, 1, only=RowChange)
+            after = selected(pg_dsn, typed_table)
+            await query(f"DELETE FROM {typed_table} WHERE id = 1")
+            (delete,) = await take(events, 1, only=RowChange)
+        assert update.new_data is not None
+        assert update.old_data is not None
+        assert_same(update.old_data, before)
+        assert update.new_data["n"] == Decimal("12345678901234568.89")
+        assert all(update.new_data[c] == after[c] for c in after)
+        assert delete.new_data is None
+        assert delete.old_data is not None
+        assert all(delete.old_data[c] == after[c] for c in after)
+        assert type(delete.old_data["n"]) is Decimal
+    finally:
+        installer.uninstall()
+
+
 async def test_durable_path_rows_equal_select(
     pg_url: str, pg_dsn: str, query: Query, typed_table: str, unique: Callable[[str], str]
 ) -> None:

@@ -17,15 +17,28 @@ from typing import Any
 from ._connection import DB_ERRORS, run_on_connection
 from ._errors import TrioPgEventsError
 from ._events import RowChange, SchemaChange
+from ._payload import NULL_ROW, parse_json
+from ._rows import RowDecoder, row_decoder
 from ._secrets import get_logger
 from ._threads import run_abandonable
 from ._values import JsonConverter, json_converter
 
-__all__ = ["COLUMN_TYPES_SQL", "ColumnCatalog", "RowConverter", "StreamTyping", "Table", "attach_types"]
+__all__ = [
+    "COLUMN_TYPES_SQL",
+    "ColumnCatalog",
+    "RowConverter",
+    "StreamTyping",
+    "Table",
+    "TableTypes",
+    "attach_types",
+]
 
 #: A row (column -> JSON value) -> the row typed.
 RowConverter = Callable[[dict[str, Any]], dict[str, Any]]
 Table = tuple[str, str]
+#: A table's column names, how to type a parsed row (None: nothing to convert), and the
+#: decoder typing a row straight from its JSON text (``_rows``).
+TableTypes = tuple[frozenset[str], RowConverter | None, RowDecoder]
 
 logger = get_logger("trio_pgevents")
 
@@ -52,16 +65,16 @@ COLUMN_TYPES_SQL = (
 )
 
 
-def _row_converter(
-    columns: Iterable[tuple[str, int, int]], stale: Callable[[], None]
-) -> tuple[frozenset[str], RowConverter | None]:
-    """The names of a table's columns, and how to type its rows (None: nothing to convert).
+def _row_converter(columns: list[tuple[str, int, int]], stale: Callable[[], None]) -> TableTypes:
+    """The names of a table's columns, how to type its parsed rows, and its rows' decoder.
 
     A row with a column not among them calls ``stale()``: the table changed
-    since its types were read (they are read again for later rows).
+    since its types were read (they are read again for later rows). The
+    decoder takes no such row (the caller takes the converter's path).
     """
     names: list[str] = []
     steps: list[tuple[str, JsonConverter]] = []
+    decode = row_decoder(columns)
     for name, type_oid, element_oid in columns:
         names.append(name)
         convert = json_converter(type_oid, element_oid)
@@ -69,7 +82,7 @@ def _row_converter(
             steps.append((name, convert))
     known = frozenset(names)
     if not steps:
-        return known, None
+        return known, None, decode
 
     def convert_row(row: dict[str, Any]) -> dict[str, Any]:
         if not known.issuperset(row):
@@ -84,14 +97,14 @@ def _row_converter(
                     pass  # a value that will not convert stays as it was sent
         return typed
 
-    return known, convert_row
+    return known, convert_row, decode
 
 
 class ColumnCatalog:
     """The column types of the tables one database's events came from, learned as they appear."""
 
     def __init__(self) -> None:
-        self._tables: dict[Table, tuple[frozenset[str], RowConverter | None]] = {}
+        self._tables: dict[Table, TableTypes] = {}
         self._untyped: dict[Table, float] = {}  # table -> monotonic time to try again
 
     def converter(self, table: Table, row: dict[str, Any] | None) -> tuple[bool, RowConverter | None]:
@@ -103,13 +116,13 @@ class ColumnCatalog:
                     return True, None
                 del self._untyped[table]
             return False, None
-        names, convert = entry
+        names, convert, _ = entry
         if row is not None and not names.issuperset(row):
             return False, None  # a column added since: read the types again
         return True, convert
 
-    def entry(self, table: Table) -> tuple[frozenset[str], RowConverter | None] | None:
-        """``table``'s column names and converter, if its types are known."""
+    def entry(self, table: Table) -> TableTypes | None:
+        """``table``'s column names, converter and decoder, if its types are known."""
         return self._tables.get(table)
 
     def untyped(self, tables: Iterable[Table], *, for_seconds: float) -> None:
@@ -152,22 +165,27 @@ def _could_exist(table: tuple[Any, Any]) -> bool:
 
 
 def attach_types(events: list[Any], catalog: ColumnCatalog) -> list[Table]:
-    """Give each row event of ``events`` its table's converter; return the tables not known yet.
+    """Type the row events of ``events`` by their tables' types; return the tables not known yet.
 
     A DDL event for a table makes its types be read again (ALTER TABLE).
     Runs for every batch: consecutive events of one table (the usual batch)
-    cost a string comparison and a key check each.
+    cost a string comparison each, and the typing of their row (see
+    :func:`_type_rows`).
     """
     missing: list[Table] = []
     last_schema: Any = None
     last_name: Any = None
-    entry: tuple[frozenset[str], RowConverter | None] | None = None
+    entry: TableTypes | None = None
     for event in events:
         kind = type(event)
         if kind is RowChange:
-            data = event.data
-            schema = data.get("table_schema")
-            name = data.get("table_name")
+            event_dict = event.__dict__
+            envelope = event_dict.get("_env")
+            if envelope is not None:
+                schema, name = envelope.table_schema, envelope.table_name
+            else:
+                data = event.data
+                schema, name = data.get("table_schema"), data.get("table_name")
             if entry is None or name != last_name or schema != last_schema:
                 last_schema, last_name = schema, name
                 table = (schema, name)
@@ -179,16 +197,22 @@ def attach_types(events: list[Any], catalog: ColumnCatalog) -> list[Table]:
                     entry = _NO_ENTRY
             if entry is _NO_ENTRY:
                 continue
-            names, convert = entry
-            row = data.get("new_data")
-            if type(row) is not dict:
-                row = data.get("old_data")
-            if type(row) is dict and not names.issuperset(row):  # a column added since
+            if envelope is not None:
+                row = envelope.new_data
+                if row != NULL_ROW and envelope.old_data == NULL_ROW:  # an INSERT, inline
+                    typed = entry[2](row)
+                    if typed is not None:
+                        event_dict["new_data"] = typed
+                        continue
+                    ok = _type_parsed(event_dict, "new_data", row, entry)
+                else:
+                    ok = _type_rows(event_dict, envelope, entry)
+            else:
+                ok = _attach_converter(event_dict, data, entry)
+            if not ok:  # a column added since: read the types again
                 table = (schema, name)
                 if table not in missing:
                     missing.append(table)
-            elif convert is not None:
-                event.__dict__["_row_types"] = convert
         elif (
             kind is SchemaChange and event.object_type == "table" and event.schema_name and event.object_name
         ):
@@ -197,7 +221,54 @@ def attach_types(events: list[Any], catalog: ColumnCatalog) -> list[Table]:
     return missing
 
 
-_NO_ENTRY: tuple[frozenset[str], RowConverter | None] = (frozenset(), None)
+def _type_rows(event_dict: dict[str, Any], envelope: Any, entry: TableTypes) -> bool:
+    """Type a LISTEN stream event's row now (its ``old_data`` too when read); False: a column is new.
+
+    Typed on delivery, not when read: a row with a column the table did not
+    have when its types were read is found here, and its types are read
+    again before the row is delivered.
+    """
+    raw, key = envelope.new_data, "new_data"
+    if raw == NULL_ROW:
+        raw, key = envelope.old_data, "old_data"
+        if raw == NULL_ROW:
+            return True  # TRUNCATE: no row
+    elif envelope.old_data != NULL_ROW:
+        event_dict["_table"] = entry  # an UPDATE's old row: typed when read
+    typed = entry[2](raw)
+    if typed is None:
+        return _type_parsed(event_dict, key, raw, entry)
+    event_dict[key] = typed
+    return True
+
+
+def _type_parsed(event_dict: dict[str, Any], key: str, raw: Any, entry: TableTypes) -> bool:
+    """A row the decoder does not take, typed the general way: parsed, then converted."""
+    names, convert, _ = entry
+    try:
+        row = parse_json(raw)
+    except Exception:  # nested past this stack's depth: parsed (and reported) when read
+        return True
+    if not names.issuperset(row):
+        return False
+    event_dict[key] = convert(row) if convert is not None else row
+    return True
+
+
+def _attach_converter(event_dict: dict[str, Any], data: dict[str, Any], entry: TableTypes) -> bool:
+    """Give an event parsed as a whole its table's converter; False: a column is new."""
+    names, convert, _ = entry
+    row = data.get("new_data")
+    if type(row) is not dict:
+        row = data.get("old_data")
+    if type(row) is dict and not names.issuperset(row):
+        return False
+    if convert is not None:
+        event_dict["_row_types"] = convert
+    return True
+
+
+_NO_ENTRY: TableTypes = (frozenset(), None, lambda raw: None)
 
 
 class StreamTyping:

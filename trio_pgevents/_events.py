@@ -23,7 +23,11 @@ from datetime import datetime
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar, overload
 
-from ._payload import METHODS, UNPARSED, parse_json, why
+import msgspec
+
+from ._payload import METHODS, UNPARSED, envelope_text, parse_json, why
+from ._rows import envelope_row
+from ._values import ServerText as ServerText
 
 try:  # the C field accessor namedtuple uses: one descriptor call per field read
     from _collections import _tuplegetter  # type: ignore[import-not-found]
@@ -84,27 +88,6 @@ class _cached(Generic[_T]):
 #: row of a change stream's initial snapshot (``""`` only in a hand-built event without one).
 Method: TypeAlias = Literal["INSERT", "UPDATE", "DELETE", "TRUNCATE", "READ", ""]
 _EVENT_METHODS = METHODS | {"READ"}
-
-
-class ServerText(str):
-    """A column value left in the server's text form because it could not be converted.
-
-    Row values are converted by column type (see :class:`RowChange`); a value
-    that cannot be -- a jsonb nested deeper than Python parses, bytes that are
-    not valid in the database's encoding -- is delivered as this ``str``
-    subclass instead of stopping the stream. Undecodable bytes are kept as
-    ``\\xNN`` escapes. :attr:`reason` says what went wrong.
-    """
-
-    reason: str
-
-    def __new__(cls, text: str, reason: str) -> ServerText:
-        value = super().__new__(cls, text)
-        value.reason = reason
-        return value
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (ServerText, (str(self), self.reason))
 
 
 class Event(tuple[Any, ...]):
@@ -275,25 +258,30 @@ class RowChange(_DecodedEvent):
     ``from_data`` or a custom decoder) reads as ``""``, ``None`` or ``False``.
     """
 
+    def _get(self, key: str) -> Any:
+        # A LISTEN stream's row event holds its checked envelope (see _decode): no parse.
+        envelope = self.__dict__.get("_env")
+        return getattr(envelope, key) if envelope is not None else self.data.get(key)
+
     @property
     def table_schema(self) -> str:
         """Schema of the changed table."""
-        value = self.data.get("table_schema")
+        value = self._get("table_schema")
         return value if isinstance(value, str) else ""
 
     @property
     def table_name(self) -> str:
         """Name of the changed table."""
-        value = self.data.get("table_name")
+        value = self._get("table_name")
         return value if isinstance(value, str) else ""
 
-    @property
+    @_cached
     def method(self) -> Method:
         """``INSERT``, ``UPDATE``, ``DELETE``, ``TRUNCATE``, or ``READ`` (a change stream's snapshot).
 
         ``""`` only for hand-built events whose payload has none.
         """
-        method = self.data.get("method")
+        method = self._get("method")
         # Type first: a list is not hashable, and ``in`` a frozenset would raise.
         return method if type(method) is str and method in _EVENT_METHODS else ""  # type: ignore[return-value]
 
@@ -320,45 +308,51 @@ class RowChange(_DecodedEvent):
         return self._row("new_data")
 
     def _row(self, key: str) -> dict[str, Any] | None:
+        event_dict = self.__dict__
+        envelope = event_dict.get("_env")
+        if envelope is not None:
+            return envelope_row(self, getattr(envelope, key))
         value = self.data.get(key)
         if not isinstance(value, dict):
             return None
-        convert = self.__dict__.get("_row_types")
+        convert = event_dict.get("_row_types")
         return convert(value) if convert is not None else value
 
     @property
     def session_user(self) -> str | None:
         """The session user that made the change."""
-        value = self.data.get("session_user")
+        value = self._get("session_user")
         return value if isinstance(value, str) else None
 
     @property
     def query(self) -> str | None:
         """The top-level statement text (may be cut, or left out by option)."""
-        value = self.data.get("query")
+        value = self._get("query")
+        if type(value) is msgspec.Raw:  # the envelope keeps it as JSON text
+            return envelope_text(value)
         return value if isinstance(value, str) else None
 
     @property
     def truncated(self) -> bool:
         """True when the row data was reduced to fit the NOTIFY size limit."""
-        return self.data.get("truncated") is True
+        return self._get("truncated") is True
 
     @property
     def id(self) -> int | None:
         """Durable mode: the event's id in the outbox table."""
-        value = self.data.get("id")
+        value = self._get("id")
         return value if isinstance(value, int) and not isinstance(value, bool) else None  # true is no id
 
     @property
     def txid(self) -> int | None:
         """Durable and CDC modes: the id of the transaction that made the change."""
-        value = self.data.get("txid")
+        value = self._get("txid")
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     @property
     def lsn(self) -> str | None:
         """CDC mode: the WAL position of the change's commit (``X/Y`` text)."""
-        value = self.data.get("lsn")
+        value = self._get("lsn")
         return value if isinstance(value, str) else None
 
 

@@ -12,7 +12,9 @@ may take. From it come:
   the key tables; :func:`kind_of` says which kind an object is, from its
   ``kind`` field -- or, for pg_events' original format, which has none, from
   the keys it has);
-- the durable reader's server-side check (:func:`jsonb_check_sql`).
+- the durable reader's server-side check (:func:`jsonb_check_sql`);
+- the row event's envelope (:func:`row_envelope`): the same check, made by
+  msgspec in C while it parses, the rows left unparsed (``msgspec.Raw``).
 
 It also parses payload text (:func:`parse_json`) and keeps the rate-limited
 log of payloads set aside (:class:`SetAsideLog`).
@@ -22,12 +24,14 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -39,12 +43,14 @@ __all__ = [
     "DDL_KEYS",
     "FORMAT_VERSION",
     "METHODS",
+    "NULL_ROW",
     "ROW",
     "ROW_KEYS",
     "SET_ASIDE",
     "UNPARSED",
     "Key",
     "SetAsideLog",
+    "envelope_text",
     "first_problem",
     "is_ddl",
     "is_row",
@@ -52,6 +58,7 @@ __all__ = [
     "kind_of",
     "object_sql",
     "parse_json",
+    "row_envelope",
     "why",
 ]
 
@@ -90,6 +97,8 @@ class Key:
         emitted: written by the installer's functions; False for keys added on
             the way (the outbox reader's ``id``/``txid``, the change stream's ``lsn``).
         optional: written only sometimes (left out of an object unless given).
+        long: text that may be long and is rarely read: the envelope
+            (:func:`row_envelope`) checks it is a string and keeps its JSON text.
     """
 
     name: str
@@ -97,6 +106,7 @@ class Key:
     sql_type: str = "text"
     emitted: bool = True
     optional: bool = False
+    long: bool = False
 
 
 _TEXT: frozenset[type] = frozenset({str, _NONE})
@@ -116,7 +126,7 @@ ROW_KEYS: tuple[Key, ...] = (
     Key("method", _NAME),
     Key("old_data", _ROW_DATA, "json"),
     Key("new_data", _ROW_DATA, "json"),
-    Key("query", _TEXT),
+    Key("query", _TEXT, long=True),
     Key("truncated", _FLAG, "bool"),
     Key("keys_only", _FLAG, "bool", optional=True),
     Key("error", _TEXT, optional=True),
@@ -274,6 +284,83 @@ def first_problem(data: dict[str, Any], kind: str) -> str:
     return "method is not INSERT, UPDATE, DELETE or TRUNCATE"
 
 
+# ---- the row event's envelope, checked in C ---------------------------------------------------
+
+#: A row that is JSON ``null`` (an INSERT's ``old_data``), as the envelope holds it.
+NULL_ROW = msgspec.Raw(b"null")
+_OBJECT = (ord("{"),)
+_STRING = (ord('"'),)
+#: The first byte of a Raw, as a 1-tuple (reads the buffer in place: half the cost of bytes()).
+_first_byte = struct.Struct("B").unpack_from
+
+
+def _envelope_field(key: Key) -> tuple[str, Any, Any] | tuple[str, Any]:
+    """The envelope's field for ``key``: the type :func:`is_row` accepts, said to msgspec."""
+    if key.name == "method":
+        return ("method", Literal[tuple(sorted(METHODS))])  # required, one of the commands
+    if key.types == _ROW_DATA or key.long:  # msgspec keeps its text; row_envelope checks its type
+        return (key.name, msgspec.Raw, NULL_ROW)
+    (only,) = key.types - {_NONE}
+    if _NONE not in key.types:
+        return (key.name, only)  # required
+    return (key.name, only | None, None)  # null and missing are the same to is_row
+
+
+#: A row event of the installer's format (``"kind": "row"``), its typed keys checked as
+#: :func:`is_row` checks them. Other keys are skipped; not GC-tracked (it holds no cycle).
+RowEnvelope: Any = msgspec.defstruct(
+    "RowEnvelope",
+    [("kind", Literal["row"]), *(_envelope_field(key) for key in ROW_KEYS)],
+    gc=False,
+    frozen=True,
+    kw_only=True,
+    module=__name__,
+)
+_decode_envelope = msgspec.json.Decoder(RowEnvelope).decode
+# row_envelope checks the long texts' type by hand: a key made long must be added there.
+if [(key.name, key.types) for key in ROW_KEYS if key.long] != [("query", _TEXT)]:
+    raise AssertionError("row_envelope checks that query, and only query, is a long text")
+_max_digits = sys.get_int_max_str_digits
+_LEAST_DIGIT_LIMIT = 640  # the lowest integer digit limit Python allows (0: no limit)
+
+
+def row_envelope(text: str) -> Any:
+    """``text``'s :data:`RowEnvelope` if it is a valid row event of the installer's format, else None.
+
+    Accepts exactly what :func:`is_row` accepts of an object with ``"kind":
+    "row"`` (the types of its keys, ``method`` one of :data:`METHODS`, the
+    rows objects or null), without building the object: the rows stay text
+    (``msgspec.Raw``, :data:`NULL_ROW` when null), parsed when read. msgspec
+    checks that the whole text is valid JSON as it skips them. None means
+    "not sure": the caller takes the full path (:func:`parse_json`,
+    :func:`kind_of`), which also says why a payload is no event. So does a
+    text past the interpreter's integer digit limit: a row holding such an
+    integer would be valid JSON that no parser here can turn into values.
+    """
+    try:
+        if len(text) > _LEAST_DIGIT_LIMIT and len(text) > (_max_digits() or len(text)):
+            return None
+        envelope = _decode_envelope(text)
+    except Exception:  # not JSON, not a row event, a field of another type, not a str...
+        return None
+    # The rows: objects or null (a list, a string... is no row). Unrolled: every event.
+    row = envelope.new_data
+    if row != NULL_ROW and _first_byte(row) != _OBJECT:
+        return None
+    row = envelope.old_data
+    if row != NULL_ROW and _first_byte(row) != _OBJECT:
+        return None
+    query = envelope.query  # a long text: its JSON text, checked, not copied (see Key.long)
+    if query != NULL_ROW and _first_byte(query) != _STRING:
+        return None
+    return envelope
+
+
+def envelope_text(raw: msgspec.Raw) -> str | None:
+    """A :attr:`Key.long` text of a :data:`RowEnvelope`, from its JSON text (checked already)."""
+    return None if raw == NULL_ROW else msgspec.json.decode(raw, type=str)
+
+
 # ---- parsing ----------------------------------------------------------------------------------
 
 _msgspec_decode = msgspec.json.Decoder().decode
@@ -284,7 +371,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json(text: str, *, exact: bool = True) -> Any:
+def parse_json(text: str | bytes | msgspec.Raw, *, exact: bool = True) -> Any:
     """Parse a payload's JSON text; raise an ``Exception`` (never worse) if it is not JSON.
 
     With ``exact`` (events' payloads) a number that is not an integer is a
@@ -305,6 +392,8 @@ def parse_json(text: str, *, exact: bool = True) -> Any:
         return _msgspec_decode_exact(text) if exact else _msgspec_decode(text)
     except msgspec.ValidationError:
         pass
+    if not isinstance(text, (str, bytes)):
+        text = bytes(text)  # a row's msgspec.Raw
     value = json.loads(text, parse_constant=_reject_constant, parse_float=Decimal if exact else float)
     # Lone surrogates: the stdlib accepts them, UTF-8 cannot encode them (printing would fail).
     json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")

@@ -35,7 +35,14 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
-__all__ = ["ARRAY_ELEMENTS", "JsonConverter", "json_converter", "parse_array", "text_converter"]
+__all__ = [
+    "ARRAY_ELEMENTS",
+    "JsonConverter",
+    "ServerText",
+    "json_converter",
+    "parse_array",
+    "text_converter",
+]
 
 #: A value as parsed from the row's JSON (numbers that are not integers as ``Decimal``) -> Python.
 JsonConverter = Callable[[Any], Any]
@@ -43,6 +50,27 @@ JsonConverter = Callable[[Any], Any]
 BOOL, BYTEA, NAME, INT8, INT2, INT4, TEXT, OID, JSON = 16, 17, 19, 20, 21, 23, 25, 26, 114
 FLOAT4, FLOAT8, BPCHAR, VARCHAR, DATE, TIME, TIMESTAMP = 700, 701, 1042, 1043, 1082, 1083, 1114
 TIMESTAMPTZ, NUMERIC, UUID_OID, JSONB = 1184, 1700, 2950, 3802
+
+
+class ServerText(str):
+    """A column value left in the server's text form because it could not be converted.
+
+    Row values are converted by column type (see :class:`RowChange`); a value
+    that cannot be -- a jsonb nested deeper than Python parses, bytes that are
+    not valid in the database's encoding -- is delivered as this ``str``
+    subclass instead of stopping the stream. Undecodable bytes are kept as
+    ``\\xNN`` escapes. :attr:`reason` says what went wrong.
+    """
+
+    reason: str
+
+    def __new__(cls, text: str, reason: str) -> ServerText:
+        value = super().__new__(cls, text)
+        value.reason = reason
+        return value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ServerText, (str(self), self.reason))
 
 
 # ---- from the JSON form (row_to_json) ------------------------------------------------------
