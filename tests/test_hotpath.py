@@ -204,3 +204,21 @@ async def test_withdrawn_events_leave_the_current_batch() -> None:
     assert stream._undelivered == 2
     assert [stream.receive_nowait().payload for _ in range(2)] == ["2", "4"]
     assert stream._undelivered == 0
+
+
+async def test_probe_deadline_during_backpressure_loses_nothing(
+    pg_engine: Engine, query: Query, unique: Callable[[str], str]
+) -> None:
+    # The listener's probe deadline spans its reads: when it fires while a
+    # full buffer holds the listener in put(), that batch is queued after.
+    channel = unique("held")
+    total = 5000
+    async with open_event_stream(pg_engine, [channel], max_buffer_size=100, probe_interval=0.01) as events:
+        await query("SELECT pg_notify(%s, g::text) FROM generate_series(1, %s) g", (channel, total))
+        got: list[str] = []
+        with trio.fail_after(60):
+            while len(got) < total:
+                got.append((await events.receive()).payload)
+                if len(got) % 250 == 0:
+                    await trio.sleep(0.02)  # a slow consumer: the deadline passes while put() waits
+    assert got == [str(i) for i in range(1, total + 1)]
