@@ -183,7 +183,7 @@ class Listener(ReconnectingSource):
         while self._command_running:
             await self._command_done.wait()
         try:
-            drained = _poll(conn)
+            _poll(conn)
         except psycopg2.Error as exc:
             # Notifications read in the same packet as the error were sent
             # while connected: queued (by _pump) before the loss is reported.
@@ -196,11 +196,7 @@ class Listener(ReconnectingSource):
             return False
         self._unsent.extend(self._take_notifies(conn))
         await self._send_unsent()
-        # Poll again without waiting only if this read stopped while data was
-        # still coming; after an empty poll, waiting on the socket is the next
-        # step anyway (one scheduler round and one recv() fewer per wake-up at
-        # low rates: commit -> consumer latency, benchmarks/latency.py).
-        return not drained
+        return True
 
     async def _send_unsent(self) -> None:
         """Queue the pump's batches not queued yet, oldest first (a cancelled put queued nothing)."""
@@ -338,8 +334,8 @@ class Listener(ReconnectingSource):
 _TIMED_OUT: Any = object()
 
 
-def _poll(conn: Any) -> bool:
-    """Read what the socket has into ``conn.notifies``; True if an empty poll ended the read.
+def _poll(conn: Any) -> None:
+    """Read what the socket has into ``conn.notifies``.
 
     One poll() is one recv() of at most ~16 KB: some 40 row events. Read on
     while data is there, up to _BATCH_TARGET events: a recv() is far cheaper
@@ -356,9 +352,8 @@ def _poll(conn: Any) -> bool:
                 break
             conn.poll()  # appends to the same list
             if len(notifies) == count:
-                return True
+                break
             count = len(notifies)
-    return False
 
 
 def _batches(notifies: list[Any], source: str, decoders: Mapping[str, Decoder] | None) -> list[NotifyBatch]:
