@@ -14,7 +14,8 @@ from benchmarks import throughput
 from benchmarks._common import Producer, Result, _as_uri, format_table, percentile, with_ratio
 from tests.conftest import Query, drain
 from trio_pgevents import Notification, RowChange, decode_trigger_payload, open_event_stream
-from trio_pgevents._consumer import NotifyBatch
+from trio_pgevents._buffer import EventBuffer
+from trio_pgevents._consumer import BufferedStream, NotifyBatch
 
 ROW = '{"v" : 1, "kind" : "row", "table_schema" : "public", "table_name" : "t", "method" : "INSERT"}'
 
@@ -153,3 +154,71 @@ async def test_probes_during_a_flood_do_not_pull_the_backlog_in(
                 if sum(sizes) == total:
                     break
         assert max(sizes) <= 1024
+
+
+async def test_reads_of_every_kind_share_one_batch_in_order() -> None:
+    # One NotifyBatch larger than a decoding chunk, read through every entry
+    # point in turn: nothing is lost, duplicated or reordered, a cancelled
+    # read takes nothing, and the count of undelivered events stays exact.
+    buffer = EventBuffer(10_000, "backpressure")
+    stream = BufferedStream(buffer)
+    total = 600
+    await buffer.put(NotifyBatch([Notify(1, "c", str(i)) for i in range(total)], "src", None))
+    buffer.close()
+    got: list[str] = []
+    async for event in stream:
+        got.append(event.payload)
+        if len(got) == 10:
+            break
+    assert stream._undelivered == total - 10
+    got.append(stream.receive_nowait().payload)
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await stream.receive()
+    assert scope.cancelled_caught
+    got.append((await stream.receive()).payload)
+    batches = stream.batches()
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await batches.__anext__()
+    assert scope.cancelled_caught
+    got.extend(event.payload for event in await batches.__anext__())  # the rest of the chunk
+    assert stream._undelivered == total - len(got)
+    async for event in stream:  # on into the next chunk
+        got.append(event.payload)
+        if len(got) == 300:
+            break
+    async for batch in batches:
+        got.extend(event.payload for event in batch)
+    assert got == [str(i) for i in range(total)]
+    assert stream._undelivered == 0
+
+
+async def test_withdrawn_events_leave_the_current_batch() -> None:
+    # A durable stream handing partitions back withdraws their undelivered events.
+    buffer = EventBuffer(100, "backpressure")
+    stream = BufferedStream(buffer)
+    await buffer.put([Notification("c", str(i), 1, "src") for i in range(6)])
+    assert (await stream.receive()).payload == "0"
+    stream._withdraw_undelivered(lambda event: int(event.payload) % 2 == 1)
+    assert stream._undelivered == 2
+    assert [stream.receive_nowait().payload for _ in range(2)] == ["2", "4"]
+    assert stream._undelivered == 0
+
+
+async def test_probe_deadline_during_backpressure_loses_nothing(
+    pg_engine: Engine, query: Query, unique: Callable[[str], str]
+) -> None:
+    # The listener's probe deadline spans its reads: when it fires while a
+    # full buffer holds the listener in put(), that batch is queued after.
+    channel = unique("held")
+    total = 5000
+    async with open_event_stream(pg_engine, [channel], max_buffer_size=100, probe_interval=0.01) as events:
+        await query("SELECT pg_notify(%s, g::text) FROM generate_series(1, %s) g", (channel, total))
+        got: list[str] = []
+        with trio.fail_after(60):
+            while len(got) < total:
+                got.append((await events.receive()).payload)
+                if len(got) % 250 == 0:
+                    await trio.sleep(0.02)  # a slow consumer: the deadline passes while put() waits
+    assert got == [str(i) for i in range(1, total + 1)]

@@ -23,7 +23,8 @@ Notifications rather than dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from operator import length_hint
 from typing import Any, Protocol
 
 import trio
@@ -127,6 +128,9 @@ def _events(batch: list[Event]) -> list[Event]:
 #: Notifications decoded at a time for event-by-event reads (see BufferedStream._raw_chunk).
 _CHUNK = 256
 
+#: What ``BufferedStream._next`` is when no batch is being handed out.
+_SPENT: Iterator[Any] = iter(())
+
 
 class BatchTyping(Protocol):
     """Types the row events of a batch before it is delivered (see ``_columns.StreamTyping``)."""
@@ -143,14 +147,17 @@ class BatchTyping(Protocol):
 class BufferedStream:
     """Reads events, one at a time or a batch at a time, from a buffer.
 
-    Per event, ``async for`` costs one list index and no task switch; the
-    consumer yields to the scheduler (and sees cancellation) once per batch.
+    Per event, ``async for`` costs one step of a list iterator and no task
+    switch; the consumer yields to the scheduler (and sees cancellation) once
+    per batch.
     """
 
     def __init__(self, buffer: EventBuffer) -> None:
         self._buffer = buffer
+        # The batch being handed out, and an iterator over what is left of it
+        # (a C-level step per event, cheaper than an index kept in Python).
         self._batch: list[Event] = []
-        self._pos = 0
+        self._next: Iterator[Event] = _SPENT
         #: Types row events before a batch is delivered (LISTEN streams), or None.
         self._typing: BatchTyping | None = None
         self._held: list[Event] | None = None  # a batch taken, waiting for its types
@@ -160,10 +167,21 @@ class BufferedStream:
         self._raw_pos = 0
 
     @property
+    def _pos(self) -> int:
+        """How many events of :attr:`_batch` were delivered."""
+        return len(self._batch) - length_hint(self._next)
+
+    def _hand_out(self, batch: list[Event]) -> Event:
+        """Make ``batch`` (never empty) the current one and take its first event."""
+        self._batch = batch
+        self._next = events = iter(batch)
+        return next(events)
+
+    @property
     def _undelivered(self) -> int:
         """Events taken from the buffer and not delivered yet."""
         pending = len(self._raw) - self._raw_pos if self._raw is not None else 0
-        return len(self._batch) - self._pos + pending
+        return length_hint(self._next) + pending
 
     def _raw_chunk(self, raw: Any, whole: bool) -> Any:
         """``raw`` to decode now: all of it, or (one event at a time) its next _CHUNK notifications.
@@ -196,7 +214,9 @@ class BufferedStream:
         if batch is None:
             raw: list[Any]
             if self._raw is not None:
-                await trio.lowlevel.checkpoint()  # cancelled here: nothing was taken
+                # The rest of a batch already taken: no scheduler round (as for the
+                # events of a decoded chunk), but a cancelled call still takes nothing.
+                await trio.lowlevel.checkpoint_if_cancelled()
                 raw = self._raw
             else:
                 raw = await self._buffer.get()
@@ -231,20 +251,15 @@ class BufferedStream:
         return self
 
     async def __anext__(self) -> Event:
-        pos = self._pos
-        batch = self._batch
-        if pos < len(batch):
-            self._pos = pos + 1
-            return batch[pos]
+        for event in self._next:
+            return event
         # Let the spent batch's events go before the next ones are built.
-        self._batch, self._pos = [], 0
+        self._batch, self._next = [], _SPENT
         try:
             batch = await self._take_batch()
         except StreamClosedError:
             raise StopAsyncIteration from None
-        self._batch = batch
-        self._pos = 1
-        return batch[0]
+        return self._hand_out(batch)
 
     async def receive(self) -> Event:
         """Wait for the next event. Raises :class:`StreamClosedError` at the end.
@@ -252,37 +267,25 @@ class BufferedStream:
         As with Trio's channels, a ``receive()`` that is cancelled has taken
         nothing: the event is returned by the next call.
         """
-        pos = self._pos
-        batch = self._batch
-        if pos < len(batch):
-            # Cancellation is seen before the event is taken, never after.
-            await trio.lowlevel.checkpoint_if_cancelled()
-            self._pos = pos + 1
+        # Cancellation is seen before an event is taken, never after.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        for event in self._next:
             await trio.lowlevel.cancel_shielded_checkpoint()
-            return batch[pos]
-        self._batch, self._pos = [], 0
-        batch = await self._take_batch()
-        self._batch = batch
-        self._pos = 1
-        return batch[0]
+            return event
+        self._batch, self._next = [], _SPENT
+        return self._hand_out(await self._take_batch())
 
     def receive_nowait(self) -> Event:
         """The next event if one is buffered, else raise ``trio.WouldBlock``."""
-        pos = self._pos
-        batch = self._batch
-        if pos < len(batch):
-            self._pos = pos + 1
-            return batch[pos]
-        batch = self._take_batch_nowait()
-        self._batch = batch
-        self._pos = 1
-        return batch[0]
+        for event in self._next:
+            return event
+        return self._hand_out(self._take_batch_nowait())
 
     def _withdraw_undelivered(self, unwanted: Callable[[Event], bool]) -> None:
         """Take every event ``unwanted`` says out of what is not delivered yet (control events stay)."""
         assert self._raw is None, "only event batches are withdrawn from"
-        rest = [event for event in self._batch[self._pos :] if not unwanted(event)]
-        self._batch = self._batch[: self._pos] + rest
+        rest = [event for event in self._next if not unwanted(event)]
+        self._batch, self._next = rest, iter(rest)
         self._buffer.discard(unwanted)
 
     def batches(self) -> BatchIterator:
@@ -295,10 +298,11 @@ class BufferedStream:
         return BatchIterator(self)
 
     async def _next_batch(self) -> list[Event]:
-        if self._pos < len(self._batch):
+        left = length_hint(self._next)
+        if left:
             await trio.lowlevel.checkpoint_if_cancelled()  # before taking: a cancelled call takes nothing
-            rest = self._batch[self._pos :] if self._pos else self._batch
-            self._batch, self._pos = [], 0
+            rest = self._batch if left == len(self._batch) else list(self._next)
+            self._batch, self._next = [], _SPENT
             await trio.lowlevel.cancel_shielded_checkpoint()
             return rest
         try:

@@ -61,6 +61,7 @@ class Listener(ReconnectingSource):
         self._queue_read_at = -math_inf
         self._listened: list[str] = []  # the channels the current connection LISTENed to
         self._tainted = False  # a thread was abandoned mid-command: do not reuse the connection
+        self._unsent: list[NotifyBatch] = []  # the pump's batches not queued yet (see _send_unsent)
 
     async def _after_connect(self) -> None:
         await self._sync_channels()
@@ -155,66 +156,65 @@ class Listener(ReconnectingSource):
                     self._next_probe = trio.current_time() + self._options.probe_interval
                 else:
                     await self._probe(conn, fd)
-            if more:
-                # Under a flood the next data is usually there already: yield
-                # (the consumer runs) and poll without blocking. Cheaper per
-                # batch than a cancel scope plus an epoll registration
-                # (measured: benchmarks/throughput.py); an empty poll costs
-                # one recv() and sends us back to waiting.
-                await checkpoint()
-            else:
-                with trio.move_on_at(self._next_probe):
-                    await wait_readable(fd)
-            while self._command_running:
-                await self._command_done.wait()
+            # One cancel scope per probe period, not one per wait: entering and
+            # leaving a scope costs several us, ~10% of a wake-up's CPU at low
+            # rates (py-spy, benchmarks/latency.py). Its deadline ends an idle
+            # wait when the probe is due; reached while data flows, it ends
+            # the read at the next checkpoint, and the probe is postponed.
             try:
-                conn.poll()
-                notifies = conn.notifies
-                if notifies:
-                    # One poll() is one recv() of at most ~16 KB: some 40 row
-                    # events. Read on while data is there, up to _BATCH_TARGET
-                    # events: a recv() is far cheaper than a scheduler round
-                    # per batch (measured: benchmarks/decoded.py). No larger:
-                    # a batch is built into events at once, and more than
-                    # ~700 new objects at a time wake the garbage collector.
-                    count = len(notifies)
-                    for _ in range(_MAX_EXTRA_POLLS):
-                        if count >= _BATCH_TARGET:
-                            break
-                        conn.poll()  # appends to the same list
-                        if len(notifies) == count:
-                            break
-                        count = len(notifies)
-            except psycopg2.Error as exc:
-                # Notifications read in the same packet as the error were sent
-                # while connected: deliver them before reporting the loss.
-                if conn.notifies:
-                    await self._drain(conn)
-                raise Lost(" ".join(str(exc).split()) or type(exc).__name__) from exc
+                with trio.CancelScope(deadline=self._next_probe):
+                    while True:
+                        if more:
+                            # Under a flood the next data is usually there already:
+                            # yield (the consumer runs) and poll without blocking.
+                            # Cheaper per batch than an epoll registration.
+                            await checkpoint()
+                        else:
+                            await wait_readable(fd)
+                        more = await self._read(conn)
+            except Lost:
+                await self._send_unsent()  # read before the loss: delivered before the gap
+                raise
+            # The deadline may have interrupted a put: queue what it left, in order.
+            await self._send_unsent()
+
+    async def _read(self, conn: Any) -> bool:
+        """Poll and queue what arrived; True if more is probably waiting (poll again at once)."""
+        while self._command_running:
+            await self._command_done.wait()
+        try:
+            _poll(conn)
+        except psycopg2.Error as exc:
+            # Notifications read in the same packet as the error were sent
+            # while connected: queued (by _pump) before the loss is reported.
             if conn.notifies:
-                more = True
-                await self._drain(conn)
-            else:
-                more = False
-                if conn.closed:
-                    raise Lost("connection closed")
+                self._unsent.extend(self._take_notifies(conn))
+            raise Lost(" ".join(str(exc).split()) or type(exc).__name__) from exc
+        if not conn.notifies:
+            if conn.closed:
+                raise Lost("connection closed")
+            return False
+        self._unsent.extend(self._take_notifies(conn))
+        await self._send_unsent()
+        return True
+
+    async def _send_unsent(self) -> None:
+        """Queue the pump's batches not queued yet, oldest first (a cancelled put queued nothing)."""
+        unsent = self._unsent
+        while unsent:
+            await self._buffer.put(unsent[0])
+            del unsent[0]
+
+    def _take_notifies(self, conn: Any) -> list[NotifyBatch]:
+        """What the connection read, as batches to queue (``conn.notifies`` is emptied)."""
+        notifies, conn.notifies = conn.notifies, []
+        self.last_event_at = time.time()
+        return _batches(notifies, self.source, self._decoders_for())
 
     async def _drain(self, conn: Any) -> None:
-        notifies = conn.notifies
-        conn.notifies = []
-        self.last_event_at = time.time()
-        source = self.source
-        decoders = self._decoders_for()
-        # Queued as psycopg2's Notify objects; the consumer builds the events
-        # when it takes the batch (see NotifyBatch: keeps the GC quiet).
-        if len(notifies) <= 4 * _BATCH_TARGET:
-            await self._buffer.put(NotifyBatch(notifies, source, decoders))
-            return
-        # A command on the connection (LISTEN, a probe) made libpq read a
-        # backlog at once: hand it over in pieces, so the buffer's bound and
-        # the batch size the consumer builds at once still hold.
-        for start in range(0, len(notifies), _BATCH_TARGET):
-            await self._buffer.put(NotifyBatch(notifies[start : start + _BATCH_TARGET], source, decoders))
+        """Queue what a command on the connection read (``conn.notifies``)."""
+        for batch in self._take_notifies(conn):
+            await self._buffer.put(batch)
 
     # ---- commands on the listening connection -----------------------------
 
@@ -332,6 +332,46 @@ class Listener(ReconnectingSource):
 
 
 _TIMED_OUT: Any = object()
+
+
+def _poll(conn: Any) -> None:
+    """Read what the socket has into ``conn.notifies``.
+
+    One poll() is one recv() of at most ~16 KB: some 40 row events. Read on
+    while data is there, up to _BATCH_TARGET events: a recv() is far cheaper
+    than a scheduler round per batch (measured: benchmarks/decoded.py). No
+    larger: a batch is built into events at once, and more than ~700 new
+    objects at a time wake the garbage collector.
+    """
+    conn.poll()
+    notifies = conn.notifies
+    if notifies:
+        count = len(notifies)
+        for _ in range(_MAX_EXTRA_POLLS):
+            if count >= _BATCH_TARGET:
+                break
+            conn.poll()  # appends to the same list
+            if len(notifies) == count:
+                break
+            count = len(notifies)
+
+
+def _batches(notifies: list[Any], source: str, decoders: Mapping[str, Decoder] | None) -> list[NotifyBatch]:
+    """Notifications one read took, as the batches to queue.
+
+    Queued as psycopg2's Notify objects; the consumer builds the events when
+    it takes the batch (see NotifyBatch: keeps the GC quiet).
+    """
+    if len(notifies) <= 4 * _BATCH_TARGET:
+        return [NotifyBatch(notifies, source, decoders)]
+    # A command on the connection (LISTEN, a probe) made libpq read a
+    # backlog at once: hand it over in pieces, so the buffer's bound and
+    # the batch size the consumer builds at once still hold.
+    return [
+        NotifyBatch(notifies[start : start + _BATCH_TARGET], source, decoders)
+        for start in range(0, len(notifies), _BATCH_TARGET)
+    ]
+
 
 #: The pump reads on (extra non-blocking polls) until a batch has this many events...
 _BATCH_TARGET = 256
