@@ -117,7 +117,6 @@ class OutboxSql:
             "ORDER BY r.txid, r.id"
         ).format(events=events)
         self._events = events
-        self._candidates: dict[int, sql.Composed] = {}
         self._prepared_candidates: dict[int, Prepared] = {}
         #: Params: ids (int8[]). The rows of :attr:`candidates` a member keeps, as :attr:`read`
         #: gives them (without "upto").
@@ -184,30 +183,27 @@ class OutboxSql:
         then fetched (:attr:`fetch`): the server renders no payload for another
         member's rows.
         """
-        statement = self._candidates.get(width)
-        if statement is None:
-            values = ", ".join(_key_value(i) for i in range(width)) or "NULL"
-            statement = self._candidates[width] = sql.SQL(
-                "SELECT r.id, r.txid::pg_catalog.text, pg_catalog.pg_column_size(r.payload), "
-                + _ROW_EVENT_CHECK
-                + ", "
-                + _TEXT_FIELD.format("table_schema")
-                + ", "
-                + _TEXT_FIELD.format("table_name")
-                + ", ARRAY["
-                + values
-                + "]::pg_catalog.text[] "
-                "FROM (SELECT e.id, e.txid, e.payload, "
-                "CASE WHEN e.payload OPERATOR(pg_catalog.->>) 'method' OPERATOR(pg_catalog.=) 'DELETE' "
-                "THEN e.payload OPERATOR(pg_catalog.->) 'old_data' "
-                "ELSE e.payload OPERATOR(pg_catalog.->) 'new_data' END AS d, "
-                "%s::pg_catalog.jsonb OPERATOR(pg_catalog.->) "
-                "(e.payload OPERATOR(pg_catalog.->>) 'table_schema') "
-                "OPERATOR(pg_catalog.->) (e.payload OPERATOR(pg_catalog.->>) 'table_name') AS cols "
-                "FROM {events} AS e WHERE " + _UNREAD + " ORDER BY e.txid, e.id LIMIT %s) AS r "
-                "ORDER BY r.txid, r.id"
-            ).format(events=self._events)
-        return statement
+        values = ", ".join(_key_value(i) for i in range(width)) or "NULL"
+        return sql.SQL(
+            "SELECT r.id, r.txid::pg_catalog.text, pg_catalog.pg_column_size(r.payload), "
+            + _ROW_EVENT_CHECK
+            + ", "
+            + _TEXT_FIELD.format("table_schema")
+            + ", "
+            + _TEXT_FIELD.format("table_name")
+            + ", ARRAY["
+            + values
+            + "]::pg_catalog.text[] "
+            "FROM (SELECT e.id, e.txid, e.payload, "
+            "CASE WHEN e.payload OPERATOR(pg_catalog.->>) 'method' OPERATOR(pg_catalog.=) 'DELETE' "
+            "THEN e.payload OPERATOR(pg_catalog.->) 'old_data' "
+            "ELSE e.payload OPERATOR(pg_catalog.->) 'new_data' END AS d, "
+            "%s::pg_catalog.jsonb OPERATOR(pg_catalog.->) "
+            "(e.payload OPERATOR(pg_catalog.->>) 'table_schema') "
+            "OPERATOR(pg_catalog.->) (e.payload OPERATOR(pg_catalog.->>) 'table_name') AS cols "
+            "FROM {events} AS e WHERE " + _UNREAD + " ORDER BY e.txid, e.id LIMIT %s) AS r "
+            "ORDER BY r.txid, r.id"
+        ).format(events=self._events)
 
 
 def make_event(row: tuple[Any, ...], source: str) -> Event:

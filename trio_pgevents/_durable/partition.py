@@ -64,21 +64,10 @@ class Partitioner:
         self.partitions = partitions
         self._keys: dict[Table, tuple[str, ...]] = {}
         self._key_map = "{}"
-        #: Per table: how many key columns, and the CRC-32 of "schema NUL table".
+        #: Per table learned: how many key columns, and the CRC-32 of "schema NUL table".
         self._prefixes: dict[Table, tuple[int, int]] = {}
         #: The most key columns of a table known (what the server extracts per row).
         self.width = 0
-
-    def unknown_tables(self, events: list[Event]) -> list[Table]:
-        """Tables of ``events`` whose key columns are not known yet."""
-        if self.partitions == 1:
-            return []
-        unknown = {
-            (event.table_schema, event.table_name)
-            for event in events
-            if type(event) is RowChange and (event.table_schema, event.table_name) not in self._keys
-        }
-        return sorted(unknown)
 
     def learn(self, cursor: Any, tables: list[Table]) -> None:
         """Read the key columns of ``tables`` (on ``cursor``; blocking). A keyless table: ()."""
@@ -114,12 +103,21 @@ class Partitioner:
         known = self._prefixes.get((schema, table))
         if known is None:
             return UNKNOWN
-        width, crc = known  # CRC-32 continues: crc32(a + b) == crc32(b, crc32(a))
-        if width:
-            row_values = values[:width]
-            if len(row_values) < width or None in row_values:
-                return UNDECIDED
-            crc = zlib.crc32(("\x00" + "\x00".join(row_values)).encode("utf-8", "surrogatepass"), crc)  # type: ignore[arg-type]
+        width = known[0]
+        row_values = values[:width]
+        if len(row_values) < width or None in row_values:
+            return UNDECIDED
+        return self._hash(schema, table, row_values)  # type: ignore[arg-type]  # no None in them
+
+    def _hash(self, schema: str, table: str, values: list[str]) -> int:
+        """The partition of the key ``schema NUL table (NUL value)...``: CRC-32, modulo the count.
+
+        The one definition of the partition function (stored positions depend on it).
+        """
+        known = self._prefixes.get((schema, table))
+        crc = known[1] if known else zlib.crc32(f"{schema}\x00{table}".encode("utf-8", "surrogatepass"))
+        if values:  # CRC-32 continues: crc32(a + b) == crc32(b, crc32(a))
+            crc = zlib.crc32(("\x00" + "\x00".join(values)).encode("utf-8", "surrogatepass"), crc)
         return crc % self.partitions
 
     def part_of(self, event: Event) -> int:
@@ -132,10 +130,8 @@ class Partitioner:
         columns = self._keys.get(table, ())
         # The values as sent, never as typed: typing depends on whether this process could
         # read the column types, and every member must put an event in the same partition.
-        data = event.data
-        row = data.get("old_data" if event.method == "DELETE" else "new_data")
-        parts = [table[0], table[1]]
+        row = event.data.get("old_data" if event.method == "DELETE" else "new_data")
+        values: list[str] = []
         if columns and type(row) is dict and all(column in row for column in columns):
-            parts += [str(row[column]) for column in columns]
-        text = "\x00".join(parts)
-        return zlib.crc32(text.encode("utf-8", "surrogatepass")) % self.partitions
+            values = [str(row[column]) for column in columns]
+        return self._hash(table[0], table[1], values)
