@@ -154,6 +154,9 @@ CLIENTS: dict[str, tuple[str, ClientFn]] = {
     "asyncpg add_listener": ("asyncio", _asyncpg),
     "psycopg 3 notifies()": ("asyncio", _psycopg3),
 }
+#: Per client name, one figure per repetition.
+Samples = dict[str, list[float]]
+
 RAW = "raw loop (psycopg2+trio)"
 STREAM_FOR = "trio_pgevents async for"
 STREAM_BATCHES = "trio_pgevents batches()"
@@ -170,6 +173,58 @@ def measure(uri: str, producer: Producer, client: str, count: int) -> Figures:
     return asyncio.run(fn(uri, channel, count, producer))  # type: ignore[arg-type]
 
 
+#: One run of a client: (server URI, producer, client name, notifications) -> figures.
+Measure = Callable[[str, Producer, str, int], Figures]
+
+
+def measure_clients(
+    ctx: BenchContext, bench: str, measure_one: Measure, count: int
+) -> tuple[Samples, Samples]:
+    """Every client ``ctx.reps`` times (rounds rotated, after a warm-up): events/s and CPU ns per event."""
+    names = list(CLIENTS)
+    rates: Samples = {name: [] for name in names}
+    cpu: Samples = {name: [] for name in names}
+    with Producer(ctx.server.uri) as producer:
+        # Warm-up (imports, server caches), not counted.
+        measure_one(ctx.server.uri, producer, RAW, min(count, 50_000))
+        for rep in range(ctx.reps):
+            order = names[rep % len(names) :] + names[: rep % len(names)]
+            for name in order:
+                figures = measure_one(ctx.server.uri, producer, name, count)
+                rates[name].append(figures.rate)
+                cpu[name].append(figures.cpu_ns)
+                ctx.log(
+                    f"{bench} rep {rep + 1}/{ctx.reps}: {name}: {figures.rate:,.0f} ev/s, "
+                    f"{figures.cpu_ns:,.0f} ns CPU/event"
+                )
+    return rates, cpu
+
+
+def client_results(bench: str, rates: Samples, note: str) -> dict[str, Result]:
+    """Each client's events/s; every client but the raw loop with its ratio to it (and its target)."""
+    results = {name: Result(bench, name, median(v), "ev/s", v, note=note) for name, v in rates.items()}
+    raw = results[RAW]
+    with_ratio(results[STREAM_FOR], raw, target=0.75)
+    with_ratio(results[STREAM_BATCHES], raw, target=0.9)
+    with_ratio(results[ASYNCPG], raw)
+    with_ratio(results[PSYCOPG3], raw)
+    return results
+
+
+def cpu_results(bench: str, cpu: Samples) -> list[Result]:
+    """Each client's CPU per event; its ratio is the raw loop's cost over its own (a speed ratio)."""
+    raw_cpu = median(cpu[RAW])
+    out = []
+    for name, samples in cpu.items():
+        value = median(samples)
+        row = Result(bench, f"CPU per event: {name}", value, "ns", samples)
+        if name != RAW:
+            row.baseline = f"CPU per event: {RAW} (speed ratio: its cost / this cost)"
+            row.ratio = raw_cpu / value if value else float("nan")
+        out.append(row)
+    return out
+
+
 def run(ctx: BenchContext) -> list[Result]:
     """Measure every client ``ctx.reps`` times; ratios to the raw loop and asyncpg.
 
@@ -177,40 +232,10 @@ def run(ctx: BenchContext) -> list[Result]:
     reported: on a shared machine it is the steadier figure.
     """
     count = ctx.scale(300_000, 100_000)
-    names = list(CLIENTS)
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    with Producer(ctx.server.uri) as producer:
-        # Warm-up (imports, server caches), not counted.
-        measure(ctx.server.uri, producer, RAW, min(count, 50_000))
-        for rep in range(ctx.reps):
-            order = names[rep % len(names) :] + names[: rep % len(names)]
-            for name in order:
-                figures = measure(ctx.server.uri, producer, name, count)
-                rates[name].append(figures.rate)
-                cpu[name].append(figures.cpu_ns)
-                ctx.log(
-                    f"throughput rep {rep + 1}/{ctx.reps}: {name}: {figures.rate:,.0f} ev/s, "
-                    f"{figures.cpu_ns:,.0f} ns CPU/event"
-                )
+    rates, cpu = measure_clients(ctx, "throughput", measure, count)
     note = f"{count:,} notifications sent (transactions of {PER_TRANSACTION:,}) before the clock starts"
-    results = {name: Result("throughput", name, median(v), "ev/s", v, note=note) for name, v in rates.items()}
-    raw, apg = results[RAW], results[ASYNCPG]
-    out = [raw]
-    out.append(with_ratio(results[STREAM_FOR], raw, target=0.75))
-    out.append(with_ratio(results[STREAM_BATCHES], raw, target=0.9))
-    out.append(with_ratio(results[ASYNCPG], raw))
-    out.append(with_ratio(results[PSYCOPG3], raw))
+    results = client_results("throughput", rates, note)
     vs_apg = Result("throughput", f"{STREAM_FOR} vs asyncpg", results[STREAM_FOR].value, "ev/s")
     vs_apg.samples = results[STREAM_FOR].samples
-    out.append(with_ratio(vs_apg, apg, target=1.2))
-    # CPU per event: ratio is the raw loop's cost over the client's (a speed ratio).
-    raw_cpu = median(cpu[RAW])
-    for name in names:
-        value = median(cpu[name])
-        row = Result("throughput", f"CPU per event: {name}", value, "ns", cpu[name])
-        if name != RAW:
-            row.baseline = f"CPU per event: {RAW} (speed ratio: its cost / this cost)"
-            row.ratio = raw_cpu / value if value else float("nan")
-        out.append(row)
-    return out
+    with_ratio(vs_apg, results[ASYNCPG], target=1.2)
+    return [*results.values(), vs_apg, *cpu_results("throughput", cpu)]

@@ -20,8 +20,8 @@ import multiprocessing
 import multiprocessing.connection
 from typing import Any
 
-from ._common import BenchContext, Figures, Producer, Result, median, with_ratio
-from .throughput import ASYNCPG, CLIENTS, PSYCOPG3, RAW, STREAM_BATCHES, STREAM_FOR, measure
+from ._common import BenchContext, Figures, Producer, Result
+from .throughput import client_results, cpu_results, measure, measure_clients
 
 __all__ = ["run", "measure_fresh"]
 
@@ -99,39 +99,10 @@ def measure_fresh(
 def run(ctx: BenchContext) -> list[Result]:
     """Each client ``ctx.reps`` times (rounds rotated), each run in a fresh process."""
     count = ctx.scale(BACKLOG, 100_000)
-    names = list(CLIENTS)
-    rates: dict[str, list[float]] = {name: [] for name in names}
-    cpu: dict[str, list[float]] = {name: [] for name in names}
-    with Producer(ctx.server.uri) as producer:
-        measure_fresh(ctx.server.uri, producer, RAW, min(count, 50_000))  # warm-up (server side)
-        for rep in range(ctx.reps):
-            order = names[rep % len(names) :] + names[: rep % len(names)]
-            for name in order:
-                figures = measure_fresh(ctx.server.uri, producer, name, count)
-                rates[name].append(figures.rate)
-                cpu[name].append(figures.cpu_ns)
-                ctx.log(
-                    f"throughput_fresh rep {rep + 1}/{ctx.reps}: {name}: {figures.rate:,.0f} ev/s, "
-                    f"{figures.cpu_ns:,.0f} ns CPU/event"
-                )
+    rates, cpu = measure_clients(ctx, "throughput_fresh", measure_fresh, count)
     note = (
         f"fresh process per client; backlog of {count:,} notifications "
         f"(transactions of {PER_TRANSACTION:,}) sent before the clock starts"
     )
-    bench = "throughput_fresh"
-    results = {name: Result(bench, name, median(v), "ev/s", v, note=note) for name, v in rates.items()}
-    raw = results[RAW]
-    out = [raw]
-    out.append(with_ratio(results[STREAM_FOR], raw, target=0.75))
-    out.append(with_ratio(results[STREAM_BATCHES], raw, target=0.9))
-    out.append(with_ratio(results[ASYNCPG], raw))
-    out.append(with_ratio(results[PSYCOPG3], raw))
-    raw_cpu = median(cpu[RAW])
-    for name in names:
-        value = median(cpu[name])
-        row = Result(bench, f"CPU per event: {name}", value, "ns", cpu[name])
-        if name != RAW:
-            row.baseline = f"CPU per event: {RAW} (speed ratio: its cost / this cost)"
-            row.ratio = raw_cpu / value if value else float("nan")
-        out.append(row)
-    return out
+    results = client_results("throughput_fresh", rates, note)
+    return [*results.values(), *cpu_results("throughput_fresh", cpu)]
