@@ -52,8 +52,8 @@ i.e. equal within what a shared 2-core machine allows; (w1) and (w2) against
 and its function are compared before and after (they must not change), and
 the notes give the events each reader got per row written (did it keep up)
 and this process's CPU per row written (the readers' own cost: every member
-of a group reads each outbox row's table and key values, which the server
-reads out of the payload, and fetches only its own partitions' rows).
+of a group looks at every outbox row, but the server computes each row's
+partition and sends the member only its own partitions' rows).
 Without ``--dsn`` the writers' server is its own embedded one with
 ``fsync=on`` (as in ``durable``).
 
@@ -575,8 +575,8 @@ def measure_writers(
     results["w2"].note = (
         f"group vs exclusive: (w2)/(w1) paired by repetition {', '.join(f'{r:.2f}x' for r in paired)}; "
         f"trigger and its function identical before and after the group ran: {same_trigger}; what "
-        "differs is the reading: every member reads each outbox row's key values (read out of the "
-        "payload by the server) and fetches its partitions' rows, "
+        "differs is the reading: for every member the server looks at each outbox row (computes its "
+        "partition from the payload) and sends the member its partitions' rows, "
         + (
             "on the same 2 CPUs as the server and pgbench"
             if split is None

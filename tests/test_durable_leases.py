@@ -9,8 +9,6 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 import psycopg2
@@ -24,7 +22,6 @@ from trio_pgevents import (
     ConfigurationError,
     DurableStream,
     DurableWorker,
-    Installer,
     LeaseLostError,
     RowChange,
     open_durable_stream,
@@ -280,117 +277,6 @@ async def test_durable_workers_share_a_group(outbox: Outbox) -> None:
             worker.stop()
     assert sorted(n for _, n in processed) == list(range(200))  # once each
     assert {index for index, _ in processed} == {0, 1}  # by both members
-
-
-def test_an_events_partition_does_not_depend_on_whether_its_types_were_read() -> None:
-    # Members that could and could not read a table's column types must agree on every event.
-    from trio_pgevents._durable.partition import Partitioner
-
-    payload = (
-        '{"v": 1, "kind": "row", "table_schema": "public", "table_name": "t", "method": "INSERT", '
-        '"old_data": null, "new_data": {"id": 12.50, "at": "2024-01-01T00:00:00+00:00", "n": 1}}'
-    )
-    partitioner = Partitioner(64)
-    partitioner._keys[("public", "t")] = ("id", "at")
-    untyped = RowChange("c", payload, 0, "s")
-    typed = RowChange("c", payload, 0, "s")
-    typed.__dict__["_row_types"] = lambda row: {
-        **row,
-        "id": Decimal("12.5"),
-        "at": datetime(2024, 1, 1, tzinfo=UTC),
-    }
-    assert typed.new_data is not None
-    assert typed.new_data["at"] == datetime(2024, 1, 1, tzinfo=UTC)
-    assert partitioner.part_of(typed) == partitioner.part_of(untyped)
-    # The key is the row's key: 64 different ids spread over more than one partition.
-    parts = {partitioner.part_of(RowChange("c", payload.replace("12.50", str(i)), 0, "s")) for i in range(64)}
-    assert len(parts) > 1
-
-
-def test_the_server_puts_every_row_in_the_partition_its_payload_says(outbox: Outbox) -> None:
-    # A group member learns each row's partition from the key values the server reads out
-    # of the payload (no payload is sent for another member's rows). It must be the
-    # partition the payload itself gives (members of earlier versions compute that, and
-    # stored positions depend on it), for every kind of key, and for rows of no table.
-    from trio_pgevents._durable.outbox import OutboxSql, make_event
-    from trio_pgevents._durable.partition import UNDECIDED, UNKNOWN, Partitioner
-
-    installer = Installer(outbox.url, schema=outbox.schema, channel=outbox.channel)
-    tables = {
-        "composite": "(a text, b numeric, c int, PRIMARY KEY (c, a, b))",
-        "flags": "(f bool PRIMARY KEY, n int)",
-        "arrays": "(k int[] PRIMARY KEY, n int)",
-        "keyless": "(n int)",
-        "uuids": "(u uuid PRIMARY KEY, d date)",
-    }
-    names = {key: f"{outbox.table}_{key}" for key in tables}
-    for key, columns in tables.items():
-        run_sql(outbox.dsn, f'CREATE TABLE "{names[key]}" {columns}')
-        installer.watch_table(names[key], durable=True)
-    statements = [
-        f'INSERT INTO "{names["composite"]}" VALUES '
-        "('é ☃ \"q\"', 12.50, 1), ('x', 1e20, -2), ('', 0.001, 3)",
-        f'UPDATE "{names["composite"]}" SET b = 7 WHERE c = 3',
-        f'DELETE FROM "{names["composite"]}" WHERE c = -2',
-        f'INSERT INTO "{names["flags"]}" VALUES (true, 1), (false, 2)',
-        f"INSERT INTO \"{names['arrays']}\" VALUES ('{{1,2}}', 1), ('{{3}}', 2)",
-        f'INSERT INTO "{names["keyless"]}" SELECT generate_series(1, 5)',
-        f'INSERT INTO "{names["uuids"]}" VALUES '
-        "(gen_random_uuid(), '2024-01-02'), (gen_random_uuid(), NULL)",
-        f'DELETE FROM "{names["uuids"]}"',
-        f'TRUNCATE "{names["keyless"]}"',
-        f'TRUNCATE "{names["composite"]}"',
-        f'INSERT INTO "{outbox.table}" (n) SELECT generate_series(1, 20)',
-        # Hand-written rows: no row event; and one whose schema is no string.
-        f'INSERT INTO "{outbox.schema}".events (channel, payload) VALUES '
-        "('c', '\"text\"'), ('c', '{\"kind\": \"row\"}'), "
-        f'(\'c\', \'{{"kind": "row", "table_schema": 5, "table_name": "{outbox.table}", '
-        '"method": "INSERT", "old_data": null, "new_data": {"id": 9}}\')',
-    ]
-    for statement in statements:
-        run_sql(outbox.dsn, statement)
-    sql_ = OutboxSql(outbox.schema)
-    partitioner = Partitioner(16)
-    conn = psycopg2.connect(outbox.dsn)
-    conn.autocommit = True
-    try:
-        with conn.cursor() as cursor:
-
-            def read() -> list[Any]:
-                params = (partitioner.key_map, "0", 0, 1000)
-                cursor.execute(sql_.candidates(partitioner.width), params)
-                return list(cursor.fetchall())
-
-            rows = read()
-            unknown = sorted(
-                {(r[4], r[5]) for r in rows if partitioner.part_of_candidate(*r[3:7]) == UNKNOWN}
-            )
-            # The six tables, and the forged row's: schema "" (as RowChange reads a number).
-            assert ("", outbox.table) in unknown
-            assert len(unknown) == 7
-            partitioner.learn(cursor, unknown)
-            rows = read()
-            cursor.execute(sql_.fetch, ([r[0] for r in rows],))
-            events = [make_event(row, "s") for row in cursor.fetchall()]
-    finally:
-        conn.close()
-    assert len(rows) == len(events) > 40
-    undecided: list[RowChange] = []
-    for row, event in zip(rows, events, strict=True):
-        part = partitioner.part_of_candidate(*row[3:7])
-        assert part != UNKNOWN
-        if part == UNDECIDED:
-            assert type(event) is RowChange
-            undecided.append(event)
-        else:
-            assert part == partitioner.part_of(event), event.payload
-    # Only keys the server would write other than Python does (bool, arrays), and
-    # TRUNCATE (no row), are left to the payload.
-    assert sorted({(e.table_name, e.method) for e in undecided}) == sorted(
-        [(names["flags"], "INSERT"), (names["arrays"], "INSERT"), (names["composite"], "TRUNCATE")]
-    )
-    spread = {partitioner.part_of(e) for e in events if type(e) is RowChange and e.table_name == outbox.table}
-    assert len(spread) > 4
 
 
 @pytest.mark.parametrize(

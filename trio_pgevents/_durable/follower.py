@@ -25,7 +25,7 @@ from .._options import DEFAULT_GROUP_READ_INTERVAL, StreamOptions
 from .ledger import Ledger
 from .outbox import OutboxSql, Position, make_event
 from .own_rows import OwnRead, read_own_rows
-from .partition import UNDECIDED, Partitioner
+from .partition import Partitioner
 from .reader import OutboxConnection
 
 __all__ = ["LEASE_WAKE", "OutboxFollower"]
@@ -228,10 +228,6 @@ class OutboxFollower:
                 await self._type_rows(events, rows)
                 batch, size = [], 0
                 for event, row, part in zip(events, rows, parts, strict=True):
-                    if part == UNDECIDED:
-                        part = partitioner.part_of(event)
-                        if considered is not None and part not in considered:
-                            continue  # gained since the read chose its rows: on the re-read
                     if ledger.take(event, part, event.__dict__["_position"], after):
                         batch.append(event)
                         size += len(row[3])

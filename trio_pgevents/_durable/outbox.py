@@ -48,7 +48,8 @@ def position_of(event: object) -> Position | None:
 #: parsed on first access of ``data`` (the other fields read as their empty values if a row
 #: written by hand gave them the wrong type). The type comes from the "kind" field the
 #: trigger wrote, never from row data.
-_ROW_EVENT_CHECK = jsonb_check_sql("r.payload", ROW, ("table_name", "method", "old_data", "new_data"))
+_ROW_EVENT_FIELDS = ("table_name", "method", "old_data", "new_data")
+_ROW_EVENT_CHECK = jsonb_check_sql("r.payload", ROW, _ROW_EVENT_FIELDS)
 
 
 #: The rows still to read after a position: params last txid (text), last id.
@@ -71,25 +72,24 @@ _EVENT_COLUMNS = (
     "r.payload OPERATOR(pg_catalog.->>) 'table_name'"
 )
 
-#: A text field of the payload as RowChange reads it: "" unless it is a JSON string.
-_TEXT_FIELD = (
-    "CASE WHEN pg_catalog.jsonb_typeof(r.payload OPERATOR(pg_catalog.->) '{0}') "
-    "OPERATOR(pg_catalog.=) 'string' THEN r.payload OPERATOR(pg_catalog.->>) '{0}' ELSE '' END"
-)
+#: SQL: the separator of the parts of a partition key (U+001F, unit separator).
+_SEPARATOR = "pg_catalog.chr(31)"
 
 
-def _key_value(index: int) -> str:
-    """SQL: the text of the row's ``index``-th key column value (NULL if not a JSON string or number).
+def _partition_key(width: int) -> str:
+    """SQL, text: a row's partition key: schema, table and key values, joined by U+001F.
 
-    Another type's text, as Python would write it, differs from the server's
-    (``true``/``True``), so the member parses those rows itself.
+    A value is the payload's text of it (``->>``: a string's characters, a
+    number as sent); a missing column or JSON null is left out (``concat_ws``
+    skips NULLs), as are the columns past the table's own key (``cols ->> i`` is
+    NULL), so a row's key does not depend on other tables' key widths. Two
+    different keys may give the same text (a separator in a value, a null):
+    they share a partition, as hash collisions do; one row's key is always the same.
     """
-    value = f"(r.d OPERATOR(pg_catalog.->) (r.cols OPERATOR(pg_catalog.->>) {index}))"
-    return (
-        f"CASE WHEN pg_catalog.jsonb_typeof({value}) OPERATOR(pg_catalog.=) ANY "
-        f"('{{{{string,number}}}}'::pg_catalog.text[]) "
-        f"THEN {value} OPERATOR(pg_catalog.#>>) '{{{{}}}}'::pg_catalog.text[] END"
+    values = "".join(
+        f", k.d OPERATOR(pg_catalog.->>) (k.cols OPERATOR(pg_catalog.->>) {i})" for i in range(width)
     )
+    return f"pg_catalog.concat_ws({_SEPARATOR}, k.s, k.t{values})"
 
 
 class OutboxSql:
@@ -117,16 +117,9 @@ class OutboxSql:
             "ORDER BY r.txid, r.id"
         ).format(events=events)
         self._events = events
-        self._prepared_candidates: dict[int, Prepared] = {}
-        #: Params: ids (int8[]). The rows of :attr:`candidates` a member keeps, as :attr:`read`
-        #: gives them (without "upto").
-        self.fetch = sql.SQL(
-            "SELECT " + _EVENT_COLUMNS + " FROM {events} AS r "
-            "WHERE r.id OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.int8[]) ORDER BY r.txid, r.id"
-        ).format(events=events)
-        #: :attr:`read` and :attr:`fetch`, prepared on the connections they run on.
+        self._prepared_own: dict[int, Prepared] = {}
+        #: :attr:`read`, prepared on the connections it runs on.
         self.prepared_read = Prepared(self.read)
-        self.prepared_fetch = Prepared(self.fetch)
         #: Params: txid (text), id, consumer, txid, id. Never moves a position backwards.
         self.store = sql.SQL(
             "UPDATE {} SET last_txid = %s::pg_catalog.xid8, last_id = %s, updated_at = pg_catalog.now() "
@@ -164,45 +157,71 @@ class OutboxSql:
             "DELETE FROM {events} e USING doomed WHERE e.id OPERATOR(pg_catalog.=) doomed.id"
         ).format(consumers=consumers, events=events)
 
-    def prepared_candidates(self, width: int) -> Prepared:
-        """:meth:`candidates`, prepared on the connections it runs on."""
-        prepared = self._prepared_candidates.get(width)
+    def prepared_own(self, width: int) -> Prepared:
+        """:meth:`own`, prepared on the connections it runs on."""
+        prepared = self._prepared_own.get(width)
         if prepared is None:
-            prepared = self._prepared_candidates[width] = Prepared(self.candidates(width))
+            prepared = self._prepared_own[width] = Prepared(self.own(width))
         return prepared
 
-    def candidates(self, width: int) -> sql.Composed:
-        """A group member's first read: the unread rows without their payloads.
+    def own(self, width: int) -> sql.Composed:
+        """A group member's read: the unread rows of its own partitions (keys of ``width`` columns at most).
 
-        Params: key columns (jsonb: schema -> table -> [column, ...]), last txid
-        (text), last id, most rows. Gives id, txid, stored size, whether it is a
-        row event, the table (schema, name) as :class:`RowChange` reads it, and
-        the text of its first ``width`` key values (of the old row for a
-        DELETE): what says which partition a row belongs to
-        (:mod:`.partition`). Only the rows of the member's own partitions are
-        then fetched (:attr:`fetch`): the server renders no payload for another
-        member's rows.
+        Params: byte budget, the partitions wanted (int4[]), the partition count,
+        the key columns known (jsonb: schema -> table -> [column, ...]; a keyless
+        table: []), last txid (text), last id, most rows looked at.
+
+        The server computes each unread row's partition (:mod:`.partition`
+        defines it) and renders only the member's own rows, as :attr:`read` gives
+        them (without "upto"), followed by: the partition; whether the row is
+        the member's and within the byte budget ("own"; the rows returned for
+        another reason are not); the stored bytes of the member's rows up to
+        this one (the last row's, compared with the last own row's, says whether
+        the budget cut the read); how many rows were looked at up to this one;
+        whether this is the last row looked at (returned for its position). A
+        row whose table is not in the key columns has partition -1 and is
+        returned: look its table up, then read again.
         """
-        values = ", ".join(_key_value(i) for i in range(width)) or "NULL"
+        table = "COALESCE(e.payload OPERATOR(pg_catalog.->>) '{0}', '')"
+        key = f"pg_catalog.convert_to({_partition_key(width)}, 'UTF8')"
         return sql.SQL(
-            "SELECT r.id, r.txid::pg_catalog.text, pg_catalog.pg_column_size(r.payload), "
-            + _ROW_EVENT_CHECK
-            + ", "
-            + _TEXT_FIELD.format("table_schema")
-            + ", "
-            + _TEXT_FIELD.format("table_name")
-            + ", ARRAY["
-            + values
-            + "]::pg_catalog.text[] "
-            "FROM (SELECT e.id, e.txid, e.payload, "
+            "SELECT " + _EVENT_COLUMNS + ", x.part, x.own, x.upto, x.rn, x.last "
+            # The window sees narrow rows (no payload): rows are rendered only if returned.
+            "FROM (SELECT w.*, w.mine AND w.upto OPERATOR(pg_catalog.-) w.size "
+            "OPERATOR(pg_catalog.<) %s::pg_catalog.int8 AS own "
+            "FROM (SELECT m.id, m.txid, m.part, m.mine, m.size, "
+            # Bytes of the member's rows up to this one: the budget counts only those.
+            "COALESCE(pg_catalog.sum(m.size) FILTER (WHERE m.mine) OVER w, 0) AS upto, "
+            "pg_catalog.row_number() OVER w AS rn, pg_catalog.lead(m.id) OVER w IS NULL AS last "
+            "FROM (SELECT p.*, p.part OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.int4[]) AS mine "
+            "FROM (SELECT k.id, k.txid, k.size, "
+            "CASE WHEN NOT k.is_row THEN 0 WHEN k.cols IS NULL THEN -1 "
+            "ELSE pg_catalog.mod(('x' OPERATOR(pg_catalog.||) pg_catalog.encode(pg_catalog.substr("
+            f"pg_catalog.sha256({key}), 1, 4), 'hex'))::pg_catalog.bit(32)::pg_catalog.int8, "
+            "%s::pg_catalog.int8)::pg_catalog.int4 END AS part "
+            "FROM (SELECT e.id, e.txid, pg_catalog.pg_column_size(e.payload) AS size, "
+            + jsonb_check_sql("e.payload", ROW, _ROW_EVENT_FIELDS)
+            + " AS is_row, "
+            + table.format("table_schema")
+            + " AS s, "
+            + table.format("table_name")
+            + " AS t, "
             "CASE WHEN e.payload OPERATOR(pg_catalog.->>) 'method' OPERATOR(pg_catalog.=) 'DELETE' "
             "THEN e.payload OPERATOR(pg_catalog.->) 'old_data' "
             "ELSE e.payload OPERATOR(pg_catalog.->) 'new_data' END AS d, "
             "%s::pg_catalog.jsonb OPERATOR(pg_catalog.->) "
-            "(e.payload OPERATOR(pg_catalog.->>) 'table_schema') "
-            "OPERATOR(pg_catalog.->) (e.payload OPERATOR(pg_catalog.->>) 'table_name') AS cols "
-            "FROM {events} AS e WHERE " + _UNREAD + " ORDER BY e.txid, e.id LIMIT %s) AS r "
-            "ORDER BY r.txid, r.id"
+            + table.format("table_schema")
+            + " OPERATOR(pg_catalog.->) "
+            + table.format("table_name")
+            + " AS cols FROM {events} AS e WHERE "
+            + _UNREAD
+            # OFFSET 0: the partition computed once per row (the planner would copy its
+            # expression into every use above).
+            + " ORDER BY e.txid, e.id LIMIT %s) AS k OFFSET 0) AS p) AS m "
+            "WINDOW w AS (ORDER BY m.txid, m.id ROWS UNBOUNDED PRECEDING)) AS w) AS x "
+            "JOIN {events} AS r ON r.id OPERATOR(pg_catalog.=) x.id "
+            "WHERE x.own OR x.part OPERATOR(pg_catalog.=) -1 OR x.last "
+            "ORDER BY x.txid, x.id"
         ).format(events=self._events)
 
 

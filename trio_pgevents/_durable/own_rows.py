@@ -1,12 +1,9 @@
-"""A group member's read: which unread rows are its own, then only those rows (blocking).
+"""A group member's read: only the unread rows of its own partitions (blocking).
 
-The server reads each unread row's table and key values out of the payload
-(:meth:`~.outbox.OutboxSql.candidates`); the member computes their partitions
-(:class:`~.partition.Partitioner`) and fetches the payloads of its own rows
-(:attr:`~.outbox.OutboxSql.fetch`): no payload is rendered or sent for another
-member's rows. Both queries run in one call on the reader's thread: a thread
-hand-off costs more than either query on a small read, and every member of a
-group reads on every wake-up.
+The server computes each unread row's partition (:mod:`.partition`) and
+renders only the member's own rows (:meth:`~.outbox.OutboxSql.own`): no
+payload is rendered, sent or parsed for another member's rows, and the read
+is one query, whatever the group's size.
 """
 
 from __future__ import annotations
@@ -14,14 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from .outbox import OutboxSql, Position
-from .partition import UNDECIDED, UNKNOWN, Partitioner
+from .partition import UNKNOWN, Partitioner
 
 __all__ = ["OwnRead", "read_own_rows"]
 
-#: Rows (as :attr:`OutboxSql.read` gives them, without "upto"), their partitions
-#: (:data:`UNDECIDED`: computed from the payload), the position read up to, and whether
-#: that was everything below xmin.
+#: Rows (as :attr:`OutboxSql.read` gives them, without "upto"), their partitions,
+#: the position read up to, and whether that was everything below xmin.
 OwnRead = tuple[list[Any], list[int], Position, bool]
+
+# Columns of a row of OutboxSql.own after the event's.
+_PART, _OWN, _UPTO, _LOOKED_AT = range(7, 11)
 
 
 def read_own_rows(
@@ -35,43 +34,27 @@ def read_own_rows(
 ) -> OwnRead | None:
     """Read the rows of partitions ``wanted`` after ``after`` (None: no unread row).
 
-    At most ``limit`` unread rows are looked at, and rows of no more than
-    ``budget`` stored bytes fetched (always one). Tables not seen before are
+    At most ``limit`` unread rows are looked at, and own rows of no more than
+    ``budget`` stored bytes read (always one). Tables not seen before are
     looked up first (their key columns), then the rows read again.
     """
-    while True:
-        statement = statements.prepared_candidates(partitioner.width)
-        statement.execute(cursor, (partitioner.key_map, str(after[0]), after[1], limit))
-        candidates = cursor.fetchall()
-        if not candidates:
+    for attempt in (1, 2):
+        statement = statements.prepared_own(partitioner.width)
+        params = (budget, sorted(wanted), partitioner.partitions, partitioner.key_map)
+        statement.execute(cursor, (*params, str(after[0]), after[1], limit))
+        found = cursor.fetchall()
+        if not found:
             return None
-        parts = [partitioner.part_of_candidate(*row[3:7]) for row in candidates]
-        unknown = sorted(
-            {(row[4], row[5]) for row, part in zip(candidates, parts, strict=True) if part == UNKNOWN}
-        )
+        unknown = sorted({(row[5] or "", row[6] or "") for row in found if row[_PART] == UNKNOWN})
         if not unknown:
             break
+        if attempt == 2:  # learning puts every table in the key map: cannot happen
+            raise RuntimeError(f"durable read: tables still unknown after looking them up: {unknown}")
         partitioner.learn(cursor, unknown)
-    position, size, cut = after, 0, False
-    chosen: dict[int, int] = {}  # id -> partition, in read order
-    for row, part in zip(candidates, parts, strict=True):
-        if part == UNDECIDED or part in wanted:
-            if chosen and size >= budget:
-                cut = True  # the byte budget is spent: the rest on the next read
-                break
-            chosen[row[0]] = part
-            size += row[2]
-        position = (int(row[1]), row[0])
-    rows: list[Any] = []
-    if chosen:
-        ids = list(chosen)
-        statements.prepared_fetch.execute(cursor, (ids,))
-        rows = cursor.fetchall()
-        if len(rows) < len(ids):
-            # Deleted since (retention: every consumer had passed them): read on from there.
-            got = [row[0] for row in rows]
-            missing = next((i for i, (a, b) in enumerate(zip(got, ids, strict=False)) if a != b), len(got))
-            index = next(i for i, row in enumerate(candidates) if row[0] == ids[missing])
-            rows, cut = rows[:missing], True
-            position = (int(candidates[index - 1][1]), candidates[index - 1][0]) if index else after
-    return rows, [chosen[row[0]] for row in rows], position, not cut and len(candidates) < limit
+    rows = [row for row in found if row[_OWN]]
+    last = found[-1]  # the last row looked at
+    if rows and last[_UPTO] > rows[-1][_UPTO]:
+        # The byte budget cut the member's rows: the rest on the next read, from the last one read.
+        return rows, [row[_PART] for row in rows], (int(rows[-1][1]), rows[-1][0]), False
+    position = (int(last[1]), last[0])
+    return rows, [row[_PART] for row in rows], position, last[_LOOKED_AT] < limit
