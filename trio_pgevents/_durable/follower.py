@@ -154,7 +154,8 @@ class OutboxFollower:
         next_read = trio.current_time()
         while True:
             if spacing:
-                await trio.sleep_until(next_read)
+                if self._rewind is None:  # partitions just gained are read at once
+                    await trio.sleep_until(next_read)
                 next_read = trio.current_time() + spacing
             woken = self._wake.is_set()
             self._wake = trio.Event()  # reset before reading: a wake-up during the read is kept
