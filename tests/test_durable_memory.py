@@ -9,10 +9,13 @@ hundred MB, not the 300 MB of backlog plus its copies.
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
+import pytest
 import trio
 from psycopg2 import sql
 
@@ -21,28 +24,39 @@ from .conftest import Outbox, Query
 #: The consumer: open, take one event, let the reader fill its buffer, report peak RSS (KiB).
 CONSUMER = textwrap.dedent(
     """
-    import resource, sys, trio
+    import json, resource, sys, trio
     from trio_pgevents import open_durable_stream
 
-    async def main(url, schema, channel):
-        async with open_durable_stream(url, "stuck", schema=schema, channel=channel) as events:
+    async def main(url, schema, channel, options):
+        options = json.loads(options)
+        async with open_durable_stream(url, "stuck", schema=schema, channel=channel, **options) as events:
             await events.receive()  # then stuck: nothing more is taken
-            last = -1
             with trio.fail_after(120):
+                # The reader fills the buffer up to its bound (64 MiB by default)...
+                while events.statistics().buffered_bytes < (64 << 20):
+                    await trio.sleep(0.1)
+                # ...and then stops: nothing more read for a second.
+                last = -1
                 while (now := events.statistics().events_received) != last:
                     last = now
-                    await trio.sleep(1.0)  # the reader reads many MB per second while it can
+                    await trio.sleep(1.0)
             stats = events.statistics()
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             print(stats.events_received, stats.buffered_bytes, peak)
 
-    trio.run(main, *sys.argv[1:4])
+    trio.run(main, *sys.argv[1:5])
     """
 )
 
 
+@pytest.mark.parametrize(
+    "options",
+    # A group member's first read finds tables it has not looked up yet: still bounded.
+    [{}, {"group": True, "partitions": 4}],
+    ids=["exclusive", "group"],
+)
 async def test_a_stuck_consumer_of_300_one_megabyte_rows_stays_at_a_few_hundred_mb(
-    outbox: Outbox, query: Query
+    outbox: Outbox, query: Query, options: dict[str, Any]
 ) -> None:
     table = sql.Identifier(outbox.table)
     await query(sql.SQL("ALTER TABLE {} ADD COLUMN blob text").format(table))
@@ -56,7 +70,7 @@ async def test_a_stuck_consumer_of_300_one_megabyte_rows_stays_at_a_few_hundred_
     result = await trio.to_thread.run_sync(
         functools.partial(
             subprocess.run,
-            [sys.executable, "-c", CONSUMER, outbox.url, outbox.schema, outbox.channel],
+            [sys.executable, "-c", CONSUMER, outbox.url, outbox.schema, outbox.channel, json.dumps(options)],
             capture_output=True,
             text=True,
             timeout=300,

@@ -63,14 +63,25 @@ _UNREAD = (
 #: it is a row event, and its table (schema, name) as the payload says. :func:`make_event`
 #: adds "id" and "txid" to the text (merging them in with jsonb operators here cost the
 #: server more than reading the row: 2.9 of 5.5 us per row).
-_EVENT_COLUMNS = (
-    "r.id, r.txid::pg_catalog.text, r.channel, "
+_PAYLOAD_TEXT = (
     "(CASE WHEN pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' THEN r.payload "
-    "ELSE pg_catalog.jsonb_build_object('value', r.payload) END)::pg_catalog.text, "
-    + _ROW_EVENT_CHECK
-    + ", r.payload OPERATOR(pg_catalog.->>) 'table_schema', "
-    "r.payload OPERATOR(pg_catalog.->>) 'table_name'"
+    "ELSE pg_catalog.jsonb_build_object('value', r.payload) END)::pg_catalog.text"
 )
+
+
+def _event_columns(payload: str = _PAYLOAD_TEXT) -> str:
+    """The event's columns, with ``payload`` as the payload's (NULL: not rendered)."""
+    return (
+        "r.id, r.txid::pg_catalog.text, r.channel, "
+        + payload
+        + ", "
+        + _ROW_EVENT_CHECK
+        + ", r.payload OPERATOR(pg_catalog.->>) 'table_schema', "
+        "r.payload OPERATOR(pg_catalog.->>) 'table_name'"
+    )
+
+
+_EVENT_COLUMNS = _event_columns()
 
 #: SQL: the separator of the parts of a partition key (U+001F, unit separator).
 _SEPARATOR = "pg_catalog.chr(31)"
@@ -175,7 +186,7 @@ class OutboxSql:
         defines it) and renders only the member's own rows, as :attr:`read` gives
         them (without "upto"), followed by: the partition; whether the row is
         the member's and within the byte budget ("own"; the rows returned for
-        another reason are not); the stored bytes of the member's rows up to
+        another reason are not, and have no payload); the stored bytes of the member's rows up to
         this one (the last row's, compared with the last own row's, says whether
         the budget cut the read); how many rows were looked at up to this one;
         whether this is the last row looked at (returned for its position). A
@@ -185,7 +196,11 @@ class OutboxSql:
         table = "COALESCE(e.payload OPERATOR(pg_catalog.->>) '{0}', '')"
         key = f"pg_catalog.convert_to({_partition_key(width)}, 'UTF8')"
         return sql.SQL(
-            "SELECT " + _EVENT_COLUMNS + ", x.part, x.own, x.upto, x.rn, x.last "
+            # Only the member's own rows are rendered: a row returned for its table (to look
+            # it up) or its position has no payload, whatever its size.
+            "SELECT "
+            + _event_columns(f"CASE WHEN x.own THEN {_PAYLOAD_TEXT} END")
+            + ", x.part, x.own, x.upto, x.rn, x.last "
             # The window sees narrow rows (no payload): rows are rendered only if returned.
             "FROM (SELECT w.*, w.mine AND w.upto OPERATOR(pg_catalog.-) w.size "
             "OPERATOR(pg_catalog.<) %s::pg_catalog.int8 AS own "
