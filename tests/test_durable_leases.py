@@ -308,3 +308,48 @@ async def test_reads_are_spaced_by_min_read_interval(
     assert ns(got) == list(range(60))
     # Each read waits for the spacing since the one before (a busy machine only reads less).
     assert read_count <= elapsed / spacing + 2, (read_count, elapsed)
+
+
+async def test_a_spaced_reader_stops_listening_while_busy_and_loses_nothing(outbox: Outbox) -> None:
+    # A stream with a min_read_interval (a group member by default) reads that often anyway
+    # while rows keep coming: it stops listening for wake-ups (each listener costs the
+    # server every commit's NOTIFY) and listens again once a read finds nothing. An
+    # exclusive consumer without one keeps listening (it reads on each wake-up).
+    async with (
+        open_durable_stream(outbox.url, "busy", **outbox.opts(group=True, partitions=4)) as member,
+        open_durable_stream(outbox.url, "eager", **outbox.opts()) as eager,
+    ):
+        await wait_for(lambda: member.statistics().active and eager.statistics().active, 6 * LEASE, "active")
+        member_wakeups, eager_wakeups = member._wake_stream, eager._wake_stream
+        assert member_wakeups is not None
+        assert eager_wakeups is not None
+        assert member_wakeups.channels
+        assert eager_wakeups.channels
+        got: dict[str, list[Any]] = {"busy": [], "eager": []}
+        written = 0
+        eager_unlistened = False
+
+        async def take(stream: DurableStream, into: list[Any]) -> None:
+            async for batch in stream.batches():
+                into.extend(batch)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(take, member, got["busy"])
+            nursery.start_soon(take, eager, got["eager"])
+            with trio.fail_after(60):
+                while member_wakeups.channels:  # a write at a time until the member stops listening
+                    await outbox.ainsert(written)
+                    written += 1
+                    eager_unlistened = eager_unlistened or not eager_wakeups.channels
+                # Nothing more written: the member's next read finds nothing, it listens again.
+                while not member_wakeups.channels:
+                    await trio.sleep(0.01)
+                # Wake-ups work again, and every row came once, in order, to both.
+                await outbox.ainsert(written)
+                written += 1
+                while len(got["busy"]) < written or len(got["eager"]) < written:
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert ns(got["busy"]) == ns(got["eager"]) == list(range(written))
+    assert not eager_unlistened
+    assert written >= 3

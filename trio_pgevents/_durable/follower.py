@@ -19,9 +19,11 @@ import trio
 
 from .._buffer import EventBuffer
 from .._columns import ColumnCatalog
+from .._errors import TrioPgEventsError
 from .._events import StreamGap
 from .._listen import EventStream
 from .._options import DEFAULT_GROUP_READ_INTERVAL, StreamOptions
+from .._secrets import get_logger
 from .ledger import Ledger
 from .outbox import OutboxSql, Position, make_event
 from .own_rows import OwnRead, read_own_rows
@@ -45,6 +47,12 @@ _MOST_CANDIDATES = 16
 
 #: After activity, read again after this long, doubling up to ``poll_interval`` (seconds).
 _FIRST_REREAD = 0.01
+#: A stream with a ``min_read_interval`` stops listening for wake-ups after this many reads
+#: in a row found rows (it reads every ``min_read_interval`` anyway), and listens again at
+#: the first read that finds none.
+_UNLISTEN_AFTER = 3
+
+logger = get_logger("trio_pgevents")
 
 
 class _ReadAhead:
@@ -103,6 +111,7 @@ class OutboxFollower:
         self._pending_gaps: list[StreamGap] = []
         self._rewind: Position | None = None
         self._columns = ColumnCatalog()
+        self._wake_channels: tuple[str, ...] = ()
         #: Set by a NOTIFY saying a member released leases (``LEASE_WAKE``).
         self.lease_wake = trio.Event()
         #: The position of the last row read (nothing read yet: past everything, so the
@@ -136,8 +145,12 @@ class OutboxFollower:
                     self.lease_wake.set()
             self._wake.set()
 
-    async def run(self) -> None:
-        """Read whenever woken, and at least every ``poll_interval``; forever."""
+    async def run(self, wakeups: EventStream | None = None) -> None:
+        """Read whenever woken, and at least every ``poll_interval``; forever.
+
+        ``wakeups``: the wake-up stream :meth:`pump_wakeups` follows; a stream
+        with a ``min_read_interval`` stops listening to it while busy.
+        """
         # After any activity (a wake-up, rows read) the table is read again after
         # 10 ms, 20 ms, 40 ms, ... up to poll_interval. That catches what a
         # wake-up cannot announce: a transaction whose rows are not below xmin
@@ -147,11 +160,15 @@ class OutboxFollower:
         # take the server's NOTIFY lock; see docs/durable.md).
         # A group member reads at most every min_read_interval: every member reads on
         # every wake-up, so without it the server's cost of reading grew with the members.
+        # While each read finds rows, such a stream reads every min_read_interval whether
+        # woken or not: it stops listening (every commit's NOTIFY cost the server and this
+        # process per listener, and a group has one per member) until a read finds nothing.
         poll_interval, spacing = self._options.poll_interval, self._options.min_read_interval
         if spacing is None:
             spacing = DEFAULT_GROUP_READ_INTERVAL if self._partitioner.partitions > 1 else 0.0
         fast = _FIRST_REREAD
         next_read = trio.current_time()
+        busy_reads, hearing = 0, True
         while True:
             if spacing:
                 if self._rewind is None:  # partitions just gained are read at once
@@ -160,7 +177,7 @@ class OutboxFollower:
             woken = self._wake.is_set()
             self._wake = trio.Event()  # reset before reading: a wake-up during the read is kept
             gaps, self._pending_gaps = self._pending_gaps, []
-            read_before = self.events_read
+            read_before, position_before = self.events_read, self.position
             await self.catch_up()
             for gap in gaps:
                 # The table was re-read after the reconnect: nothing was lost.
@@ -169,10 +186,34 @@ class OutboxFollower:
                 )
             if woken or self.events_read > read_before:
                 fast = _FIRST_REREAD
+            if spacing and wakeups is not None:
+                busy_reads = busy_reads + 1 if self.position != position_before else 0
+                hearing = await self._hear_wakeups(wakeups, hearing, busy_reads < _UNLISTEN_AFTER)
             delay = min(fast, poll_interval)
             fast = min(fast * 2, poll_interval)
             with trio.move_on_after(delay):
                 await self._wake.wait()
+
+    async def _hear_wakeups(self, wakeups: EventStream, hearing: bool, wanted: bool) -> bool:
+        """LISTEN to ``wakeups``' channels or not, as ``wanted``; return whether it does now.
+
+        Listening again, a read follows at once: a commit made while not
+        listening woke nobody. A failure leaves things as they were (wake-ups
+        are hints: the table is read every ``poll_interval`` regardless).
+        """
+        if wanted == hearing:
+            return hearing
+        channels = self._wake_channels = self._wake_channels or tuple(wakeups.channels)
+        try:
+            if wanted:
+                await wakeups.listen(*channels)
+                self._wake.set()
+            else:
+                await wakeups.unlisten(*channels)
+        except TrioPgEventsError as exc:
+            logger.warning("durable consumer %r: wake-ups: %s", self._consumer, exc)
+            return hearing
+        return wanted
 
     async def _type_rows(self, events: list[Any], rows: list[Any]) -> None:
         """Give each row event its table's converter (reading new tables' column types first).

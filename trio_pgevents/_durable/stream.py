@@ -139,7 +139,7 @@ class DurableStream(ResumableStream[int]):
                         nursery, [self.engine], [self.wake_channel], wake_options
                     )
                     nursery.start_soon(self._follower.pump_wakeups, self._wake_stream)
-                    nursery.start_soon(self._follower.run)
+                    nursery.start_soon(self._follower.run, self._wake_stream)
                     nursery.start_soon(self._flush_loop)
                     nursery.start_soon(self._ownership.run)
                     if self._options.retention_interval is not None:
