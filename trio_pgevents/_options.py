@@ -77,7 +77,8 @@ DEFAULT_PARTITIONS = 16
 #: A member of a durable consumer group reads the outbox at most this often (seconds): every
 #: member reads on every wake-up, and without it a group of N cost the server N times the
 #: queries of one consumer (benchmarks/durable_groups.py: writers' TPS with a group of 4
-#: reading vs one consumer, median of 3, 0.83x at 20 ms, 0.88x at 50 ms).
+#: reading vs one consumer, shared CPUs, median of 3 per run: 0.94x at 20 ms in one run,
+#: 0.94-1.01x at 50 ms in four).
 DEFAULT_GROUP_READ_INTERVAL = 0.05
 #: The most partitions a consumer group may have.
 MAX_PARTITIONS = 1024
