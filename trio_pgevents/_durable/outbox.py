@@ -131,6 +131,18 @@ class OutboxSql:
         self._prepared_own: dict[int, Prepared] = {}
         #: :attr:`read`, prepared on the connections it runs on.
         self.prepared_read = Prepared(self.read)
+        #: Params: last txid (text), last id, most rows. The tables (schema, name) of the row
+        #: events among the next unread rows, as :meth:`own` reads them: what a group member
+        #: looks up before its first read (much cheaper than an :meth:`own` pass finding them).
+        self.tables = Prepared(
+            sql.SQL(
+                "SELECT DISTINCT COALESCE(e.payload OPERATOR(pg_catalog.->>) 'table_schema', ''), "
+                "COALESCE(e.payload OPERATOR(pg_catalog.->>) 'table_name', '') "
+                "FROM (SELECT e.payload FROM {events} AS e WHERE " + _UNREAD + " "
+                "ORDER BY e.txid, e.id LIMIT %s) AS e WHERE "
+                + jsonb_check_sql("e.payload", ROW, _ROW_EVENT_FIELDS)
+            ).format(events=events)
+        )
         #: Params: txid (text), id, consumer, txid, id. Never moves a position backwards.
         self.store = sql.SQL(
             "UPDATE {} SET last_txid = %s::pg_catalog.xid8, last_id = %s, updated_at = pg_catalog.now() "

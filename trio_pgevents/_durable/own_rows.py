@@ -38,6 +38,11 @@ def read_own_rows(
     ``budget`` stored bytes read (always one). Tables not seen before are
     looked up first (their key columns), then the rows read again.
     """
+    if not partitioner.learned:
+        # The first read: look up the tables ahead (one cheap query) rather than in an
+        # own() pass that returns every row of a table not known yet.
+        statements.tables.execute(cursor, (str(after[0]), after[1], limit))
+        partitioner.learn(cursor, sorted(cursor.fetchall()))
     for attempt in (1, 2):
         statement = statements.prepared_own(partitioner.width)
         params = (budget, sorted(wanted), partitioner.partitions, partitioner.key_map)

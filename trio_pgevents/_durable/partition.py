@@ -62,11 +62,15 @@ class Partitioner:
         self.partitions = partitions
         self._keys: dict[Table, tuple[str, ...]] = {}
         self._key_map = "{}"
+        self._learned = False
         #: The most key columns of a table known (what the server reads per row).
         self.width = 0
 
     def learn(self, cursor: Any, tables: list[Table]) -> None:
         """Read the key columns of ``tables`` (on ``cursor``; blocking). A keyless table: ()."""
+        self._learned = True
+        if not tables:
+            return
         cursor.execute(KEY_COLUMNS, ([s for s, _ in tables], [t for _, t in tables]))
         found = {(s, t): tuple(columns) for s, t, columns in cursor.fetchall()}
         for table in tables:
@@ -76,6 +80,11 @@ class Partitioner:
             key_map.setdefault(schema, {})[name] = list(columns)
         self._key_map = json.dumps(key_map)
         self.width = max(map(len, self._keys.values()), default=0)
+
+    @property
+    def learned(self) -> bool:
+        """Whether :meth:`learn` ran (even for no table)."""
+        return self._learned
 
     @property
     def key_map(self) -> str:
