@@ -111,7 +111,6 @@ class OutboxFollower:
         self._pending_gaps: list[StreamGap] = []
         self._rewind: Position | None = None
         self._columns = ColumnCatalog()
-        self._wake_channels: tuple[str, ...] = ()
         #: Set by a NOTIFY saying a member released leases (``LEASE_WAKE``).
         self.lease_wake = trio.Event()
         #: The position of the last row read (nothing read yet: past everything, so the
@@ -169,6 +168,7 @@ class OutboxFollower:
         fast = _FIRST_REREAD
         next_read = trio.current_time()
         busy_reads, hearing = 0, True
+        channels = tuple(wakeups.channels) if wakeups is not None else ()  # before any UNLISTEN
         while True:
             if spacing:
                 if self._rewind is None:  # partitions just gained are read at once
@@ -188,14 +188,17 @@ class OutboxFollower:
                 fast = _FIRST_REREAD
             if spacing and wakeups is not None:
                 busy_reads = busy_reads + 1 if self.position != position_before else 0
-                hearing = await self._hear_wakeups(wakeups, hearing, busy_reads < _UNLISTEN_AFTER)
+                wanted = busy_reads < _UNLISTEN_AFTER
+                hearing = await self._hear_wakeups(wakeups, channels, hearing, wanted)
             delay = min(fast, poll_interval)
             fast = min(fast * 2, poll_interval)
             with trio.move_on_after(delay):
                 await self._wake.wait()
 
-    async def _hear_wakeups(self, wakeups: EventStream, hearing: bool, wanted: bool) -> bool:
-        """LISTEN to ``wakeups``' channels or not, as ``wanted``; return whether it does now.
+    async def _hear_wakeups(
+        self, wakeups: EventStream, channels: tuple[str, ...], hearing: bool, wanted: bool
+    ) -> bool:
+        """LISTEN to ``channels`` on ``wakeups`` or not, as ``wanted``; return whether it does now.
 
         Listening again, a read follows at once: a commit made while not
         listening woke nobody. A failure leaves things as they were (wake-ups
@@ -203,7 +206,6 @@ class OutboxFollower:
         """
         if wanted == hearing:
             return hearing
-        channels = self._wake_channels = self._wake_channels or tuple(wakeups.channels)
         try:
             if wanted:
                 await wakeups.listen(*channels)

@@ -58,11 +58,9 @@ _UNREAD = (
     "AND e.txid OPERATOR(pg_catalog.<) pg_catalog.pg_snapshot_xmin(pg_catalog.pg_current_snapshot())"
 )
 
-#: An outbox row ``r`` as an event: id, txid (text: psycopg2 has no type for xid8), channel,
-#: the payload as text (an object: another JSON value comes as ``{"value": ...}``), whether
-#: it is a row event, and its table (schema, name) as the payload says. :func:`make_event`
-#: adds "id" and "txid" to the text (merging them in with jsonb operators here cost the
-#: server more than reading the row: 2.9 of 5.5 us per row).
+#: The payload of an outbox row ``r`` as text (an object: another JSON value comes as
+#: ``{"value": ...}``). :func:`make_event` adds "id" and "txid" to the text (merging them in
+#: with jsonb operators here cost the server more than reading the row: 2.9 of 5.5 us per row).
 _PAYLOAD_TEXT = (
     "(CASE WHEN pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' THEN r.payload "
     "ELSE pg_catalog.jsonb_build_object('value', r.payload) END)::pg_catalog.text"
@@ -70,7 +68,12 @@ _PAYLOAD_TEXT = (
 
 
 def _event_columns(payload: str = _PAYLOAD_TEXT) -> str:
-    """The event's columns, with ``payload`` as the payload's (NULL: not rendered)."""
+    """SQL: an outbox row ``r`` as an event, with ``payload`` as its payload's column (NULL: not rendered).
+
+    Columns: id, txid (text: psycopg2 has no type for xid8), channel, the
+    payload as text, whether it is a row event, and its table (schema, name)
+    as the payload says.
+    """
     return (
         "r.id, r.txid::pg_catalog.text, r.channel, "
         + payload
@@ -82,6 +85,13 @@ def _event_columns(payload: str = _PAYLOAD_TEXT) -> str:
 
 
 _EVENT_COLUMNS = _event_columns()
+
+#: SQL, of an unread row ``e``: a table field of its payload as a group member looks the
+#: table up ("" if absent). One definition for the tables a member learns ahead
+#: (:attr:`OutboxSql.tables`) and the key map lookup of its reads (:meth:`OutboxSql.own`).
+_TABLE_FIELD = "COALESCE(e.payload OPERATOR(pg_catalog.->>) '{0}', '')"
+#: SQL: the unread row ``e`` is a row event (as :data:`_ROW_EVENT_CHECK` for ``r``).
+_E_IS_ROW_EVENT = jsonb_check_sql("e.payload", ROW, _ROW_EVENT_FIELDS)
 
 #: SQL: the separator of the parts of a partition key (U+001F, unit separator).
 _SEPARATOR = "pg_catalog.chr(31)"
@@ -136,11 +146,14 @@ class OutboxSql:
         #: looks up before its first read (much cheaper than an :meth:`own` pass finding them).
         self.tables = Prepared(
             sql.SQL(
-                "SELECT DISTINCT COALESCE(e.payload OPERATOR(pg_catalog.->>) 'table_schema', ''), "
-                "COALESCE(e.payload OPERATOR(pg_catalog.->>) 'table_name', '') "
-                "FROM (SELECT e.payload FROM {events} AS e WHERE " + _UNREAD + " "
-                "ORDER BY e.txid, e.id LIMIT %s) AS e WHERE "
-                + jsonb_check_sql("e.payload", ROW, _ROW_EVENT_FIELDS)
+                "SELECT DISTINCT "
+                + _TABLE_FIELD.format("table_schema")
+                + ", "
+                + _TABLE_FIELD.format("table_name")
+                + " FROM (SELECT e.payload FROM {events} AS e WHERE "
+                + _UNREAD
+                + " ORDER BY e.txid, e.id LIMIT %s) AS e WHERE "
+                + _E_IS_ROW_EVENT
             ).format(events=events)
         )
         #: Params: txid (text), id, consumer, txid, id. Never moves a position backwards.
@@ -198,14 +211,14 @@ class OutboxSql:
         defines it) and renders only the member's own rows, as :attr:`read` gives
         them (without "upto"), followed by: the partition; whether the row is
         the member's and within the byte budget ("own"; the rows returned for
-        another reason are not, and have no payload); the stored bytes of the member's rows up to
-        this one (the last row's, compared with the last own row's, says whether
-        the budget cut the read); how many rows were looked at up to this one;
+        another reason are not, and have no payload); the stored bytes of the
+        member's rows up to this one (the last row's, compared with the last own
+        row's, says whether the budget cut the read); how many rows were looked at up to this one;
         whether this is the last row looked at (returned for its position). A
         row whose table is not in the key columns has partition -1 and is
         returned: look its table up, then read again.
         """
-        table = "COALESCE(e.payload OPERATOR(pg_catalog.->>) '{0}', '')"
+        table = _TABLE_FIELD
         key = f"pg_catalog.convert_to({_partition_key(width)}, 'UTF8')"
         return sql.SQL(
             # Only the member's own rows are rendered: a row returned for its table (to look
@@ -227,7 +240,7 @@ class OutboxSql:
             f"pg_catalog.sha256({key}), 1, 4), 'hex'))::pg_catalog.bit(32)::pg_catalog.int8, "
             "%s::pg_catalog.int8)::pg_catalog.int4 END AS part "
             "FROM (SELECT e.id, e.txid, pg_catalog.pg_column_size(e.payload) AS size, "
-            + jsonb_check_sql("e.payload", ROW, _ROW_EVENT_FIELDS)
+            + _E_IS_ROW_EVENT
             + " AS is_row, "
             + table.format("table_schema")
             + " AS s, "

@@ -4,24 +4,25 @@ The partition is derived when the event is read, never written: writers pay
 nothing for groups. The key is the table and the values of its primary key
 columns (from the new row, or the old one for a DELETE), so the changes of
 one row always land in the same partition and stay in order. A table with no
-primary key (and TRUNCATE) is keyed by its table alone (its changes stay in
-order, in one partition); an outbox row that is no row event is in partition
-0. An UPDATE that changes a row's key moves the row's later events to the new
-key's partition.
+primary key (and TRUNCATE, which has no row) is keyed by its table alone
+(its changes stay in order, in one partition); an outbox row that is no row
+event is in partition 0. An UPDATE that changes a row's key moves the row's
+later events to the new key's partition.
 
 The server computes the partition, in the member's read
 (:meth:`~.outbox.OutboxSql.own`), so a member neither receives nor parses
 another member's rows. The function, on which stored positions depend:
 
-    key  = UTF-8 of: schema NUL table (NUL value)...
+    key  = UTF-8 of: schema US table (US value)...     (US: U+001F)
     part = (first 4 bytes of SHA-256(key), big-endian) mod partitions
 
 with each value the payload's text of it (``->>``: a string's characters, a
-number as sent, "" for JSON null or a missing column). It is computed from
-the payload as stored, never from typed values, so every member puts a row in
-the same partition; SHA-256 gives the same result on every server version and
-architecture (hash functions internal to the server need not), and is
-available where FIPS rules out MD5.
+number as sent); a key value that is JSON null or missing is left out
+(tests/test_durable_partition.py writes the same definition out in Python).
+It is computed from the payload as stored, never from typed values, so every
+member puts a row in the same partition; SHA-256 gives the same result on
+every server version and architecture (hash functions internal to the server
+need not), and is available where FIPS rules out MD5.
 
 What the server needs from the member is each table's key columns: learned
 here, from the catalog, as tables appear in the outbox.
