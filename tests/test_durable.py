@@ -873,3 +873,45 @@ async def test_every_event_carries_its_position_whatever_the_row_held(outbox: Ou
     assert json.loads(got[0].payload).keys() == {"id", "txid"}
     assert json.loads(got[1].payload)["kind"] == "other"
     assert ns(got[2:]) == [7]
+
+
+async def test_a_background_query_says_when_it_is_under_way(pg_engine: sqlalchemy.Engine) -> None:
+    """The follower's read-ahead waits for this before building events: the query must be running by then."""
+    from trio_pgevents._durable.reader import OutboxConnection
+    from trio_pgevents._options import StreamOptions
+
+    db = OutboxConnection(pg_engine, StreamOptions.parse("open_durable_stream", {}), "test reader")
+    await db.connect()
+    running, release = threading.Event(), threading.Event()
+
+    def slow_query(cursor: Any) -> int:
+        running.set()
+        cursor.execute("SELECT 1")
+        assert release.wait(30)
+        return int(cursor.fetchone()[0])
+
+    result: list[int] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            started = trio.Event()
+
+            async def run() -> None:
+                result.append(await db.run(slow_query, started=started))
+
+            nursery.start_soon(run)
+            with trio.fail_after(10):
+                await started.wait()
+            assert running.wait(10)  # set in the query's thread, before it blocks
+            assert not result  # set while the query still runs
+            release.set()
+        assert result == [1]
+
+        # A call that will not run its query still sets it (the caller must not wait forever).
+        db.close()
+        given_up = trio.Event()
+        with pytest.raises(StreamClosedError):
+            await db.run(slow_query, started=given_up)
+        assert given_up.is_set()
+    finally:
+        release.set()
+        await db.release(broken=False)

@@ -60,11 +60,16 @@ class _ReadAhead:
 
     def __init__(self, after: Position) -> None:
         self.after = after
+        #: Set once the read's query runs in its thread (or will not run soon).
+        self.started = trio.Event()
         self._done = trio.Event()
         self._result: _Read | None = None
 
-    async def run(self, read: Callable[[Position], Awaitable[_Read | None]]) -> None:
-        self._result = await read(self.after)
+    async def run(self, read: Callable[[Position, trio.Event | None], Awaitable[_Read | None]]) -> None:
+        try:
+            self._result = await read(self.after, self.started)
+        finally:
+            self.started.set()
         self._done.set()
 
     async def result(self) -> _Read | None:
@@ -260,14 +265,18 @@ class OutboxFollower:
                 else:
                     if ahead is not None:
                         await ahead.result()  # read from before a rewind: the connection is free after it
-                    result = await read(after)
+                    result = await read(after, None)
                 ahead = None
                 if result is None:
                     return
                 rows, parts, position, everything, considered = result
                 if not everything:
+                    # Under way before this read's rows become events: without waiting
+                    # here, the query would start only at this task's next checkpoint
+                    # (after the work it was meant to overlap with).
                     ahead = _ReadAhead(position)
                     nursery.start_soon(ahead.run, read)
+                    await ahead.started.wait()
                 events = [make_event(row, source) for row in rows]
                 await self._type_rows(events, rows)
                 batch, size = [], 0
@@ -287,7 +296,7 @@ class OutboxFollower:
                 if everything:
                     return  # everything there was read (not cut by the limit, nor by the budget)
 
-    async def _read_all(self, after: Position) -> _Read | None:
+    async def _read_all(self, after: Position, started: trio.Event | None) -> _Read | None:
         """One read of every unread row (an exclusive consumer's: all are its own)."""
         limit, budget, statement = self._options.batch_size, self._budget, self._sql.prepared_read
 
@@ -295,7 +304,7 @@ class OutboxFollower:
             statement.execute(cursor, (str(after[0]), after[1], limit, budget))
             return list(cursor.fetchall())
 
-        rows: list[Any] = await self._db.run(work)
+        rows: list[Any] = await self._db.run(work, started=started)
         self.reads += 1
         if not rows:
             return None
@@ -303,7 +312,7 @@ class OutboxFollower:
         everything = len(rows) < limit and int(last[7]) < budget
         return rows, [0] * len(rows), (int(last[1]), int(last[0])), everything, None
 
-    async def _read_own(self, after: Position) -> _Read | None:
+    async def _read_own(self, after: Position, started: trio.Event | None) -> _Read | None:
         """One read of a group member: only the rows of the partitions it reads now (:mod:`.own_rows`).
 
         A partition gained later (while this read runs, or waits to be used)
@@ -323,6 +332,6 @@ class OutboxFollower:
             limit=limit,
             budget=self._budget,
         )
-        result: OwnRead | None = await self._db.run(work)
+        result: OwnRead | None = await self._db.run(work, started=started)
         self.reads += 1
         return None if result is None else (*result, wanted)

@@ -100,14 +100,18 @@ class OutboxConnection(SourceHealth):
         """No more queries (those waiting get :class:`StreamClosedError`)."""
         self._closed = True
 
-    async def _query(self, fn: Callable[[Any], Any]) -> Any:
+    async def _query(self, fn: Callable[[Any], Any], started: trio.Event | None) -> Any:
         """``fn(cursor)`` on the connection in a thread, within ``query_timeout``."""
         conn = self._proxy.dbapi_connection
         handoff = Handoff()
         handoff.attach(conn.fileno())
         timeout = self._options.query_timeout
+        token = trio.lowlevel.current_trio_token() if started is not None else None
 
         def work() -> Any:
+            if token is not None:
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(started.set)  # type: ignore[union-attr]
             with conn.cursor() as cursor:
                 return fn(cursor)
 
@@ -121,14 +125,29 @@ class OutboxConnection(SourceHealth):
             grace=min(_QUERY_GRACE, self._options.close_timeout),
         )
 
-    async def run(self, fn: Callable[[Any], Any], *, reconnect: bool = True) -> Any:
+    async def run(
+        self, fn: Callable[[Any], Any], *, reconnect: bool = True, started: trio.Event | None = None
+    ) -> Any:
         """Run ``fn(cursor)`` on the connection, reconnecting on loss (one query at a time).
+
+        ``started`` is set once the query is under way in its thread (or is
+        not going to start soon: the connection is being restored, or the
+        call ended): a task that started this one in the background waits
+        for it, so that the query runs while that task goes on working.
 
         Raises:
             ConnectionLostError: the connection is gone and may not (or could not) be restored.
             StreamClosedError: the stream is closed.
             TrioPgEventsError: the query failed (the connection is fine).
         """
+        try:
+            return await self._run(fn, reconnect, started)
+        finally:
+            if started is not None:
+                started.set()
+
+    async def _run(self, fn: Callable[[Any], Any], reconnect: bool, started: trio.Event | None) -> Any:
+        """:meth:`run`'s work (``started`` set only by the thread or before reconnecting)."""
         options = self._options
         lost: str | None = None
         async with self._lock:
@@ -136,6 +155,8 @@ class OutboxConnection(SourceHealth):
                 if self._closed and reconnect:
                     raise StreamClosedError(f"{self._what} is closed")
                 if self._proxy is None:
+                    if started is not None:
+                        started.set()  # no query soon
                     if not (reconnect and options.reconnect):
                         raise ConnectionLostError(f"lost connection to {self.source}: {lost or 'closed'}")
                     await reconnect_with_backoff(
@@ -147,7 +168,7 @@ class OutboxConnection(SourceHealth):
                     )
                     self.reconnects += 1
                 try:
-                    result = await self._query(fn)
+                    result = await self._query(fn, started)
                     self.last_event_at = time.time()
                     return result
                 except DB_ERRORS as exc:
