@@ -18,14 +18,14 @@ from typing import Any
 import trio
 
 from .._buffer import EventBuffer
-from .._columns import ColumnCatalog
+from .._columns import ColumnCatalog, RowConverter, Table
 from .._errors import TrioPgEventsError
-from .._events import StreamGap
+from .._events import Event, StreamGap
 from .._listen import EventStream
 from .._options import DEFAULT_GROUP_READ_INTERVAL, StreamOptions
 from .._secrets import get_logger
 from .ledger import Ledger
-from .outbox import OutboxSql, Position, make_event
+from .outbox import OutboxSql, Position, make_events, type_events
 from .own_rows import OwnRead, read_own_rows
 from .partition import Partitioner
 from .reader import OutboxConnection
@@ -222,27 +222,23 @@ class OutboxFollower:
             return hearing
         return wanted
 
-    async def _type_rows(self, events: list[Any], rows: list[Any]) -> None:
-        """Give each row event its table's converter (reading new tables' column types first).
+    async def _make_events(self, rows: list[Any]) -> list[Event]:
+        """The events of a read's rows, each row event with its table's converter.
 
         The tables come from the read itself (the server reads them out of the
         payload): nothing is parsed here; values are typed on first access.
+        A table seen for the first time has its column types read first.
         """
         catalog = self._columns
-        for attempt in (1, 2):
-            missing: list[tuple[str, str]] = []
-            for event, row in zip(events, rows, strict=True):
-                if row[4]:  # a row event
-                    table = (row[5], row[6])
-                    known, convert = catalog.converter(table, None)
-                    if not known:
-                        if table not in missing:
-                            missing.append(table)
-                    elif convert is not None:
-                        event.__dict__["_row_types"] = convert
-            if not missing or attempt == 2:
-                return
+
+        def converter(table: Table) -> tuple[bool, RowConverter | None]:
+            return catalog.converter(table, None)
+
+        events, missing = make_events(rows, self._source, converter)
+        if missing:
             await self._db.run(functools.partial(catalog.learn, tables=missing))
+            type_events(events, rows, missing, converter)
+        return events
 
     async def catch_up(self) -> None:
         """Read until the table has nothing more below xmin (one query per ``batch_size`` rows).
@@ -251,7 +247,7 @@ class OutboxFollower:
         and this process work at the same time); a rewind meanwhile (a
         partition gained) discards it.
         """
-        source, ledger, partitioner = self._source, self._ledger, self._partitioner
+        ledger, partitioner = self._ledger, self._partitioner
         read = self._read_all if partitioner.partitions == 1 else self._read_own
         async with trio.open_nursery() as nursery:
             ahead: _ReadAhead | None = None
@@ -277,13 +273,7 @@ class OutboxFollower:
                     ahead = _ReadAhead(position)
                     nursery.start_soon(ahead.run, read)
                     await ahead.started.wait()
-                events = [make_event(row, source) for row in rows]
-                await self._type_rows(events, rows)
-                batch, size = [], 0
-                for event, row, part in zip(events, rows, parts, strict=True):
-                    if ledger.take(event, part, event.__dict__["_position"], after):
-                        batch.append(event)
-                        size += len(row[3])
+                batch, size = ledger.take(await self._make_events(rows), parts, after)
                 self.position = position
                 ledger.read_up_to(after, position, considered)
                 behind = ledger.behind(position)
@@ -310,7 +300,7 @@ class OutboxFollower:
             return None
         last = rows[-1]
         everything = len(rows) < limit and int(last[7]) < budget
-        return rows, [0] * len(rows), (int(last[1]), int(last[0])), everything, None
+        return rows, [0] * len(rows), (last[1], last[0]), everything, None
 
     async def _read_own(self, after: Position, started: trio.Event | None) -> _Read | None:
         """One read of a group member: only the rows of the partitions it reads now (:mod:`.own_rows`).

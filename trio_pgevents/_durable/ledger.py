@@ -104,22 +104,32 @@ class Ledger:
 
     # ---- reading -------------------------------------------------------------------
 
-    def take(self, event: Event, part: int, position: Position, after: Position) -> bool:
-        """Whether ``event`` (of ``part``, at ``position``, read after ``after``) is delivered.
+    def take(self, events: list[Event], parts: list[int], after: Position) -> tuple[list[Event], int]:
+        """The events (of ``parts``, read after ``after``) to deliver, and their payloads' size.
 
-        Only if every earlier row of its partition was read: a partition whose
-        rows before ``after`` are not read yet (gained while this read was
-        under way: the reader rewinds) gets it on the re-read, in order.
+        An event is delivered only if every earlier row of its partition was
+        read: a partition whose rows before ``after`` are not read yet (gained
+        while this read was under way: the reader rewinds) gets it on the
+        re-read, in order. Each event delivered gets its sequence number.
         """
-        through = self.read_through.get(part)
-        if through is None or position <= through or through < after:
-            return False
-        self._seq += 1
-        event.__dict__["_seq"] = self._seq
-        event.__dict__["_part"] = part
-        self._pending.append((self._seq, part, position))
-        self._pending_count[part] += 1
-        return True
+        read_through, pending, count = self.read_through, self._pending, self._pending_count
+        seq, size = self._seq, 0
+        taken: list[Event] = []
+        for event, part in zip(events, parts, strict=True):
+            through = read_through.get(part)
+            attributes = event.__dict__
+            position = attributes["_position"]
+            if through is None or position <= through or through < after:
+                continue
+            seq += 1
+            attributes["_seq"] = seq
+            attributes["_part"] = part
+            pending.append((seq, part, position))
+            count[part] += 1
+            taken.append(event)
+            size += len(event[1])
+        self._seq = seq
+        return taken, size
 
     def read_up_to(self, after: Position, position: Position, parts: frozenset[int] | None = None) -> None:
         """The reader read every row after ``after`` up to ``position`` (of ``parts``; None: of all).

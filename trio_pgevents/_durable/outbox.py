@@ -10,20 +10,32 @@ reader runs no code another role put on its connection's search_path.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from psycopg2 import sql
 
+from .._columns import RowConverter, Table
 from .._events import Event, Notification, RowChange
 from .._payload import ROW, SET_ASIDE, jsonb_check_sql
 from .prepared import Prepared
 
-__all__ = ["OutboxNotification", "OutboxSql", "Position", "make_event", "position_of", "stored_payload"]
+__all__ = [
+    "OutboxNotification",
+    "OutboxSql",
+    "Position",
+    "make_event",
+    "make_events",
+    "position_of",
+    "stored_payload",
+    "type_events",
+]
 
 #: A position in the events table: ``(txid, id)``; events after it are unread.
 Position = tuple[int, int]
 
 _new = tuple.__new__
+_UNKNOWN: Any = object()
 
 
 class OutboxNotification(Notification):
@@ -70,12 +82,12 @@ _PAYLOAD_TEXT = (
 def _event_columns(payload: str = _PAYLOAD_TEXT) -> str:
     """SQL: an outbox row ``r`` as an event, with ``payload`` as its payload's column (NULL: not rendered).
 
-    Columns: id, txid (text: psycopg2 has no type for xid8), channel, the
+    Columns: id, txid (int8: psycopg2 has no type for xid8), channel, the
     payload as text, whether it is a row event, and its table (schema, name)
     as the payload says.
     """
     return (
-        "r.id, r.txid::pg_catalog.text, r.channel, "
+        "r.id, r.txid::pg_catalog.text::pg_catalog.int8, r.channel, "
         + payload
         + ", "
         + _ROW_EVENT_CHECK
@@ -266,24 +278,81 @@ class OutboxSql:
 
 
 def make_event(row: tuple[Any, ...], source: str) -> Event:
-    """The event of one row read by :attr:`OutboxSql.read` (its position attached)."""
-    event_id, txid_text, channel, stored, is_row_event = row[:5]
-    # The stored object's text (jsonb's: "{}" or "{...}") with the position added; a key
-    # "id" or "txid" a hand-written row had is overridden (a JSON parser keeps the last).
-    position = f'"id": {event_id}, "txid": {txid_text}}}'
-    payload = "{" + position if stored == "{}" else f"{stored[:-1]}, {position}"
+    """The event of one row read by :attr:`OutboxSql.read` (its position attached, untyped)."""
+    return make_events([row], source, _untyped)[0][0]
+
+
+def _untyped(table: Table) -> tuple[bool, RowConverter | None]:
+    return True, None
+
+
+def make_events(
+    rows: list[Any], source: str, converter: Callable[[Table], tuple[bool, RowConverter | None]]
+) -> tuple[list[Event], list[Table]]:
+    """The events of rows read by :attr:`OutboxSql.read` (or ``own``), each with its position.
+
+    A row event gets its table's value converter: ``converter(table)`` says
+    whether the table's types are known, and the converter (asked once per
+    table per call). Returns the events and the tables whose types are not
+    known (their events are untyped: look them up, then :func:`type_events`).
+    One pass per row: this runs for every event a durable stream delivers.
+    """
+    events: list[Event] = []
+    append = events.append
+    converters: dict[Table, RowConverter | None] = {}
+    missing: list[Table] = []
     event: Event
-    if is_row_event:
-        event = _new(RowChange, (channel, payload, 0, source))
-    else:
-        # A row written by hand, or another format: set aside (and logged, at a limited
-        # rate), never mistaken for a change. It keeps its position: acknowledged like any
-        # event, moved to the dead letters by DurableWorker.
-        SET_ASIDE.note(channel, payload, "an outbox row that is not a row event of the trigger's format")
-        event = _new(OutboxNotification, (channel, payload, 0, source))
-    # Known without parsing the payload: acknowledging needs it for every event.
-    event.__dict__["_position"] = (int(txid_text), event_id)
-    return event
+    for row in rows:
+        event_id, txid, channel, stored, is_row_event, schema, name = row[:7]
+        # The stored object's text (jsonb's: "{}" or "{...}") with the position added; a key
+        # "id" or "txid" a hand-written row had is overridden (a JSON parser keeps the last).
+        if stored == "{}":
+            payload = f'{{"id": {event_id}, "txid": {txid}}}'
+        else:
+            payload = f'{stored[:-1]}, "id": {event_id}, "txid": {txid}}}'
+        if is_row_event:
+            event = _new(RowChange, (channel, payload, 0, source))
+            table = (schema, name)
+            convert = converters.get(table, _UNKNOWN)
+            if convert is _UNKNOWN:
+                known, convert = converter(table)
+                if known:
+                    converters[table] = convert
+                else:
+                    missing.append(table)
+                    converters[table] = convert = None
+            attributes = event.__dict__
+            # Known without parsing the payload: acknowledging needs it for every event.
+            attributes["_position"] = (txid, event_id)
+            if convert is not None:
+                attributes["_row_types"] = convert
+        else:
+            # A row written by hand, or another format: set aside (and logged, at a limited
+            # rate), never mistaken for a change. It keeps its position: acknowledged like
+            # any event, moved to the dead letters by DurableWorker.
+            SET_ASIDE.note(channel, payload, "an outbox row that is not a row event of the trigger's format")
+            event = _new(OutboxNotification, (channel, payload, 0, source))
+            event.__dict__["_position"] = (txid, event_id)
+        append(event)
+    return events, missing
+
+
+def type_events(
+    events: list[Event],
+    rows: list[Any],
+    tables: list[Table],
+    converter: Callable[[Table], tuple[bool, RowConverter | None]],
+) -> None:
+    """Give the row events of ``tables`` their converters (the tables' types were looked up).
+
+    ``events`` are :func:`make_events`' of ``rows``.
+    """
+    converters = {table: converter(table)[1] for table in tables}
+    for event, row in zip(events, rows, strict=True):
+        if row[4]:
+            convert = converters.get((row[5], row[6]))
+            if convert is not None:
+                event.__dict__["_row_types"] = convert
 
 
 def stored_payload(text: str) -> str:

@@ -60,6 +60,6 @@ def read_own_rows(
     last = found[-1]  # the last row looked at
     if rows and last[_UPTO] > rows[-1][_UPTO]:
         # The byte budget cut the member's rows: the rest on the next read, from the last one read.
-        return rows, [row[_PART] for row in rows], (int(rows[-1][1]), rows[-1][0]), False
-    position = (int(last[1]), last[0])
+        return rows, [row[_PART] for row in rows], (rows[-1][1], rows[-1][0]), False
+    position = (last[1], last[0])
     return rows, [row[_PART] for row in rows], position, last[_LOOKED_AT] < limit
