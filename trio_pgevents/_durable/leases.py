@@ -118,12 +118,24 @@ class LeaseSql:
         #: partition, only while this member holds its lease, never backwards. The UPDATE
         #: locks the row: a take-over (``acquire``) waits for the caller's commit and then
         #: reads the position stored, so no event is taken by two members.
-        self.store = _sql(
+        store = (
             "UPDATE {} SET last_txid = %s::pg_catalog.xid8, last_id = %s, updated_at = pg_catalog.now() "
             f"WHERE consumer {name_is} AND part @= %s AND holder @= %s::pg_catalog.text "
             "AND expires_at @> pg_catalog.now() "
-            "AND (last_txid, last_id) @< (%s::pg_catalog.xid8, %s::pg_catalog.int8)",
+            "AND (last_txid, last_id) @< (%s::pg_catalog.xid8, %s::pg_catalog.int8)"
+        )
+        self.store = _sql(store, parts)
+        #: Params: those of ``store``, then name. ``store`` and ``summarise`` in one round
+        #: trip, for a consumer of one partition (its position is that partition's): one row,
+        #: the number of partition rows stored (0 or 1, as ``store``'s row count).
+        self.store_sole = _sql(
+            f"WITH s AS ({store} RETURNING last_txid, last_id), "
+            "c AS (UPDATE {} c SET last_txid = s.last_txid, last_id = s.last_id, "
+            f"updated_at = pg_catalog.now() FROM s WHERE c.name {name_is} "
+            "AND (c.last_txid, c.last_id) @< (s.last_txid, s.last_id) RETURNING 1) "
+            "SELECT pg_catalog.count(*) FROM s",
             parts,
+            consumers,
         )
         #: Params: member, name, part. True while this member holds the partition's lease
         #: (locks the row, as ``store`` does).

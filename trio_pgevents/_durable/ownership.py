@@ -133,15 +133,23 @@ class Ownership:
     def _store_on(self, cursor: Any, positions: dict[int, Position]) -> set[int]:
         """Store ``positions`` (fenced); return the partitions whose lease is gone."""
         statements, name, member = self._sql, self.membership.consumer, self.membership.member
+        # One partition in all: the consumer's position is stored in the same round trip.
+        sole = self.membership.partitions == 1
         lost: set[int] = set()
         for part, (txid, event_id) in positions.items():
-            cursor.execute(statements.store, (str(txid), event_id, name, part, member, str(txid), event_id))
-            if cursor.rowcount == 0:
+            params = (str(txid), event_id, name, part, member, str(txid), event_id)
+            if sole:
+                cursor.execute(statements.store_sole, (*params, name))
+                stored = int(cursor.fetchone()[0])
+            else:
+                cursor.execute(statements.store, params)
+                stored = cursor.rowcount
+            if stored == 0:
                 cursor.execute(statements.holds, (member, name, part))
                 row = cursor.fetchone()
                 if row is None or not row[0]:
                     lost.add(part)
-        if len(lost) < len(positions):
+        if not sole and len(lost) < len(positions):
             cursor.execute(statements.summarise, (name, name))
         return lost
 
