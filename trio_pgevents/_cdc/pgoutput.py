@@ -56,8 +56,7 @@ _COMMIT = struct.Struct(">BQQq")  # flags, commit LSN, end LSN, commit timestamp
 _RELATION_HEAD = struct.Struct(">I")
 _COLUMN_TAIL = struct.Struct(">Ii")  # type OID, type modifier
 
-#: Microseconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC).
-_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+#: Seconds between the Unix epoch and PostgreSQL's (2000-01-01 UTC).
 _PG_EPOCH_UNIX = 946_684_800
 _fromtimestamp = datetime.fromtimestamp
 
@@ -150,9 +149,7 @@ class PgOutputDecoder:
         self.encoding = encoding
         self._relations: dict[int, _Relation] = {}
         self._in_transaction = False
-        self._lsn_text = ""
-        self._xid = 0
-        self._commit_time = _PG_EPOCH
+        self._txn: _Transaction = [0, 0, 0, None, None]
         self._position = 0
         self._last: Event | None = None
         #: End LSN of the last transaction whose Commit was decoded.
@@ -195,14 +192,12 @@ class PgOutputDecoder:
     def _begin(self, payload: bytes) -> None:
         final_lsn, timestamp, xid = _BEGIN.unpack_from(payload, 1)
         self._in_transaction = True
-        self._lsn_text = format_lsn(final_lsn)
         reference = self.xid_reference
         if reference is not None:
             xid = self.xid_reference = widen_xid(xid, reference)
-        self._xid = xid
-        # Exact to the microsecond until 2106 (float spacing < 0.5 us), and a
-        # few times cheaper than epoch + timedelta: this runs per transaction.
-        self._commit_time = _fromtimestamp(timestamp / 1e6 + _PG_EPOCH_UNIX, UTC)
+        # The LSN's text and the commit time are made when first asked for (most
+        # transactions of a busy writer are one change nobody reads the time of).
+        self._txn = [final_lsn, xid, timestamp, None, None]
         self._position = 0
         self._last = None
 
@@ -286,7 +281,8 @@ class PgOutputDecoder:
         # change compares equal to (and hashes like) the original delivery.
         position = self._position
         self._position = position + 1
-        event = _new(RowChange, (self.channel, None, 0, self.source, self._lsn_text, position))
+        txn = self._txn
+        event = _new(RowChange, (self.channel, None, 0, self.source, txn[0], position))
         event.__dict__["data"] = {
             "table_schema": relation.schema,
             "table_name": relation.name,
@@ -295,9 +291,9 @@ class PgOutputDecoder:
             "old_data": old_data,
             "new_data": new_data,
             "query": None,
-            "lsn": self._lsn_text,
-            "txid": self._xid,
-            "commit_time": self._commit_time,
+            "lsn": lsn_text(txn),
+            "txid": txn[1],
+            "commit_time": commit_time(txn),
         }
         self._last = event
         self.changes += 1
@@ -317,9 +313,9 @@ class PgOutputDecoder:
             raise ReplicationError("pgoutput change outside a transaction (no Begin message)")
         position = self._position
         self._position = position + 1
-        lsn = self._lsn_text
-        event = _new(RowChange, (self.channel, None, 0, self.source, lsn, position))
-        build: _Build = (_insert_data, _insert_row, relation, payload, lsn, self._xid, self._commit_time)
+        txn = self._txn
+        event = _new(RowChange, (self.channel, None, 0, self.source, txn[0], position))
+        build: _Build = (_insert_data, _insert_row, relation, payload, txn)
         event.__dict__["_build"] = build
         self._last = event
         self.changes += 1
@@ -366,9 +362,33 @@ class PgOutputDecoder:
             self._event(relation, "TRUNCATE", None, None, out)
 
 
-#: An undecoded INSERT event's ``_build``: (_insert_data, _insert_row, relation, message, lsn,
-#: xid, commit time). ``_events`` calls the first two (it cannot import this module).
-_Build = tuple[Any, Any, _Relation, bytes, str, int, datetime]
+#: The transaction being decoded: [commit LSN, xid, commit timestamp (microseconds since
+#: 2000), the LSN's text, the commit time] -- the last two None until :func:`lsn_text` and
+#: :func:`commit_time` make them (shared by the transaction's events; a list: this is made
+#: per transaction, and a class's ``__init__`` costs more than the work it saves).
+_Transaction = list[Any]
+
+#: An undecoded INSERT event's ``_build``: (_insert_data, _insert_row, relation, message,
+#: transaction). ``_events`` calls the first two (it cannot import this module).
+_Build = tuple[Any, Any, _Relation, bytes, _Transaction]
+
+
+def lsn_text(txn: _Transaction) -> str:
+    """The transaction's commit LSN as text (made once)."""
+    text: str | None = txn[3]
+    if text is None:
+        text = txn[3] = format_lsn(txn[0])
+    return text
+
+
+def commit_time(txn: _Transaction) -> datetime:
+    """The transaction's commit time (made once)."""
+    time: datetime | None = txn[4]
+    if time is None:
+        # Exact to the microsecond until 2106 (float spacing < 0.5 us), and a few times
+        # cheaper than epoch + timedelta.
+        time = txn[4] = _fromtimestamp(txn[2] / 1e6 + _PG_EPOCH_UNIX, UTC)
+    return time
 
 
 def _insert_row(build: _Build) -> dict[str, Any]:
@@ -391,7 +411,7 @@ def _insert_row(build: _Build) -> dict[str, Any]:
         row = relation.parse_carefully(payload, 6, None)[0]
         return row
     except Exception as exc:
-        logger.error("change at %s: %s", build[4], _malformed(relation, exc))
+        logger.error("change at %s: %s", lsn_text(build[4]), _malformed(relation, exc))
         return {}
 
 
@@ -404,7 +424,8 @@ def _insert_data(build: _Build, row: dict[str, Any] | None) -> dict[str, Any]:
 
     Never raises (see :func:`_insert_row`).
     """
-    _, _, relation, payload, lsn, xid, commit_time = build
+    _, _, relation, payload, txn = build
+    lsn = lsn_text(txn)
     data: dict[str, Any] = {
         "table_schema": relation.schema,
         "table_name": relation.name,
@@ -414,8 +435,8 @@ def _insert_data(build: _Build, row: dict[str, Any] | None) -> dict[str, Any]:
         "new_data": row,
         "query": None,
         "lsn": lsn,
-        "txid": xid,
-        "commit_time": commit_time,
+        "txid": txn[1],
+        "commit_time": commit_time(txn),
     }
     if row:
         return data
@@ -448,8 +469,9 @@ def ack_position(event: Event) -> int | None:
         return position
     build = event_dict.get("_build")
     if build is not None and "data" not in event_dict:
-        # Not decoded yet: its commit LSN is in the tuple (do not parse the row for it).
-        return parse_lsn(build[4])
+        # Not decoded yet: its commit LSN is in the build (do not parse the row for it).
+        commit_lsn: int = build[4][0]
+        return commit_lsn
     data = event_dict.get("data")
     lsn = data.get("lsn") if isinstance(data, dict) else None
     if not isinstance(lsn, str) or event[0] is None:
