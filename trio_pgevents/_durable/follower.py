@@ -37,10 +37,10 @@ LEASE_WAKE = "lease"
 
 _UNREAD: Position = (2**64, 2**63)
 
-#: A read: rows (as :attr:`OutboxSql.read` gives them), their partitions, the position read
-#: up to, whether that was everything below xmin, and the partitions whose rows it looked
-#: for (None: every row was read).
-_Read = tuple[list[Any], list[int], Position, bool, frozenset[int] | None]
+#: A read: its rows (as :attr:`OutboxSql.read` gives them: a call that returns them, see
+#: :func:`_fetch_later`), their partitions, the position read up to, whether that was
+#: everything below xmin, and the partitions whose rows it looked for (None: every row was read).
+_Read = tuple[Callable[[], list[Any]], list[int], Position, bool, frozenset[int] | None]
 
 #: A group member reads at most this many times ``batch_size`` rows' keys at once.
 _MOST_CANDIDATES = 16
@@ -265,7 +265,7 @@ class OutboxFollower:
                 ahead = None
                 if result is None:
                     return
-                rows, parts, position, everything, considered = result
+                fetch, parts, position, everything, considered = result
                 if not everything:
                     # Under way before this read's rows become events: without waiting
                     # here, the query would start only at this task's next checkpoint
@@ -273,7 +273,7 @@ class OutboxFollower:
                     ahead = _ReadAhead(position)
                     nursery.start_soon(ahead.run, read)
                     await ahead.started.wait()
-                batch, size = ledger.take(await self._make_events(rows), parts, after)
+                batch, size = ledger.take(await self._make_events(fetch()), parts, after)
                 self.position = position
                 ledger.read_up_to(after, position, considered)
                 behind = ledger.behind(position)
@@ -290,17 +290,32 @@ class OutboxFollower:
         """One read of every unread row (an exclusive consumer's: all are its own)."""
         limit, budget, statement = self._options.batch_size, self._budget, self._sql.prepared_read
 
-        def work(cursor: Any) -> list[Any]:
-            statement.execute(cursor, (str(after[0]), after[1], limit, budget))
-            return list(cursor.fetchall())
+        def work(cursor: Any) -> tuple[Any, int, Any] | None:
+            # The rows stay in the driver's result (a cursor of their own) until the
+            # follower converts them, while the next read is under way: the connection
+            # is busy only for the query. Only the last row is converted here.
+            result = cursor.connection.cursor()
+            try:
+                statement.execute(result, (str(after[0]), after[1], limit, budget))
+                count: int = result.rowcount
+                if count <= 0:
+                    result.close()
+                    return None
+                result.scroll(count - 1, mode="absolute")
+                last = result.fetchone()
+                result.scroll(0, mode="absolute")
+            except BaseException:
+                result.close()
+                raise
+            return result, count, last
 
-        rows: list[Any] = await self._db.run(work, started=started)
+        found = await self._db.run(work, started=started)
         self.reads += 1
-        if not rows:
+        if found is None:
             return None
-        last = rows[-1]
-        everything = len(rows) < limit and int(last[7]) < budget
-        return rows, [0] * len(rows), (last[1], last[0]), everything, None
+        result, count, last = found
+        everything = count < limit and int(last[7]) < budget
+        return _fetch_later(result), [0] * count, (last[1], last[0]), everything, None
 
     async def _read_own(self, after: Position, started: trio.Event | None) -> _Read | None:
         """One read of a group member: only the rows of the partitions it reads now (:mod:`.own_rows`).
@@ -324,4 +339,25 @@ class OutboxFollower:
         )
         result: OwnRead | None = await self._db.run(work, started=started)
         self.reads += 1
-        return None if result is None else (*result, wanted)
+        if result is None:
+            return None
+        rows, parts, position, everything = result
+        return (lambda: rows), parts, position, everything, wanted
+
+
+def _fetch_later(cursor: Any) -> Callable[[], list[Any]]:
+    """The rows of a query's result held by ``cursor``, converted when called (the cursor closed).
+
+    Called on the event loop's thread while the reader's thread runs the next
+    query on another cursor of the same connection (psycopg2 allows it: the
+    rows are in client memory, and converting them does not use the connection).
+    """
+
+    def fetch() -> list[Any]:
+        try:
+            rows: list[Any] = cursor.fetchall()
+            return rows
+        finally:
+            cursor.close()
+
+    return fetch
