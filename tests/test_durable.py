@@ -915,3 +915,51 @@ async def test_a_background_query_says_when_it_is_under_way(pg_engine: sqlalchem
     finally:
         release.set()
         await db.release(broken=False)
+
+
+def test_rows_left_in_the_driver_are_refused_once_the_connection_closed(pg_dsn: str) -> None:
+    """What the reader relies on: converted later, a result reads as None once its connection closed."""
+    from trio_pgevents._durable.follower import _fetch_later
+
+    conn = psycopg2.connect(pg_dsn)
+    try:
+        kept, refused = conn.cursor(), conn.cursor()
+        kept.execute("SELECT g FROM generate_series(1, 3) g")
+        refused.execute("SELECT g FROM generate_series(1, 3) g")
+        assert _fetch_later(kept)() == [(1,), (2,), (3,)]
+        assert kept.closed
+    finally:
+        conn.close()
+    assert _fetch_later(refused)() is None  # psycopg2: "cursor already closed"
+    assert refused.closed
+
+
+async def test_a_read_whose_rows_were_refused_is_read_again(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection closing between a read and the conversion of its rows loses nothing."""
+    from trio_pgevents._durable import follower
+
+    real = follower._fetch_later
+    refusals = []
+
+    def refuse_every_third(cursor: Any) -> Callable[[], list[Any] | None]:
+        # (Not every other one: a refused read's re-read follows the read-ahead's, discarded.)
+        fetch = real(cursor)
+        if len(refusals) % 3:
+            refusals.append(False)
+            return fetch
+        refusals.append(True)
+
+        def refused() -> None:
+            fetch()  # the cursor closed, as the driver would
+            return None
+
+        return refused
+
+    monkeypatch.setattr(follower, "_fetch_later", refuse_every_third)
+    outbox.insert(*range(1, 101))
+    async with open_durable_stream(outbox.url, "refused", **outbox.opts(batch_size=7)) as events:
+        got = ns(await take(events, 100))
+    assert got == list(range(1, 101))
+    assert refusals.count(True) >= 10

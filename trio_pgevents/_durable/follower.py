@@ -15,6 +15,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import psycopg2
 import trio
 
 from .._buffer import EventBuffer
@@ -37,10 +38,11 @@ LEASE_WAKE = "lease"
 
 _UNREAD: Position = (2**64, 2**63)
 
-#: A read: its rows (as :attr:`OutboxSql.read` gives them: a call that returns them, see
-#: :func:`_fetch_later`), their partitions, the position read up to, whether that was
-#: everything below xmin, and the partitions whose rows it looked for (None: every row was read).
-_Read = tuple[Callable[[], list[Any]], list[int], Position, bool, frozenset[int] | None]
+#: A read: its rows (as :attr:`OutboxSql.read` gives them: a call that returns them, or None
+#: if they can no longer be had, see :func:`_fetch_later`), their partitions, the position read
+#: up to, whether that was everything below xmin, and the partitions whose rows it looked for
+#: (None: every row was read).
+_Read = tuple[Callable[[], list[Any] | None], list[int], Position, bool, frozenset[int] | None]
 
 #: A group member reads at most this many times ``batch_size`` rows' keys at once.
 _MOST_CANDIDATES = 16
@@ -273,7 +275,10 @@ class OutboxFollower:
                     ahead = _ReadAhead(position)
                     nursery.start_soon(ahead.run, read)
                     await ahead.started.wait()
-                batch, size = ledger.take(await self._make_events(fetch()), parts, after)
+                rows = fetch()
+                if rows is None:
+                    continue  # the connection closed since the query: read them again
+                batch, size = ledger.take(await self._make_events(rows), parts, after)
                 self.position = position
                 ledger.read_up_to(after, position, considered)
                 behind = ledger.behind(position)
@@ -345,19 +350,24 @@ class OutboxFollower:
         return (lambda: rows), parts, position, everything, wanted
 
 
-def _fetch_later(cursor: Any) -> Callable[[], list[Any]]:
+def _fetch_later(cursor: Any) -> Callable[[], list[Any] | None]:
     """The rows of a query's result held by ``cursor``, converted when called (the cursor closed).
 
     Called on the event loop's thread while the reader's thread runs the next
     query on another cursor of the same connection (psycopg2 allows it: the
     rows are in client memory, and converting them does not use the connection).
+    None if the connection was closed meanwhile (the next query failed, the
+    stream is closing): psycopg2 then refuses to read the rows it holds, and
+    they are read again.
     """
 
-    def fetch() -> list[Any]:
+    def fetch() -> list[Any] | None:
         try:
             rows: list[Any] = cursor.fetchall()
-            return rows
+        except psycopg2.InterfaceError:
+            return None
         finally:
             cursor.close()
+        return rows
 
     return fetch
