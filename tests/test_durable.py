@@ -941,7 +941,7 @@ async def test_a_read_whose_rows_were_refused_is_read_again(
     from trio_pgevents._durable import follower
 
     real = follower._fetch_later
-    refusals = []
+    refusals: list[bool] = []
 
     def refuse_every_third(cursor: Any) -> Callable[[], list[Any] | None]:
         # (Not every other one: a refused read's re-read follows the read-ahead's, discarded.)
