@@ -52,7 +52,8 @@ logger = get_logger("trio_pgevents.cdc")
 _INT16 = struct.Struct(">h")
 _UINT32 = struct.Struct(">I")
 _BEGIN = struct.Struct(">QqI")  # final (commit) LSN, commit timestamp, xid
-_COMMIT = struct.Struct(">BQQq")  # flags, commit LSN, end LSN, commit timestamp
+_COMMIT_END = struct.Struct(">9xQ8x")  # (flags, commit LSN,) end LSN(, commit timestamp)
+_INSERT_HEAD = struct.Struct(">IBh")  # relation OID, 'N', column count
 _RELATION_HEAD = struct.Struct(">I")
 _COLUMN_TAIL = struct.Struct(">Ii")  # type OID, type modifier
 
@@ -202,7 +203,7 @@ class PgOutputDecoder:
         self._last = None
 
     def _commit(self, payload: bytes) -> None:
-        _flags, _commit_lsn, end_lsn, _ts = _COMMIT.unpack_from(payload, 1)
+        (end_lsn,) = _COMMIT_END.unpack_from(payload, 1)
         last = self._last
         if last is not None:
             # Processing this event completes the transaction: confirm past it.
@@ -300,14 +301,15 @@ class PgOutputDecoder:
         out.append(event)
 
     def _insert(self, payload: bytes, out: list[Event]) -> None:
-        relation = self._relations.get(_RELATION_HEAD.unpack_from(payload, 1)[0])
+        oid, marker, count = _INSERT_HEAD.unpack_from(payload, 1)
+        relation = self._relations.get(oid)
         if relation is None:
             relation = self._relation_for(payload)  # raises
-        # payload[5] is 'N'. The row is parsed on first access to the event's data
+        # The marker is 'N'. The row is parsed on first access to the event's data
         # (see _insert_data): most of a change's cost, and a consumer that filters
         # or forwards changes may never read it. The column count is checked now,
         # so a row that does not match its Relation message still stops the stream.
-        if payload[5] != 78 or _INT16.unpack_from(payload, 6)[0] != relation.count:
+        if marker != 78 or count != relation.count:
             relation.parse(payload, 6, None)  # raises the protocol error
         if not self._in_transaction:
             raise ReplicationError("pgoutput change outside a transaction (no Begin message)")
