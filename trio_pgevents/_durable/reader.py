@@ -106,12 +106,13 @@ class OutboxConnection(SourceHealth):
         handoff = Handoff()
         handoff.attach(conn.fileno())
         timeout = self._options.query_timeout
-        token = trio.lowlevel.current_trio_token() if started is not None else None
+        token = trio.lowlevel.current_trio_token()
+        say_started = started.set if started is not None else None
 
         def work() -> Any:
-            if token is not None:
+            if say_started is not None:
                 with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(started.set)  # type: ignore[union-attr]
+                    token.run_sync_soon(say_started)
             with conn.cursor() as cursor:
                 return fn(cursor)
 
