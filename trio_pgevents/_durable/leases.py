@@ -35,6 +35,7 @@ from psycopg2 import sql
 
 from .._errors import ConfigurationError
 from .outbox import Position
+from .prepared import Prepared
 
 __all__ = ["LeaseSql", "LeaseTick", "Membership", "member_id"]
 
@@ -137,6 +138,10 @@ class LeaseSql:
             parts,
             consumers,
         )
+        #: ``store`` and ``store_sole``, prepared on the connections they run on (a store
+        #: follows every ``ack_every`` events, on the reader's connection).
+        self.prepared_store = Prepared(self.store)
+        self.prepared_store_sole = Prepared(self.store_sole)
         #: Params: member, name, part. True while this member holds the partition's lease
         #: (locks the row, as ``store`` does).
         self.holds = _sql(

@@ -139,10 +139,10 @@ class Ownership:
         for part, (txid, event_id) in positions.items():
             params = (str(txid), event_id, name, part, member, str(txid), event_id)
             if sole:
-                cursor.execute(statements.store_sole, (*params, name))
+                statements.prepared_store_sole.execute(cursor, (*params, name))
                 stored = int(cursor.fetchone()[0])
             else:
-                cursor.execute(statements.store, params)
+                statements.prepared_store.execute(cursor, params)
                 stored = cursor.rowcount
             if stored == 0:
                 cursor.execute(statements.holds, (member, name, part))
