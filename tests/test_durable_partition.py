@@ -17,7 +17,7 @@ import psycopg2
 import pytest
 
 from trio_pgevents import Installer, RowChange
-from trio_pgevents._durable.outbox import OutboxSql, make_event
+from trio_pgevents._durable.outbox import OutboxSql, make_events
 from trio_pgevents._durable.own_rows import read_own_rows
 from trio_pgevents._durable.partition import UNKNOWN, Partitioner
 
@@ -132,7 +132,7 @@ def test_the_server_puts_every_row_in_the_partition_of_the_definition(
     # Tables were looked up as they appeared: all seven (the forged schema "5" too).
     assert len(json.loads(partitioner.key_map)) == 2  # schemas "public" and "5"
     assert UNKNOWN not in parts
-    events = [make_event(row, "s") for row in rows]
+    events, _ = make_events(rows, "s", lambda table: (True, None))  # untyped
     for event, part in zip(events, parts, strict=True):
         assert part == reference_part(event.payload, written, PARTITIONS), event.payload
     # A row's events stay in one partition; the keys spread over several.

@@ -24,7 +24,6 @@ __all__ = [
     "OutboxNotification",
     "OutboxSql",
     "Position",
-    "make_event",
     "make_events",
     "position_of",
     "stored_payload",
@@ -71,7 +70,7 @@ _UNREAD = (
 )
 
 #: The payload of an outbox row ``r`` as text (an object: another JSON value comes as
-#: ``{"value": ...}``). :func:`make_event` adds "id" and "txid" to the text (merging them in
+#: ``{"value": ...}``). :func:`make_events` adds "id" and "txid" to the text (merging them in
 #: with jsonb operators here cost the server more than reading the row: 2.9 of 5.5 us per row).
 _PAYLOAD_TEXT = (
     "(CASE WHEN pg_catalog.jsonb_typeof(r.payload) OPERATOR(pg_catalog.=) 'object' THEN r.payload "
@@ -277,15 +276,6 @@ class OutboxSql:
         ).format(events=self._events)
 
 
-def make_event(row: tuple[Any, ...], source: str) -> Event:
-    """The event of one row read by :attr:`OutboxSql.read` (its position attached, untyped)."""
-    return make_events([row], source, _untyped)[0][0]
-
-
-def _untyped(table: Table) -> tuple[bool, RowConverter | None]:
-    return True, None
-
-
 def make_events(
     rows: list[Any], source: str, converter: Callable[[Table], tuple[bool, RowConverter | None]]
 ) -> tuple[list[Event], list[Table]]:
@@ -302,6 +292,7 @@ def make_events(
     converters: dict[Table, RowConverter | None] = {}
     missing: list[Table] = []
     event: Event
+    convert: RowConverter | None
     for row in rows:
         event_id, txid, channel, stored, is_row_event, schema, name = row[:7]
         # The stored object's text (jsonb's: "{}" or "{...}") with the position added; a key
@@ -321,18 +312,18 @@ def make_events(
                 else:
                     missing.append(table)
                     converters[table] = convert = None
-            attributes = event.__dict__
-            # Known without parsing the payload: acknowledging needs it for every event.
-            attributes["_position"] = (txid, event_id)
-            if convert is not None:
-                attributes["_row_types"] = convert
         else:
             # A row written by hand, or another format: set aside (and logged, at a limited
             # rate), never mistaken for a change. It keeps its position: acknowledged like
             # any event, moved to the dead letters by DurableWorker.
             SET_ASIDE.note(channel, payload, "an outbox row that is not a row event of the trigger's format")
             event = _new(OutboxNotification, (channel, payload, 0, source))
-            event.__dict__["_position"] = (txid, event_id)
+            convert = None
+        attributes = event.__dict__
+        # Known without parsing the payload: acknowledging needs it for every event.
+        attributes["_position"] = (txid, event_id)
+        if convert is not None:
+            attributes["_row_types"] = convert
         append(event)
     return events, missing
 
