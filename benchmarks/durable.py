@@ -145,8 +145,8 @@ def _read_raw(server: Server, schema: str, total: int) -> float:
     """Seconds the stream's own read statement takes to read ``total`` rows, one query after another.
 
     The baseline of the read rate: psycopg2 alone running the statement the
-    durable reader runs (same batch size and byte budget), each batch fetched
-    and dropped -- no events, no positions stored.
+    durable reader runs, prepared as it is (same batch size and byte budget),
+    each batch fetched and dropped -- no events, no positions stored.
     """
     from trio_pgevents._durable.outbox import OutboxSql
     from trio_pgevents._options import DEFAULT_BATCH_SIZE, DEFAULT_MAX_BUFFER_BYTES
@@ -154,12 +154,12 @@ def _read_raw(server: Server, schema: str, total: int) -> float:
     conn = server.connect()
     try:
         conn.autocommit = True
-        statement = OutboxSql(schema).read.as_string(conn)
+        statement = OutboxSql(schema).prepared_read  # prepared, as the reader runs it
         with conn.cursor() as cursor:
             started = time.perf_counter()
             after, count = ("0", 0), 0
             while count < total:
-                cursor.execute(statement, (*after, DEFAULT_BATCH_SIZE, DEFAULT_MAX_BUFFER_BYTES // 4))
+                statement.execute(cursor, (*after, DEFAULT_BATCH_SIZE, DEFAULT_MAX_BUFFER_BYTES // 4))
                 rows = cursor.fetchall()
                 if not rows:
                     raise RuntimeError(f"the outbox held {count} rows, not {total}")
