@@ -16,23 +16,33 @@ therefore never limits the figure: it is the client's own rate. Clients:
 
 Repetitions are interleaved (each round runs every client once, in a
 rotated order) so that drift on a shared machine hits all clients alike.
+
+Two more rows give the ceilings of the two trio_pgevents figures: the raw
+loop's CPU per event (this run's median) plus what handing out one event
+object per notification costs at the least, timed in this process (see
+:func:`event_costs`). No client that delivers an event object per
+notification -- what the :class:`~trio_pgevents.Event` contract asks -- can
+beat those ratios, however little else it does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import psycopg2
 import sqlalchemy
 import trio
 from psycopg2 import sql
+from psycopg2.extensions import Notify
 
 from trio_pgevents import open_event_stream
+from trio_pgevents._consumer import NotifyBatch
 
 from ._common import BenchContext, Clock, Figures, Producer, Result, median, unique_name, with_ratio
 
-__all__ = ["CLIENTS", "run", "measure"]
+__all__ = ["CLIENTS", "ceiling_results", "event_costs", "run", "measure"]
 
 PER_TRANSACTION = 100_000
 
@@ -225,6 +235,92 @@ def cpu_results(bench: str, cpu: Samples) -> list[Result]:
     return out
 
 
+class _Handout:
+    """The least an async iterator can do per item: hand out the next element of a list."""
+
+    def __init__(self, items: list[object]) -> None:
+        self._next = iter(items)
+
+    def __aiter__(self) -> _Handout:
+        return self
+
+    async def __anext__(self) -> object:
+        for item in self._next:
+            return item
+        raise StopAsyncIteration
+
+
+async def _step_ns(items: list[object], rounds: int, reps: int) -> float:
+    """ns per item of ``async for`` over :class:`_Handout`, beyond a plain ``for`` (best of ``rounds``)."""
+    best = float("inf")
+    for _ in range(rounds + 1):
+        started = time.perf_counter_ns()
+        for _ in range(reps):
+            async for _item in _Handout(items):
+                pass
+        stepped = time.perf_counter_ns()
+        for _ in range(reps):
+            for _item in items:
+                pass
+        plain = time.perf_counter_ns() - stepped
+        best = min(best, (stepped - started - plain) / (reps * len(items)))
+    return best
+
+
+def event_costs(*, rounds: int = 7, reps: int = 1000, size: int = 256) -> tuple[float, float]:
+    """What one event object per notification costs at the least: (build, step), ns per event.
+
+    ``build``: turning psycopg2 ``Notify`` objects into :class:`Notification`
+    events, by the stream's own code (``NotifyBatch.notifications``: one
+    tuple subclass each, the cheapest immutable object -- see ``_events``),
+    on batches of ``size``. ``step``: one step of ``async for`` over an
+    iterator that does nothing but hand out a list's items. Best of
+    ``rounds`` runs of ``reps`` batches each (the least either can cost here).
+    """
+    notifies = [Notify(4242, "bench_tp_channel", str(i)) for i in range(size)]
+    best = float("inf")
+    for _ in range(rounds + 1):  # the first round warms up, and is usually the slowest
+        started = time.perf_counter_ns()
+        for _ in range(reps):
+            NotifyBatch(notifies, "postgresql://bench@localhost/db", None).notifications()
+        best = min(best, (time.perf_counter_ns() - started) / (reps * size))
+    items: list[object] = list(range(size))
+    step = trio.run(_step_ns, items, rounds, reps)
+    return best, step
+
+
+def ceiling_results(bench: str, cpu: Samples, build_ns: float, step_ns: float) -> list[Result]:
+    """The best ratios ``batches()`` and ``async for`` could reach, given the raw loop's CPU per event.
+
+    ``batches()`` must at least build each event (``build_ns``); ``async for``
+    also takes one iterator step per event (``step_ns``). As CPU per event,
+    with the speed ratio (raw loop's cost / this cost) of the other CPU rows.
+    """
+    raw_cpu = median(cpu[RAW])
+    out = []
+    for name, added, target in (
+        (STREAM_BATCHES, build_ns, 0.9),
+        (STREAM_FOR, build_ns + step_ns, 0.75),
+    ):
+        row = Result(
+            bench,
+            f"ceiling of {name}: raw loop + {added:.0f} ns per event",
+            raw_cpu + added,
+            "ns",
+            note=(
+                f"the raw loop's CPU per event plus the least one event object per notification "
+                f"costs (build {build_ns:.0f} ns"
+                + (f", async-for step {step_ns:.0f} ns" if name == STREAM_FOR else "")
+                + f"): the best speed ratio any such client reaches (target of {name}: >= {target:g}x)"
+            ),
+        )
+        row.baseline = f"CPU per event: {RAW} (speed ratio: its cost / this cost)"
+        row.ratio = raw_cpu / row.value
+        row.extra = {"build_ns": build_ns, "step_ns": step_ns, "target_reachable": row.ratio >= target}
+        out.append(row)
+    return out
+
+
 def run(ctx: BenchContext) -> list[Result]:
     """Measure every client ``ctx.reps`` times; ratios to the raw loop and asyncpg.
 
@@ -238,4 +334,5 @@ def run(ctx: BenchContext) -> list[Result]:
     vs_apg = Result("throughput", f"{STREAM_FOR} vs asyncpg", results[STREAM_FOR].value, "ev/s")
     vs_apg.samples = results[STREAM_FOR].samples
     with_ratio(vs_apg, results[ASYNCPG], target=1.2)
-    return [*results.values(), vs_apg, *cpu_results("throughput", cpu)]
+    ceilings = ceiling_results("throughput", cpu, *event_costs())
+    return [*results.values(), vs_apg, *cpu_results("throughput", cpu), *ceilings]

@@ -21,7 +21,7 @@ import multiprocessing.connection
 from typing import Any
 
 from ._common import BenchContext, Figures, Producer, Result
-from .throughput import client_results, cpu_results, measure, measure_clients
+from .throughput import ceiling_results, client_results, cpu_results, event_costs, measure, measure_clients
 
 __all__ = ["run", "measure_fresh"]
 
@@ -105,4 +105,5 @@ def run(ctx: BenchContext) -> list[Result]:
         f"(transactions of {PER_TRANSACTION:,}) sent before the clock starts"
     )
     results = client_results("throughput_fresh", rates, note)
-    return [*results.values(), *cpu_results("throughput_fresh", cpu)]
+    ceilings = ceiling_results("throughput_fresh", cpu, *event_costs())
+    return [*results.values(), *cpu_results("throughput_fresh", cpu), *ceilings]

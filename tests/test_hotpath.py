@@ -124,6 +124,22 @@ def test_benchmark_helpers() -> None:
     assert _as_uri("postgresql+psycopg2://u@h:5/d") == "postgresql://u@h:5/d"
 
 
+def test_throughput_ceilings() -> None:
+    # The ceiling rows: the raw loop's median CPU per event plus the least an
+    # event object per notification costs, as a speed ratio.
+    cpu = {throughput.RAW: [500.0, 600.0, 700.0]}
+    batches, async_for = throughput.ceiling_results("b", cpu, 150.0, 50.0)
+    assert batches.value == 750.0
+    assert batches.ratio == 600.0 / 750.0
+    assert batches.extra["target_reachable"] is False  # 0.8x < 0.9x
+    assert async_for.value == 800.0
+    assert async_for.ratio == 600.0 / 800.0
+    assert async_for.extra["target_reachable"] is True  # 0.75x
+    build, step = throughput.event_costs(rounds=1, reps=2, size=8)
+    assert build > 0  # building events takes time; step may be noise at this size
+    assert step == step  # a number, not NaN
+
+
 def test_throughput_clients_receive_everything(pg_url: str) -> None:
     # Each trio client of the throughput benchmark, on a small run: it returns
     # only after reading every notification (or would hang: bounded below).
