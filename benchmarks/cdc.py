@@ -10,6 +10,10 @@
      reading the same pgoutput stream into ``/dev/null``: the cost of logical
      decoding itself (the server's walsender) with the cheapest possible
      client: about the best any client can do on the same machine;
+   - the raw psycopg2 loop: ``read_message()`` in a ``wait_readable`` loop,
+     nothing decoded, a status update every 10 s (as ``pg_recvlogical``):
+     the best any client built on psycopg2 and Trio can do, the change
+     stream's own floor;
    - a trio_pgevents change stream consuming every change (target >= 0.9x
      of the baseline).
 
@@ -40,6 +44,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg2
+import psycopg2.extras
 import sqlalchemy
 import trio
 from sqlalchemy.pool import NullPool
@@ -134,13 +140,8 @@ def _writer_run(
     return report
 
 
-def _recvlogical_run(
-    server: Server, engine: Any, table: str, script: Path, seconds: int, *, split: Split | None = None
-) -> dict[str, Any]:
-    """One pgbench run while ``pg_recvlogical`` reads the same pgoutput stream into /dev/null.
-
-    With ``split``, pgbench runs on the writers' CPUs, pg_recvlogical and its walsender on the stream's.
-    """
+def _create_slot(engine: Any, table: str) -> tuple[str, str]:
+    """A fresh slot and publication for ``table`` (made by a change stream opened and closed)."""
     slot, publication = unique_name("bench_slot"), unique_name("bench_pub")
 
     async def create() -> None:
@@ -148,6 +149,87 @@ def _recvlogical_run(
             pass
 
     trio.run(create)
+    return slot, publication
+
+
+def _raw_run(
+    server: Server, engine: Any, table: str, script: Path, seconds: int, *, split: Split | None = None
+) -> dict[str, Any]:
+    """One pgbench run while the raw psycopg2 loop reads the pgoutput stream (in this process).
+
+    ``read_message()`` until it returns None, then ``wait_readable``; each
+    message counted and dropped; the flush position sent with psycopg2's
+    rate limit (``status_interval`` 10 s, as ``pg_recvlogical``). With
+    ``split``, placed as :func:`_writer_run`.
+    """
+    slot, publication = _create_slot(engine, table)
+    report: dict[str, Any] = {}
+
+    async def main() -> None:
+        conn = psycopg2.connect(server.uri, connection_factory=psycopg2.extras.LogicalReplicationConnection)
+        try:
+            cursor: Any = conn.cursor()
+            cursor.start_replication(
+                slot_name=slot,
+                decode=False,
+                status_interval=10,
+                options={"proto_version": "1", "publication_names": publication},
+            )
+            walsender = conn.get_backend_pid()
+            if split is not None:
+                split.pin_stream(walsender)
+            fd = conn.fileno()
+            messages = 0
+
+            async def consume(scope: trio.CancelScope) -> None:
+                nonlocal messages
+                read = cursor.read_message
+                with scope:
+                    while True:
+                        await trio.lowlevel.wait_readable(fd)
+                        last = None
+                        while (message := read()) is not None:
+                            messages += 1
+                            last = message
+                        if last is not None:
+                            cursor.send_feedback(flush_lsn=last.data_start)
+
+            scope = trio.CancelScope()
+            cpu_started = time.process_time()
+            walsender_started = cpu_seconds(walsender)
+            cpus = None if split is None else split.writers
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consume, scope)
+                report["tps"] = await trio.to_thread.run_sync(
+                    functools.partial(pgbench_tps, server.uri, script, seconds, cpus=cpus)
+                )
+                scope.cancel()
+            report["consumer_cpu_s"] = round(time.process_time() - cpu_started, 2)
+            walsender_now = cpu_seconds(walsender)
+            if walsender_started is not None and walsender_now is not None:
+                report["walsender_cpu_s"] = round(walsender_now - walsender_started, 2)
+            report["messages"] = messages
+        finally:
+            conn.close()
+
+    try:
+        with contextlib.ExitStack() as stack:
+            if split is not None:
+                stack.enter_context(split.stream_thread())
+            trio.run(main)
+    finally:
+        drop_change_stream(engine, slot, publication)
+    return report
+
+
+def _recvlogical_run(
+    server: Server, engine: Any, table: str, script: Path, seconds: int, *, split: Split | None = None
+) -> dict[str, Any]:
+    """One pgbench run while ``pg_recvlogical`` reads the same pgoutput stream into /dev/null.
+
+    With ``split``, pgbench runs on the writers' CPUs, pg_recvlogical and its walsender on the stream's.
+    """
+    slot, publication = _create_slot(engine, table)
     report: dict[str, Any] = {}
     command = [
         str(postgres_bin_dir() / "pg_recvlogical"),
@@ -264,6 +346,7 @@ def _writers(ctx: BenchContext, engine: Any) -> list[Result]:
             "the cost of logical decoding itself (the server's walsender) with PostgreSQL's own "
             "minimal C client writing to /dev/null: about the best ratio any client can reach here"
         ),
+        raw_case=f"pgbench {CLIENTS} clients INSERT, raw psycopg2 loop reading",
         stream_case=f"pgbench {CLIENTS} clients INSERT, change stream consuming",
         stream_note=(
             f"pgbench -n -c {CLIENTS} -j 2 -T {seconds}, single-row INSERT; wal_level=logical in every "
@@ -276,7 +359,7 @@ def _writers(ctx: BenchContext, engine: Any) -> list[Result]:
 
 
 #: The writer-cost cases, run in turn in each repetition.
-_CASES = ["none", "pg_recvlogical", "stream"]
+_CASES = ["none", "pg_recvlogical", "psycopg2", "stream"]
 
 
 def _writers_spare_core(ctx: BenchContext, seconds: int, reps: int) -> list[Result]:
@@ -301,6 +384,7 @@ def _writers_spare_core(ctx: BenchContext, seconds: int, reps: int) -> list[Resu
         reference_note=(
             "the same placement with PostgreSQL's C client: the walsender's cost to the writers' core"
         ),
+        raw_case=f"pgbench {CLIENTS} clients INSERT on 1 CPU, raw psycopg2 loop + walsender on another",
         stream_case=f"pgbench {CLIENTS} clients INSERT on 1 CPU, change stream + walsender on another",
         stream_note=(
             f"a separate embedded server; the postmaster, its backends and pgbench pinned to CPU {cpus[0]}, "
@@ -316,10 +400,11 @@ def _writer_results(
     baseline_case: str,
     reference_case: str,
     reference_note: str,
+    raw_case: str,
     stream_case: str,
     stream_note: str,
 ) -> list[Result]:
-    """Baseline, pg_recvlogical and change-stream rows from one :func:`_alternate`'s runs."""
+    """Baseline, pg_recvlogical, raw psycopg2 and change-stream rows from one :func:`_alternate`'s runs."""
     baseline = Result("cdc", baseline_case, median(runs["none"]), "tps", samples=runs["none"])
     reference = Result(
         "cdc",
@@ -331,6 +416,22 @@ def _writer_results(
         extra={"runs": runs["pg_recvlogical_reports"]},
     )
     with_ratio(reference, baseline)
+    floor = Result(
+        "cdc",
+        raw_case,
+        median(runs["psycopg2"]),
+        "tps",
+        samples=runs["psycopg2"],
+        note=(
+            "the same stream read by psycopg2 alone (read_message in a wait_readable loop, nothing "
+            "decoded, status every 10 s): the best ratio a client built on psycopg2 and Trio can reach"
+        ),
+        extra={
+            "runs": runs["psycopg2_reports"],
+            "vs_pg_recvlogical": median(runs["psycopg2"]) / reference.value,
+        },
+    )
+    with_ratio(floor, baseline)
     with_stream = Result(
         "cdc",
         stream_case,
@@ -338,10 +439,14 @@ def _writer_results(
         "tps",
         samples=runs["stream"],
         note=stream_note,
-        extra={"runs": runs["stream_reports"], "vs_pg_recvlogical": median(runs["stream"]) / reference.value},
+        extra={
+            "runs": runs["stream_reports"],
+            "vs_pg_recvlogical": median(runs["stream"]) / reference.value,
+            "vs_psycopg2": median(runs["stream"]) / floor.value,
+        },
     )
     with_ratio(with_stream, baseline, target=0.9)
-    return [baseline, reference, with_stream]
+    return [baseline, reference, floor, with_stream]
 
 
 @contextlib.contextmanager
@@ -382,6 +487,8 @@ def _alternate(
                 report: dict[str, Any] = {"tps": pgbench_tps(server.uri, script, seconds, cpus=writer_cpus)}
             elif case == "pg_recvlogical":
                 report = _recvlogical_run(server, engine, table, script, seconds, split=split)
+            elif case == "psycopg2":
+                report = _raw_run(server, engine, table, script, seconds, split=split)
             else:
                 report = _writer_run(server, engine, table, script, seconds, split=split)
             runs.setdefault(case, []).append(report["tps"])
