@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,44 @@ async def _drain(changes: ChangeStream, until: int) -> int:
     return count
 
 
+async def _pgbench_beside(
+    consume: Callable[[], Awaitable[None]],
+    walsender: int | None,
+    server: Server,
+    script: Path,
+    seconds: int,
+    split: Split | None,
+    report: dict[str, Any],
+) -> None:
+    """One pgbench run (on the writers' CPUs) while ``consume`` reads: its TPS and what reading cost.
+
+    Sets ``tps``, and the CPU seconds this process (the consumer) and the
+    ``walsender`` used meanwhile. ``consume`` is cancelled once pgbench ends.
+    """
+    cpu_started = time.process_time()
+    walsender_started = cpu_seconds(walsender)
+    cpus = None if split is None else split.writers
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        report["tps"] = await trio.to_thread.run_sync(
+            functools.partial(pgbench_tps, server.uri, script, seconds, cpus=cpus)
+        )
+        nursery.cancel_scope.cancel()
+    # Where the stream's cost goes: CPU of this process and of its walsender.
+    report["consumer_cpu_s"] = round(time.process_time() - cpu_started, 2)
+    walsender_now = cpu_seconds(walsender)
+    if walsender_started is not None and walsender_now is not None:
+        report["walsender_cpu_s"] = round(walsender_now - walsender_started, 2)
+
+
+def _run_placed(main: Callable[[], Awaitable[None]], split: Split | None) -> None:
+    """``trio.run(main)``, on the stream's CPU if ``split``."""
+    with contextlib.ExitStack() as stack:
+        if split is not None:
+            stack.enter_context(split.stream_thread())
+        trio.run(main)
+
+
 def _writer_run(
     server: Server, engine: Any, table: str, script: Path, seconds: int, *, split: Split | None = None
 ) -> dict[str, Any]:
@@ -101,27 +139,12 @@ def _writer_run(
             before = server.execute(f"SELECT count(*) FROM {table}")[0][0]
             consumed = 0
 
-            async def consume(scope: trio.CancelScope) -> None:
+            async def consume() -> None:
                 nonlocal consumed
-                with scope:
-                    async for batch in changes.batches():
-                        consumed += len(batch)
+                async for batch in changes.batches():
+                    consumed += len(batch)
 
-            scope = trio.CancelScope()
-            cpu_started = time.process_time()
-            walsender_started = cpu_seconds(changes.backend_pid)
-            cpus = None if split is None else split.writers
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume, scope)
-                report["tps"] = await trio.to_thread.run_sync(
-                    functools.partial(pgbench_tps, server.uri, script, seconds, cpus=cpus)
-                )
-                scope.cancel()
-            # Where the stream's cost goes: CPU of this process and of its walsender.
-            report["consumer_cpu_s"] = round(time.process_time() - cpu_started, 2)
-            walsender_now = cpu_seconds(changes.backend_pid)
-            if walsender_started is not None and walsender_now is not None:
-                report["walsender_cpu_s"] = round(walsender_now - walsender_started, 2)
+            await _pgbench_beside(consume, changes.backend_pid, server, script, seconds, split, report)
             written = server.execute(f"SELECT count(*) FROM {table}")[0][0] - before
             report["consumed_during"] = consumed
             report["written"] = written
@@ -131,10 +154,7 @@ def _writer_run(
             report["catch_up_s"] = time.perf_counter() - started
 
     try:
-        with contextlib.ExitStack() as stack:
-            if split is not None:
-                stack.enter_context(split.stream_thread())
-            trio.run(main)
+        _run_placed(main, split)
     finally:
         drop_change_stream(engine, slot, publication)
     return report
@@ -181,42 +201,25 @@ def _raw_run(
             fd = conn.fileno()
             messages = 0
 
-            async def consume(scope: trio.CancelScope) -> None:
+            async def consume() -> None:
                 nonlocal messages
                 read = cursor.read_message
-                with scope:
-                    while True:
-                        await trio.lowlevel.wait_readable(fd)
-                        last = None
-                        while (message := read()) is not None:
-                            messages += 1
-                            last = message
-                        if last is not None:
-                            cursor.send_feedback(flush_lsn=last.data_start)
+                while True:
+                    await trio.lowlevel.wait_readable(fd)
+                    last = None
+                    while (message := read()) is not None:
+                        messages += 1
+                        last = message
+                    if last is not None:
+                        cursor.send_feedback(flush_lsn=last.data_start)
 
-            scope = trio.CancelScope()
-            cpu_started = time.process_time()
-            walsender_started = cpu_seconds(walsender)
-            cpus = None if split is None else split.writers
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consume, scope)
-                report["tps"] = await trio.to_thread.run_sync(
-                    functools.partial(pgbench_tps, server.uri, script, seconds, cpus=cpus)
-                )
-                scope.cancel()
-            report["consumer_cpu_s"] = round(time.process_time() - cpu_started, 2)
-            walsender_now = cpu_seconds(walsender)
-            if walsender_started is not None and walsender_now is not None:
-                report["walsender_cpu_s"] = round(walsender_now - walsender_started, 2)
+            await _pgbench_beside(consume, walsender, server, script, seconds, split, report)
             report["messages"] = messages
         finally:
             conn.close()
 
     try:
-        with contextlib.ExitStack() as stack:
-            if split is not None:
-                stack.enter_context(split.stream_thread())
-            trio.run(main)
+        _run_placed(main, split)
     finally:
         drop_change_stream(engine, slot, publication)
     return report
@@ -405,47 +408,33 @@ def _writer_results(
     stream_note: str,
 ) -> list[Result]:
     """Baseline, pg_recvlogical, raw psycopg2 and change-stream rows from one :func:`_alternate`'s runs."""
-    baseline = Result("cdc", baseline_case, median(runs["none"]), "tps", samples=runs["none"])
-    reference = Result(
-        "cdc",
-        reference_case,
-        median(runs["pg_recvlogical"]),
-        "tps",
-        samples=runs["pg_recvlogical"],
-        note=reference_note,
-        extra={"runs": runs["pg_recvlogical_reports"]},
-    )
-    with_ratio(reference, baseline)
-    floor = Result(
-        "cdc",
-        raw_case,
-        median(runs["psycopg2"]),
-        "tps",
-        samples=runs["psycopg2"],
-        note=(
+
+    def row(case: str, key: str, note: str = "") -> Result:
+        return Result(
+            "cdc",
+            case,
+            median(runs[key]),
+            "tps",
+            samples=runs[key],
+            note=note,
+            extra={"runs": runs[f"{key}_reports"]},
+        )
+
+    baseline = row(baseline_case, "none")
+    reference = with_ratio(row(reference_case, "pg_recvlogical", reference_note), baseline)
+    floor = with_ratio(
+        row(
+            raw_case,
+            "psycopg2",
             "the same stream read by psycopg2 alone (read_message in a wait_readable loop, nothing "
-            "decoded, status every 10 s): the best ratio a client built on psycopg2 and Trio can reach"
+            "decoded, status every 10 s): the best ratio a client built on psycopg2 and Trio can reach",
         ),
-        extra={
-            "runs": runs["psycopg2_reports"],
-            "vs_pg_recvlogical": median(runs["psycopg2"]) / reference.value,
-        },
+        baseline,
     )
-    with_ratio(floor, baseline)
-    with_stream = Result(
-        "cdc",
-        stream_case,
-        median(runs["stream"]),
-        "tps",
-        samples=runs["stream"],
-        note=stream_note,
-        extra={
-            "runs": runs["stream_reports"],
-            "vs_pg_recvlogical": median(runs["stream"]) / reference.value,
-            "vs_psycopg2": median(runs["stream"]) / floor.value,
-        },
-    )
-    with_ratio(with_stream, baseline, target=0.9)
+    with_stream = with_ratio(row(stream_case, "stream", stream_note), baseline, target=0.9)
+    for result in (floor, with_stream):
+        result.extra["vs_pg_recvlogical"] = result.value / reference.value
+    with_stream.extra["vs_psycopg2"] = with_stream.value / floor.value
     return [baseline, reference, floor, with_stream]
 
 
